@@ -1,0 +1,94 @@
+// swift-tools-version: 6.1
+// Viridian: Hyper-V style enlightened I/O for Linux guests, host and guest in one package.
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "Viridian",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "viridian-host", targets: ["viridian-host"]),
+        .executable(name: "viridian-bench", targets: ["viridian-bench"]),
+        .library(name: "VMBusWire", targets: ["VMBusWire"]),
+        .library(name: "VMBusRing", targets: ["VMBusRing"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .target(name: "CSystem", path: "Sources/CSystem"),
+        .target(name: "VMBusWire", swiftSettings: strict),
+        .target(
+            name: "VMBusRing",
+            dependencies: ["VMBusWire", .product(name: "Atomics", package: "swift-atomics")],
+            swiftSettings: strict),
+        .target(name: "VMBusChannel", dependencies: ["VMBusWire", "VMBusRing"], swiftSettings: strict),
+        .target(
+            name: "GuestMemory",
+            dependencies: ["CSystem", "VMBusWire"],
+            swiftSettings: strict),
+        .target(
+            name: "Hypervisor",
+            dependencies: [
+                "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "VMBusClient",
+            dependencies: [
+                "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "EchoDevice",
+            dependencies: ["VMBusWire", "VMBusRing", "VMBusChannel", "Hypervisor", "VMBusClient"],
+            path: "Sources/Devices/Echo",
+            swiftSettings: strict),
+        .target(
+            name: "Loopback",
+            dependencies: ["VMBusWire", "GuestMemory", "Hypervisor", "VMBusClient", "EchoDevice"],
+            swiftSettings: strict),
+        .target(
+            name: "ViridianBench",
+            dependencies: ["VMBusWire", "VMBusRing", "CSystem"],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "viridian-host",
+            dependencies: [
+                "Loopback", "VMBusWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "viridian-bench",
+            dependencies: [
+                "ViridianBench",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+        .testTarget(name: "VMBusWireTests", dependencies: ["VMBusWire"], swiftSettings: strict),
+        .testTarget(name: "VMBusRingTests", dependencies: ["VMBusRing", "VMBusWire"], swiftSettings: strict),
+        .testTarget(
+            name: "HypervisorTests",
+            dependencies: ["Hypervisor", "GuestMemory", "VMBusWire"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "ControlPlaneTests",
+            dependencies: [
+                "Loopback", "Hypervisor", "VMBusClient", "VMBusChannel", "EchoDevice", "GuestMemory", "VMBusWire",
+                "VMBusRing",
+            ],
+            swiftSettings: strict),
+    ],
+    swiftLanguageModes: [.v6]
+)

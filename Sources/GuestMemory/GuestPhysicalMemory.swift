@@ -1,0 +1,114 @@
+// A partition's guest-physical memory: a memfd, mapped whole, with bounds-checked GPA translation.
+
+import CSystem
+import Glibc
+import VMBusWire
+
+/// Why guest memory could not be created, mapped or reached.
+public enum GuestMemoryError: Error, Equatable, Sendable {
+    /// The size is zero or not a multiple of 4 KiB.
+    case invalidSize(Int)
+    /// A guest address range lies outside the partition's memory.
+    case outOfRange(gpa: UInt64, count: Int)
+    /// A page number lies outside the partition's memory.
+    case invalidPage(UInt64)
+    /// A system call failed.
+    case system(call: String, errno: Int32)
+    /// No free guest pages for an allocation.
+    case exhausted(pagesWanted: Int)
+}
+
+/// The guest-physical memory of one partition: `size` bytes in a memfd, mapped once. The host
+/// translates GPAs through it; a guest in another process maps the same fd.
+public final class GuestPhysicalMemory: @unchecked Sendable {
+    public static let pageSize = 4096
+    /// The memfd (owned: closed on deinit).
+    public let fd: Int32
+    public let size: Int
+    /// The whole mapping: GPA 0 is `base`.
+    public let base: UnsafeMutableRawPointer
+
+    /// Creates zeroed memory of `size` bytes (a multiple of 4 KiB).
+    public convenience init(size: Int, name: String = "viridian-guest") throws(GuestMemoryError) {
+        guard size > 0, size % Self.pageSize == 0 else { throw .invalidSize(size) }
+        let fd = viridian_memfd_create(name)
+        guard fd >= 0 else { throw .system(call: "memfd_create", errno: errno) }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            let e = errno
+            close(fd)
+            throw .system(call: "ftruncate", errno: e)
+        }
+        try self.init(adopting: fd, size: size)
+    }
+
+    /// Maps memory that another process created and passed as `fd`. Takes ownership of `fd`.
+    public init(adopting fd: Int32, size: Int) throws(GuestMemoryError) {
+        guard size > 0, size % Self.pageSize == 0 else { throw .invalidSize(size) }
+        guard let p = viridian_mmap_shared(size, fd, 0) else {
+            let e = errno
+            close(fd)
+            throw .system(call: "mmap", errno: e)
+        }
+        self.fd = fd
+        self.size = size
+        self.base = p
+    }
+
+    deinit {
+        munmap(base, size)
+        close(fd)
+    }
+
+    public var pageCount: Int { size / Self.pageSize }
+
+    /// The host address of `count` bytes at `gpa`, or an error if any byte is outside memory.
+    @inlinable
+    public func pointer(gpa: UInt64, count: Int) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
+        guard count >= 0, gpa <= UInt64(size), UInt64(count) <= UInt64(size) - gpa else {
+            throw .outOfRange(gpa: gpa, count: count)
+        }
+        return base + Int(gpa)
+    }
+
+    /// A buffer view of `count` bytes at `gpa` (bounds-checked).
+    public func buffer(gpa: UInt64, count: Int) throws(GuestMemoryError) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: try pointer(gpa: gpa, count: count), count: count)
+    }
+
+    /// Maps the listed 4 KiB pages, in order, into one contiguous host view. Runs of consecutive
+    /// page numbers become one mapping. Used for GPADLs, whose pages need not be contiguous.
+    public func mapPages(_ pfns: [UInt64]) throws(GuestMemoryError) -> PageMapping {
+        guard !pfns.isEmpty else { throw .invalidSize(0) }
+        for pfn in pfns where pfn >= UInt64(pageCount) { throw .invalidPage(pfn) }
+        let length = pfns.count * Self.pageSize
+        guard let view = viridian_reserve(length) else { throw .system(call: "mmap(reserve)", errno: errno) }
+        var i = 0
+        while i < pfns.count {
+            var run = 1
+            while i + run < pfns.count && pfns[i + run] == pfns[i] + UInt64(run) { run += 1 }
+            let at = view + i * Self.pageSize
+            guard viridian_mmap_fixed_shared(at, run * Self.pageSize, fd, Int64(pfns[i]) * Int64(Self.pageSize)) != nil else {
+                let e = errno
+                munmap(view, length)
+                throw .system(call: "mmap(fixed)", errno: e)
+            }
+            i += run
+        }
+        return PageMapping(base: view, count: length)
+    }
+}
+
+/// A contiguous host view of a list of guest pages; unmapped when released.
+public final class PageMapping: @unchecked Sendable {
+    public let base: UnsafeMutableRawPointer
+    public let count: Int
+
+    init(base: UnsafeMutableRawPointer, count: Int) {
+        self.base = base
+        self.count = count
+    }
+
+    deinit { munmap(base, count) }
+
+    public var buffer: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: count) }
+}

@@ -1,0 +1,111 @@
+// A partition as the hypervisor sees it: guest memory, one SynIC per VP, connection ports, hypercall dispatch.
+
+import GuestMemory
+import VMBusWire
+
+/// Receives messages posted with HvPostMessage to one connection id.
+public protocol MessagePort: AnyObject {
+    /// Handles a channel message posted by `vp` on `connectionID`; the returned status is the
+    /// hypercall's result.
+    func receiveMessage(_ payload: [UInt8], connectionID: UInt32, fromVP vp: UInt32) -> HvStatus
+}
+
+/// A child partition: its memory, its virtual processors' SynICs and the ports through which its
+/// hypercalls reach the root partition's services.
+public final class Partition {
+    public let id: UInt32
+    public let name: String
+    public let memory: GuestPhysicalMemory
+    public let synics: [SynIC]
+    private var messagePorts: [UInt32: any MessagePort] = [:]
+    private var eventPorts: [UInt32: (UInt16) -> Void] = [:]
+
+    // Counters for status output.
+    public private(set) var hypercalls: UInt64 = 0
+    public private(set) var failedHypercalls: UInt64 = 0
+
+    public init(id: UInt32, name: String, memory: GuestPhysicalMemory, vpCount: Int, interrupts: any InterruptSink) {
+        precondition(vpCount >= 1)
+        self.id = id
+        self.name = name
+        self.memory = memory
+        self.synics = (0..<vpCount).map { SynIC(vpIndex: UInt32($0), memory: memory, sink: interrupts) }
+    }
+
+    public var vpCount: Int { synics.count }
+
+    /// Routes HvPostMessage on `connectionID` to `port`.
+    public func registerMessagePort(connectionID: UInt32, _ port: any MessagePort) {
+        messagePorts[connectionID] = port
+    }
+
+    /// Routes HvSignalEvent on `connectionID` to `handler` (called with the flag number).
+    public func registerEventPort(connectionID: UInt32, _ handler: @escaping (UInt16) -> Void) {
+        eventPorts[connectionID] = handler
+    }
+
+    public func unregisterEventPort(connectionID: UInt32) {
+        eventPorts[connectionID] = nil
+    }
+
+    /// Executes one hypercall issued by `vp`: the work a hypervisor does on a VMCALL exit.
+    /// `input` and `output` are guest physical addresses (or, for fast calls, the register values).
+    public func hypercall(vp: UInt32, control raw: UInt64, input: UInt64, output: UInt64) -> HypercallResult {
+        hypercalls &+= 1
+        let status = dispatch(vp: vp, control: HypercallControl(rawValue: raw), input: input)
+        if status != .success { failedHypercalls &+= 1 }
+        return HypercallResult(status: status)
+    }
+
+    private func dispatch(vp: UInt32, control: HypercallControl, input: UInt64) -> HvStatus {
+        guard Int(vp) < synics.count else { return .invalidVPIndex }
+        guard let code = HypercallCode(rawValue: control.code) else { return .invalidHypercallCode }
+        guard !control.hasReservedBits, control.repCount == 0, control.variableHeaderSize == 0 else {
+            return .invalidHypercallInput
+        }
+        switch code {
+        case .postMessage:
+            guard !control.isFast else { return .invalidHypercallInput }
+            guard input & 7 == 0 else { return .invalidAlignment }
+            guard let block = try? memory.buffer(gpa: input, count: PostMessageInput.size) else {
+                return .invalidParameter
+            }
+            let message: PostMessageInput
+            do { message = try PostMessageInput(decoding: UnsafeRawBufferPointer(block)) } catch {
+                return .invalidParameter
+            }
+            guard message.messageType == PostMessageInput.vmbusMessageType else { return .invalidParameter }
+            guard let port = messagePorts[message.connectionID] else { return .invalidConnectionID }
+            return port.receiveMessage(message.payload, connectionID: message.connectionID, fromVP: vp)
+        case .signalEvent:
+            let event: SignalEventInput
+            if control.isFast {
+                guard let e = try? SignalEventInput(fastInput: input) else { return .invalidParameter }
+                event = e
+            } else {
+                guard input & 7 == 0 else { return .invalidAlignment }
+                guard let block = try? memory.buffer(gpa: input, count: SignalEventInput.size),
+                    let e = try? SignalEventInput(decoding: UnsafeRawBufferPointer(block))
+                else { return .invalidParameter }
+                event = e
+            }
+            guard let handler = eventPorts[event.connectionID] else { return .invalidConnectionID }
+            handler(event.flagNumber)
+            return .success
+        case .getVpRegisters, .setVpRegisters, .postMessageDirect, .signalEventDirect:
+            return .invalidHypercallCode
+        }
+    }
+
+    /// A guest MSR write on `vp`.
+    public func writeMSR(vp: UInt32, _ msr: UInt32, _ value: UInt64) throws(SynICError) {
+        guard Int(vp) < synics.count else { throw .unknownRegister(msr) }
+        try synics[Int(vp)].writeMSR(msr, value)
+    }
+
+    /// A guest MSR read on `vp`.
+    public func readMSR(vp: UInt32, _ msr: UInt32) throws(SynICError) -> UInt64 {
+        guard Int(vp) < synics.count else { throw .unknownRegister(msr) }
+        return try synics[Int(vp)].readMSR(msr)
+    }
+}

@@ -1,0 +1,56 @@
+// What a VSP implements to be offered on the bus, and the server's record of each offered channel.
+
+import GuestMemory
+import VMBusChannel
+import VMBusWire
+
+/// A virtualization service provider: a device the VMBus server offers to a guest.
+public protocol VMBusDevice: AnyObject {
+    var deviceClass: DeviceClass { get }
+    var instanceID: GUID { get }
+    /// The 120 device-defined bytes of the offer (pipe mode and the like).
+    var offerUserDefined: [UInt8] { get }
+    /// The guest opened the channel; return 0 to accept or a failure status.
+    func open(_ channel: ChannelEndpoint, userData: [UInt8]) -> UInt32
+    /// The guest signalled the channel: packets to read, or room to write.
+    func channelSignalled(_ channel: ChannelEndpoint)
+    /// The channel closed (guest close, rescind or unload); stop touching its rings.
+    func close(_ channel: ChannelEndpoint)
+}
+
+extension VMBusDevice {
+    public var offerUserDefined: [UInt8] { [] }
+}
+
+/// Life of an offered channel on the host.
+public enum ServerChannelState: String, Sendable {
+    /// Registered, not yet sent to a connected guest.
+    case registered
+    /// Sent to the guest.
+    case offered
+    /// Open: rings mapped, device running.
+    case open
+    /// Rescinded; waiting for RELID_RELEASED.
+    case rescinded
+}
+
+/// The server's record of one channel.
+public final class ServerChannel {
+    public let relid: UInt32
+    public let device: any VMBusDevice
+    /// Connection id the guest passes to HvSignalEvent for this channel.
+    public let connectionID: UInt32
+    public internal(set) var state: ServerChannelState = .registered
+    public internal(set) var targetVP: UInt32 = 0
+    public internal(set) var ringGPADL: UInt32 = 0
+    public internal(set) var endpoint: ChannelEndpoint?
+    var mapping: PageMapping?
+    /// A teardown of the ring GPADL that arrived while the channel was open.
+    var deferredTeardown: UInt32?
+
+    init(relid: UInt32, device: any VMBusDevice) {
+        self.relid = relid
+        self.device = device
+        connectionID = relid | 0x2000
+    }
+}

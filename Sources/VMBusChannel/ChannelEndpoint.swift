@@ -1,0 +1,45 @@
+// One end of an open channel: the ring it reads, the ring it writes, and how it signals the other end.
+
+import VMBusRing
+import VMBusWire
+
+/// What a device (VSP) or a driver (VSC) holds once a channel is open: an inbound ring reader,
+/// an outbound ring writer and a signal to the peer. The same type serves both ends; only the
+/// signal differs (host: set an event flag; guest: HvSignalEvent).
+public final class ChannelEndpoint {
+    /// The channel id (relid) this endpoint belongs to.
+    public let relid: UInt32
+    public var reader: RingReader
+    public var writer: RingWriter
+    private let signalPeer: () -> Void
+
+    public private(set) var signalsSent: UInt64 = 0
+    public private(set) var signalsReceived: UInt64 = 0
+
+    /// `incoming` is read, `outgoing` is written; `signal` notifies the peer.
+    public init(relid: UInt32, incoming: RingBuffer, outgoing: RingBuffer, signal: @escaping () -> Void) throws(RingError) {
+        self.relid = relid
+        reader = try RingReader(ring: incoming)
+        writer = try RingWriter(ring: outgoing)
+        signalPeer = signal
+    }
+
+    /// Signals the peer unconditionally (counted).
+    public func signal() {
+        signalsSent &+= 1
+        signalPeer()
+    }
+
+    /// Notes that the peer signalled this end (called by the transport before the device runs).
+    public func noteSignalReceived() { signalsReceived &+= 1 }
+
+    /// Publishes written packets and signals the peer if the ring rules require it.
+    public func commitWrites() {
+        if writer.commit() { signal() }
+    }
+
+    /// Publishes consumed packets and signals a blocked peer if the ring rules require it.
+    public func commitReads() {
+        if reader.commit() { signal() }
+    }
+}
