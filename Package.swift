@@ -59,7 +59,7 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "ViridianBench",
-            dependencies: ["VMBusWire", "VMBusRing", "CSystem"],
+            dependencies: ["VMBusWire", "VMBusRing", "CSystem", .product(name: "Atomics", package: "swift-atomics")],
             swiftSettings: strict),
         .executableTarget(
             name: "viridian-host",

@@ -20,4 +20,11 @@ void *viridian_reserve(size_t length);
 /* Maps `length` bytes of `fd` from `offset`, shared, read-write. Returns NULL on failure. */
 void *viridian_mmap_shared(size_t length, int fd, int64_t offset);
 
+
+
+/* Monotonic clock in nanoseconds. */
+uint64_t viridian_now_ns(void);
+
+/* Thread CPU time of the calling thread, in nanoseconds. */
+uint64_t viridian_thread_cpu_ns(void);
 #endif
