@@ -1,1 +1,114 @@
-print("temp")
+// viridian-host: the user-space VMM (hypervisor and root partition). Command line only.
+
+import ArgumentParser
+import Foundation
+import Logging
+import Loopback
+import VMBusWire
+
+@main
+struct ViridianHost: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "viridian-host",
+        abstract: "Viridian's VMM: partitions, SynIC, hypercalls, the VMBus server and its devices.",
+        subcommands: [Demo.self])
+}
+
+/// Options shared by subcommands.
+struct LoggingOptions: ParsableArguments {
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .warning
+
+    func makeLogger(_ label: String) -> Logger {
+        var logger = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = logLevel
+        return logger
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run host and guest in one process: negotiate, offer, open a channel, echo packets, close, rescind.",
+        discussion: "Everything runs in memory over a memfd-backed guest address space; no privileges needed.")
+
+    @Option(help: "Virtual processors of the partition (the echo channel targets the last one).")
+    var vps: Int = 2
+
+    @Option(name: .customLong("memory-mib"), help: "Guest memory in MiB.")
+    var memoryMiB: Int = 64
+
+    @Option(help: "VMBus versions the guest tries, newest first, e.g. 5.3,4.0 (default: Linux's list).")
+    var versions: String?
+
+    @Option(help: "Packets to echo.")
+    var packets: Int = 10_000
+
+    @Option(help: "Payload bytes per packet (at least 8).")
+    var payload: Int = 256
+
+    @Option(help: "Pages per ring (send and receive each, control page included).")
+    var ringPages: Int = 64
+
+    @Flag(help: "Print the report as JSON.")
+    var json = false
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        guard (1...64).contains(vps) else { throw ValidationError("--vps must be 1…64") }
+        guard memoryMiB >= 4 else { throw ValidationError("--memory-mib must be at least 4") }
+        guard packets >= 1 else { throw ValidationError("--packets must be at least 1") }
+        guard (8...65536).contains(payload) else { throw ValidationError("--payload must be 8…65536") }
+        guard ringPages >= 2 else { throw ValidationError("--ring-pages must be at least 2") }
+        guard payload + 64 < (ringPages - 1) * 4096 else { throw ValidationError("--payload does not fit a ring of --ring-pages") }
+    }
+
+    func run() throws {
+        var options = LoopbackDemoOptions()
+        options.vpCount = vps
+        options.memoryMiB = memoryMiB
+        options.packets = packets
+        options.payloadBytes = payload
+        options.ringPages = ringPages
+        if let versions {
+            options.versions = try versions.split(separator: ",").map { text in
+                let parts = text.split(separator: ".")
+                guard parts.count == 2, let major = UInt16(parts[0]), let minor = UInt16(parts[1]) else {
+                    throw ValidationError("bad version '\(text)': use MAJOR.MINOR, e.g. 5.3")
+                }
+                return VMBusVersion(major: major, minor: minor)
+            }
+        }
+        let report = try LoopbackDemo.run(options, logger: logging.makeLogger("viridian.host"))
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print(render(report))
+        }
+        if report.mismatches > 0 || report.completions != UInt64(report.packets) { throw ExitCode.failure }
+    }
+
+    func render(_ r: LoopbackDemoReport) -> String {
+        var lines = [
+            "VMBus loopback: 1 partition, \(r.vpCount) VP(s), \(r.memoryMiB) MiB guest memory",
+            "negotiated VMBus \(r.version) (\(r.versionName))",
+            "",
+            "relid  device                     class id                              instance id",
+        ]
+        for o in r.offers {
+            lines.append("\(o.relid.description.padding(toLength: 7, withPad: " ", startingAt: 0))"
+                + "\(o.deviceClass.padding(toLength: 27, withPad: " ", startingAt: 0))\(o.classID)  \(o.instanceID)")
+        }
+        lines += [
+            "",
+            "echo: \(r.packets) packets of \(r.payloadBytes) B sent, \(r.completions) completions, \(r.mismatches) mismatches",
+            "signals: guest→host \(r.guestToHostSignals), host→guest \(r.hostToGuestSignals); interrupts \(r.interrupts); hypercalls \(r.hypercalls); channel messages \(r.channelMessages)",
+            "close + GPADL teardown: \(r.closedAndTornDown ? "ok" : "FAILED"); rescind + RELID_RELEASED: \(r.rescinded ? "ok" : "FAILED")",
+        ]
+        return lines.joined(separator: "\n")
+    }
+}

@@ -170,3 +170,21 @@ struct SessionTests {
         #expect(echo.packetsEchoed == 100)
     }
 }
+
+@Suite("viridian-host demo")
+struct DemoTests {
+    @Test("The demo negotiates, echoes every packet intact, closes and rescinds")
+    func demo() throws {
+        var options = LoopbackDemoOptions()
+        options.vpCount = 4
+        options.packets = 3000
+        options.payloadBytes = 100
+        options.versions = [.win10]
+        let report = try LoopbackDemo.run(options, logger: .init(label: "test"))
+        #expect(report.version == "4.0" && report.versionName == "VERSION_WIN10")
+        #expect(report.offers.count == 1 && report.offers[0].deviceClass == "Viridian Echo")
+        #expect(report.completions == 3000 && report.mismatches == 0)
+        #expect(report.closedAndTornDown && report.rescinded)
+        #expect(report.guestToHostSignals > 0 && report.guestToHostSignals < 3000, "signals are batched")
+    }
+}
