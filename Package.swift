@@ -86,7 +86,7 @@ let package = Package(
             name: "ControlPlaneTests",
             dependencies: [
                 "Loopback", "Hypervisor", "VMBusClient", "VMBusChannel", "EchoDevice", "GuestMemory", "VMBusWire",
-                "VMBusRing",
+                "VMBusRing", .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
     ],

@@ -4,17 +4,26 @@
 import EchoDevice
 import GuestMemory
 import Hypervisor
+import Logging
 import Loopback
 import Testing
 import VMBusClient
 import VMBusRing
 import VMBusWire
 
+/// Guest-triggered warnings are expected in these tests; keep them out of the output.
+let quietLogger: Logger = {
+    var logger = Logger(label: "viridian.test")
+    logger.logLevel = .critical
+    return logger
+}()
+
 /// Builds a loopback machine with one echo device and connects the guest.
 func echoMachine(vpCount: Int = 1, versions: [VMBusVersion] = VMBusVersion.linuxPreference,
                  server: VMBusServerConfiguration = .init()) throws -> (LoopbackMachine, EchoDevice) {
-    let machine = try LoopbackMachine(memoryBytes: 32 << 20, vpCount: vpCount, serverConfiguration: server, clientVersions: versions)
-    let echo = EchoDevice(instanceID: try GUID("11111111-2222-3333-4444-555555555555"))
+    let machine = try LoopbackMachine(memoryBytes: 32 << 20, vpCount: vpCount, serverConfiguration: server, clientVersions: versions,
+                                      logger: quietLogger)
+    let echo = EchoDevice(instanceID: try GUID("11111111-2222-3333-4444-555555555555"), logger: quietLogger)
     machine.server.offer(echo)
     try machine.connect()
     return (machine, echo)
@@ -80,15 +89,15 @@ struct SessionTests {
     func fallback() throws {
         let (machine, _) = try echoMachine(server: .init(supportedVersions: [.win10, .win8]))
         #expect(machine.client.version == .win10)
-        let none = try LoopbackMachine(memoryBytes: 4 << 20, serverConfiguration: .init(supportedVersions: [.ws2008]))
+        let none = try LoopbackMachine(memoryBytes: 4 << 20, serverConfiguration: .init(supportedVersions: [.ws2008]), logger: quietLogger)
         #expect(throws: (any Error).self) { try none.connect() }
         #expect(none.client.state == .failed)
     }
 
     @Test("Full session: offers, 2 MiB ring GPADL, 1000 packets each way, close, teardown, rescind")
     func fullSession() throws {
-        let machine = try LoopbackMachine(memoryBytes: 32 << 20)
-        let echo = EchoDevice(instanceID: try GUID("11111111-2222-3333-4444-555555555555"))
+        let machine = try LoopbackMachine(memoryBytes: 32 << 20, logger: quietLogger)
+        let echo = EchoDevice(instanceID: try GUID("11111111-2222-3333-4444-555555555555"), logger: quietLogger)
         let relid = machine.server.offer(echo)
         let other = EchoDevice(instanceID: try GUID("11111111-2222-3333-4444-666666666666"))
         machine.server.offer(other)
@@ -180,7 +189,7 @@ struct DemoTests {
         options.packets = 3000
         options.payloadBytes = 100
         options.versions = [.win10]
-        let report = try LoopbackDemo.run(options, logger: .init(label: "test"))
+        let report = try LoopbackDemo.run(options, logger: quietLogger)
         #expect(report.version == "4.0" && report.versionName == "VERSION_WIN10")
         #expect(report.offers.count == 1 && report.offers[0].deviceClass == "Viridian Echo")
         #expect(report.completions == 3000 && report.mismatches == 0)
