@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "viridian-host", targets: ["viridian-host"]),
         .executable(name: "viridian-bench", targets: ["viridian-bench"]),
+        .executable(name: "viridian-agent", targets: ["viridian-agent"]),
         .library(name: "VMBusWire", targets: ["VMBusWire"]),
         .library(name: "VMBusRing", targets: ["VMBusRing"]),
     ],
@@ -19,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         .target(name: "CSystem", path: "Sources/CSystem"),
@@ -58,13 +60,41 @@ let package = Package(
             dependencies: ["VMBusWire", "GuestMemory", "Hypervisor", "VMBusClient", "EchoDevice"],
             swiftSettings: strict),
         .target(
+            name: "PartitionLink",
+            dependencies: [
+                "CSystem", "VMBusWire", "GuestMemory", "VMBusClient", .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "HostRuntime",
+            dependencies: [
+                "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "EchoDevice",
+                .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "AgentRuntime",
+            dependencies: [
+                "CSystem", "VMBusWire", "VMBusRing", "GuestMemory", "VMBusClient", "PartitionLink", "EchoDevice",
+                .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: strict),
+        .target(
             name: "ViridianBench",
-            dependencies: ["VMBusWire", "VMBusRing", "CSystem", .product(name: "Atomics", package: "swift-atomics")],
+            dependencies: ["VMBusWire", "VMBusRing", "CSystem", "PartitionLink", .product(name: "Atomics", package: "swift-atomics")],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "viridian-agent",
+            dependencies: [
+                "AgentRuntime", "PartitionLink", "VMBusWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict),
         .executableTarget(
             name: "viridian-host",
             dependencies: [
-                "Loopback", "VMBusWire",
+                "Loopback", "VMBusWire", "HostRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -75,6 +105,10 @@ let package = Package(
                 "ViridianBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "ProcessTests",
+            dependencies: ["PartitionLink", "HostRuntime", "AgentRuntime", "VMBusWire"],
             swiftSettings: strict),
         .testTarget(name: "VMBusWireTests", dependencies: ["VMBusWire"], swiftSettings: strict),
         .testTarget(name: "VMBusRingTests", dependencies: ["VMBusRing", "VMBusWire"], swiftSettings: strict),

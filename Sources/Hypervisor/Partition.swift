@@ -39,14 +39,35 @@ public final class Partition {
         messagePorts[connectionID] = port
     }
 
+    /// Told when an event port appears (true) or goes (false), so a transport can give the
+    /// guest a direct doorbell for it.
+    public var eventPortObserver: ((UInt32, Bool) -> Void)?
+
     /// Routes HvSignalEvent on `connectionID` to `handler` (called with the flag number).
     public func registerEventPort(connectionID: UInt32, _ handler: @escaping (UInt16) -> Void) {
+        let isNew = eventPorts[connectionID] == nil
         eventPorts[connectionID] = handler
+        if isNew { eventPortObserver?(connectionID, true) }
     }
 
     public func unregisterEventPort(connectionID: UInt32) {
-        eventPorts[connectionID] = nil
+        if eventPorts.removeValue(forKey: connectionID) != nil { eventPortObserver?(connectionID, false) }
     }
+
+    /// Connection ids with an event port.
+    public var eventConnectionIDs: [UInt32] { Array(eventPorts.keys) }
+
+    /// Delivers a guest signal that arrived without a hypercall (a doorbell write): the same
+    /// effect as a fast HvSignalEvent with flag 0.
+    @discardableResult
+    public func deliverSignal(connectionID: UInt32) -> HvStatus {
+        guard let handler = eventPorts[connectionID] else { return .invalidConnectionID }
+        signalsDelivered &+= 1
+        handler(0)
+        return .success
+    }
+
+    public private(set) var signalsDelivered: UInt64 = 0
 
     /// Executes one hypercall issued by `vp`: the work a hypervisor does on a VMCALL exit.
     /// `input` and `output` are guest physical addresses (or, for fast calls, the register values).
@@ -90,6 +111,7 @@ public final class Partition {
                 event = e
             }
             guard let handler = eventPorts[event.connectionID] else { return .invalidConnectionID }
+            signalsDelivered &+= 1
             handler(event.flagNumber)
             return .success
         case .getVpRegisters, .setVpRegisters, .postMessageDirect, .signalEventDirect:

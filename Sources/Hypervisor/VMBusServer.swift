@@ -51,6 +51,11 @@ public final class VMBusServer: MessagePort {
     public private(set) var messagesSent: UInt64 = 0
     public private(set) var malformedMessages: UInt64 = 0
 
+    /// Sees every channel message: `true` for guest → host, with the raw bytes (tracing).
+    public var messageObserver: ((Bool, [UInt8]) -> Void)?
+    /// Installed on every channel endpoint the server opens (tracing).
+    public var packetObserver: (any PacketObserver)?
+
     public init(partition: Partition, configuration: VMBusServerConfiguration = .init(),
                 logger: Logger = Logger(label: "viridian.vmbus-server")) {
         self.partition = partition
@@ -100,6 +105,11 @@ public final class VMBusServer: MessagePort {
         }
     }
 
+    /// Forgets the guest without messages (it is gone): closes every channel, drops all GPADLs.
+    public func detachGuest() {
+        resetConnection()
+    }
+
     /// Rescinds every channel (partition shutdown).
     public func rescindAll() {
         for relid in channels.keys.sorted() { rescind(relid: relid) }
@@ -109,6 +119,7 @@ public final class VMBusServer: MessagePort {
 
     public func receiveMessage(_ payload: [UInt8], connectionID: UInt32, fromVP vp: UInt32) -> HvStatus {
         messagesReceived &+= 1
+        messageObserver?(true, payload)
         let message: ChannelMessage
         do { message = try ChannelMessage(decoding: payload) } catch {
             malformedMessages &+= 1
@@ -304,6 +315,7 @@ public final class VMBusServer: MessagePort {
         } catch {
             return fail("rings unusable: \(error)")
         }
+        endpoint.packetObserver = packetObserver
         channel.targetVP = targetVP
         channel.ringGPADL = m.ringBufferGPADL
         channel.mapping = mapping
@@ -419,6 +431,7 @@ public final class VMBusServer: MessagePort {
 
     private func post(_ message: ChannelMessage, vp: UInt32, sint: Int) {
         messagesSent &+= 1
+        if let messageObserver { messageObserver(false, message.encode()) }
         if !partition.synics[Int(vp)].postMessage(sint: sint, payload: message.encode()) {
             guestError("guest is not consuming messages; \(message.type) dropped")
         }

@@ -13,6 +13,9 @@ public final class ChannelEndpoint {
     public var writer: RingWriter
     private let signalPeer: () -> Void
 
+    /// Sees each packet as it is committed (tracing); nil costs nothing.
+    public var packetObserver: (any PacketObserver)?
+
     public private(set) var signalsSent: UInt64 = 0
     public private(set) var signalsReceived: UInt64 = 0
 
@@ -35,11 +38,19 @@ public final class ChannelEndpoint {
 
     /// Publishes written packets and signals the peer if the ring rules require it.
     public func commitWrites() {
+        if let packetObserver { writer.forEachUncommitted { packetObserver.observe(relid: relid, outgoing: true, packet: $0) } }
         if writer.commit() { signal() }
     }
 
     /// Publishes consumed packets and signals a blocked peer if the ring rules require it.
     public func commitReads() {
+        if let packetObserver { reader.forEachUncommitted { packetObserver.observe(relid: relid, outgoing: false, packet: $0) } }
         if reader.commit() { signal() }
     }
+}
+
+/// Receives every packet an endpoint commits: what a trace records.
+public protocol PacketObserver: AnyObject {
+    /// `outgoing`: written by this end; otherwise read by it. `packet` is valid during the call.
+    func observe(relid: UInt32, outgoing: Bool, packet: IncomingPacket)
 }

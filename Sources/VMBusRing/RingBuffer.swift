@@ -107,3 +107,39 @@ public struct RingBuffer: @unchecked Sendable {
         return UInt32(sum % UInt64(dataSize))
     }
 }
+
+extension RingBuffer {
+    /// Calls `body` for each well-formed packet between offsets `from` and `to`; stops at the
+    /// first malformed descriptor. For tracing and status, never for the data path.
+    func walkPackets(from: UInt32, to: UInt32, _ body: (IncomingPacket) -> Void) {
+        var at = from
+        while at != to {
+            let available = bytesToRead(write: to, read: at)
+            guard available >= 24 else { return }
+            let descriptor = withUnsafeTemporaryAllocation(byteCount: PacketDescriptor.size, alignment: 8) { tmp in
+                copyOut(at: at, to: tmp.baseAddress!, count: PacketDescriptor.size)
+                return PacketDescriptor(loading: tmp.baseAddress!)
+            }
+            let length = descriptor.length
+            guard length >= 16, descriptor.payloadOffset >= 16, descriptor.payloadOffset <= length,
+                length + 8 <= Int(available), descriptor.packetType != nil
+            else { return }
+            body(IncomingPacket(descriptor: descriptor, ring: self, start: at))
+            at = advance(at, by: length + 8)
+        }
+    }
+}
+
+extension RingWriter {
+    /// Visits the packets written since the last commit.
+    public func forEachUncommitted(_ body: (IncomingPacket) -> Void) {
+        ring.walkPackets(from: published, to: next, body)
+    }
+}
+
+extension RingReader {
+    /// Visits the packets read since the last commit.
+    public func forEachUncommitted(_ body: (IncomingPacket) -> Void) {
+        ring.walkPackets(from: published, to: position, body)
+    }
+}

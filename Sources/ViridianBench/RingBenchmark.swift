@@ -4,6 +4,7 @@ import Atomics
 import CSystem
 import Glibc
 import VMBusRing
+import PartitionLink
 import VMBusWire
 
 /// One measured ring run.
@@ -33,7 +34,7 @@ public enum RingBenchmark {
         memory.initializeMemory(as: UInt8.self, repeating: 0)
         let ring = try RingBuffer(contiguous: memory)
         ring.initializeControlPage()
-        let toReader = Doorbell(), toWriter = Doorbell()
+        let toReader = try EventFD(), toWriter = try EventFD()
         let readerSignals = ManagedAtomic<Int>(0), writerSignals = ManagedAtomic<Int>(0)
         let failure = ManagedAtomic<Bool>(false)
         let space = RingWriter.space(extensionSize: 0, payloadSize: payloadBytes)
@@ -42,7 +43,7 @@ public enum RingBenchmark {
         let writerBatch = max(1, min(batch, slice / space))
         let readerBatch = writerBatch
 
-        let consumer = BenchThread {
+        let consumer = OSThread {
             let sink = UnsafeMutableRawBufferPointer.allocate(byteCount: max(payloadBytes, 8), alignment: 64)
             defer { sink.deallocate() }
             do {

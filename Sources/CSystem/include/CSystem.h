@@ -27,4 +27,31 @@ uint64_t viridian_now_ns(void);
 
 /* Thread CPU time of the calling thread, in nanoseconds. */
 uint64_t viridian_thread_cpu_ns(void);
+
+/* epoll: create, add/modify/remove a descriptor with a 64-bit tag, wait for up to `max` events. */
+int viridian_epoll_create(void);
+int viridian_epoll_add(int epfd, int fd, uint64_t tag);
+int viridian_epoll_remove(int epfd, int fd);
+/* Fills tags[] and events[] (EPOLLIN=1, EPOLLERR/HUP=2 bits); returns the count or -1. */
+int viridian_epoll_wait(int epfd, uint64_t *tags, uint32_t *events, int max, int timeout_ms);
+
+/* Sends one datagram/seqpacket with up to 64 descriptors (SCM_RIGHTS). Returns bytes or -1. */
+long viridian_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+/* Receives one message and up to `max_fds` descriptors (set *nfds). Returns bytes, 0 at EOF, -1 on error.
+   Descriptors beyond max_fds are closed. MSG_CMSG_CLOEXEC is set. */
+long viridian_recv_with_fds(int sock, void *buf, size_t cap, int *fds, int max_fds, int *nfds);
+
+/* Pins the calling thread to the CPUs in `mask` (bit n = CPU n). */
+int viridian_pin_thread(uint64_t mask);
+
+/* Makes SIGTERM, SIGINT (and SIGHUP) write 1 to `eventfd`; SIGPIPE is ignored. */
+int viridian_route_signals_to(int eventfd);
+
+
+/* accept4 with SOCK_CLOEXEC. */
+int viridian_accept(int fd);
+
+/* The pid of a Unix socket's peer (SO_PEERCRED), or 0. */
+int viridian_peer_pid(int fd);
+
 #endif

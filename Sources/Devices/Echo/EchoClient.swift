@@ -57,3 +57,15 @@ public final class EchoClient {
         } while endpoint.reader.unmask()
     }
 }
+
+extension EchoClient {
+    /// After `send` returned false: publishes pending_send_sz for a packet of `payloadSize`, so the
+    /// host signals when room appears. Returns true if the room is already there.
+    public func requestRoom(payloadSize: Int) -> Bool {
+        guard let endpoint = channel.endpoint else { return false }
+        return endpoint.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: payloadSize))
+    }
+
+    /// Withdraws a room request once sending works again.
+    public func roomGranted() { channel.endpoint?.writer.clearSpaceRequest() }
+}

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import HostRuntime
 import Loopback
 import VMBusWire
 
@@ -11,7 +12,74 @@ struct ViridianHost: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-host",
         abstract: "Viridian's VMM: partitions, SynIC, hypercalls, the VMBus server and its devices.",
-        subcommands: [Demo.self])
+        subcommands: [Run.self, Status.self, Demo.self])
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve partitions: one PartitionLink socket per partition, a control socket for status.",
+        discussion: """
+            Without --config the embedded default runs partition "guest1" (64 MiB, 2 VPs, one echo \
+            device) at unix:/run/viridian/guest1.sock (root) or unix:/tmp/viridian-UID/guest1.sock. \
+            SIGTERM or SIGINT: channels are rescinded, agents told, sockets removed. The configuration \
+            keys are listed in README ("Host configuration").
+            """)
+
+    @Option(help: "Configuration file (TOML).")
+    var config: String?
+
+    @Option(help: "Write every channel message and ring packet header to FILE as JSON lines.")
+    var trace: String?
+
+    @Option(help: "Directory for sockets (overrides runtime_dir).")
+    var runtimeDir: String?
+
+    @Flag(help: "Print the effective configuration as TOML-like text and exit.")
+    var printConfig = false
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() throws {
+        var configuration = try config.map { try HostConfiguration.load(path: $0) } ?? .embeddedDefault
+        if let runtimeDir { configuration.runtimeDir = runtimeDir }
+        if printConfig {
+            print("runtime_dir = \"\(configuration.resolvedRuntimeDir)\"")
+            for p in configuration.partition {
+                print("[[partition]] name = \"\(p.name)\" memory_mib = \(p.memoryMiB) vps = \(p.vps) echo_devices = \(p.echoDevices) socket = \"\(configuration.socketPath(for: p))\"")
+            }
+            return
+        }
+        var logger = logging.makeLogger("viridian.host")
+        if logging.logLevel == .warning { logger.logLevel = .notice }
+        let host = try ViridianHostService(configuration: configuration, tracePath: trace, logger: logger)
+        try host.run()
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show partitions, VPs and channels of a running host.")
+
+    @Option(help: "Configuration file of the running host (to find its control socket).")
+    var config: String?
+
+    @Option(help: "Directory for sockets (overrides runtime_dir).")
+    var runtimeDir: String?
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        var configuration = try config.map { try HostConfiguration.load(path: $0) } ?? .embeddedDefault
+        if let runtimeDir { configuration.runtimeDir = runtimeDir }
+        let status = try ViridianHostService.queryStatus(controlPath: configuration.controlSocketPath)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(status), as: UTF8.self))
+        } else {
+            print(status.table())
+        }
+    }
 }
 
 /// Options shared by subcommands.

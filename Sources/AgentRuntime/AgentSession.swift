@@ -1,0 +1,134 @@
+// One agent session in a partition: the link, a thread per VP running the VMBus interrupt handler, the client.
+
+import Atomics
+import CSystem
+import Glibc
+import Logging
+import PartitionLink
+import VMBusClient
+import VMBusWire
+
+/// A joined partition. Each VP is a thread that waits for its SINT interrupt and runs the VMBus
+/// client's handler for that VP; all bus state is guarded by one lock (`withBus`).
+public final class AgentSession: @unchecked Sendable {
+    public let link: GuestLink
+    public let client: VMBusClient
+    let bus = Lock()
+    let progress: EventFD
+    let logger: Logger
+    private var vpThreads: [OSThread] = []
+    private let stopping = ManagedAtomic<Bool>(false)
+    private let interruptCounts: [ManagedAtomic<UInt64>]
+    /// Set when the host went away (the reason).
+    private let lostLock = Lock()
+    private var lostReason: LinkError?
+
+    /// Joins the partition at `address` (unix:PATH).
+    public init(address: String, versions: [VMBusVersion], logger: Logger) throws {
+        link = try GuestLink.attach(to: address)
+        self.logger = logger
+        progress = try EventFD()
+        client = VMBusClient(hypervisor: link, memory: link.memory, vpCount: link.vpCount, versions: versions, logger: logger)
+        interruptCounts = (0..<link.vpCount).map { _ in ManagedAtomic<UInt64>(0) }
+    }
+
+    /// Starts the VP threads, negotiates and waits for every offer.
+    public func start(timeoutMs: Int) throws {
+        let progress = self.progress
+        link.startMonitor { [weak self] reason in
+            self?.lostLock.withLock { self?.lostReason = reason }
+            progress.ring()
+        }
+        let mask = link.welcome.cpuMask
+        for vp in 0..<link.vpCount {
+            vpThreads.append(OSThread { [self] in
+                if mask != 0 { _ = viridian_pin_thread(mask) }
+                while link.waitForInterrupt(vp: vp) && !stopping.load(ordering: .relaxed) {
+                    bus.withLock { client.handleInterrupt(vp: UInt32(vp)) }
+                    interruptCounts[vp].wrappingIncrement(ordering: .relaxed)
+                    progress.ring()
+                }
+            })
+        }
+        try withBus { try $0.connect() }
+        guard try wait(timeoutMs: timeoutMs, until: { $0.allOffersDelivered || $0.state == .failed }) else {
+            throw AgentError.timeout("no ALLOFFERS_DELIVERED within \(timeoutMs) ms")
+        }
+        if client.state == .failed { throw AgentError.protocolFailure("the host accepted none of the VMBus versions offered") }
+        logger.info("joined partition \(link.welcome.name) (id \(link.welcome.partitionID), \(link.vpCount) VPs): VMBus \(client.version?.description ?? "?"), \(client.channels.count) channel(s)")
+    }
+
+    /// Runs `body` with the bus locked (no interrupt handler runs meanwhile).
+    public func withBus<T>(_ body: (VMBusClient) throws -> T) rethrows -> T {
+        try bus.withLock { try body(client) }
+    }
+
+    /// Why the host link closed, if it did.
+    public var hostLost: LinkError? { lostLock.withLock { lostReason } }
+
+    /// Waits until `condition` (checked with the bus locked) holds. False on timeout; throws if the host went away.
+    public func wait(timeoutMs: Int, until condition: (VMBusClient) -> Bool) throws -> Bool {
+        let deadline = viridian_now_ns() + UInt64(timeoutMs) * 1_000_000
+        while true {
+            if withBus(condition) { return true }
+            if let lost = hostLost { throw AgentError.hostGone("\(lost)") }
+            let now = viridian_now_ns()
+            guard now < deadline else { return false }
+            var fd = pollfd(fd: progress.fd, events: Int16(POLLIN), revents: 0)
+            if poll(&fd, 1, Int32(min((deadline - now) / 1_000_000 + 1, 1000))) > 0 {
+                var count: UInt64 = 0
+                _ = read(progress.fd, &count, 8)
+            }
+        }
+    }
+
+    /// Interrupts handled per VP.
+    public var interruptsPerVP: [UInt64] { interruptCounts.map { $0.load(ordering: .relaxed) } }
+
+    /// The devices on the bus, as `viridian-agent list` shows them.
+    public func devices() -> [DeviceInfo] {
+        withBus { client in
+            client.channels.values.sorted { $0.relid < $1.relid }.map { c in
+                DeviceInfo(relid: c.relid, deviceClass: c.deviceClass.name, classID: c.offer.interfaceType.description,
+                           instanceID: c.offer.interfaceInstance.description, subChannelIndex: c.offer.subChannelIndex,
+                           state: "\(c.state)", targetVP: c.state == .open ? c.targetVP : nil,
+                           connectionID: c.offer.connectionID, dedicatedInterrupt: c.offer.isDedicatedInterrupt)
+            }
+        }
+    }
+
+    /// Leaves cleanly: UNLOAD (from 3.0) and its answer, then the VP threads stop and the link closes.
+    public func leave(timeoutMs: Int = 1000) {
+        if hostLost == nil, (try? withBus({ try $0.unload() })) != nil {
+            _ = try? wait(timeoutMs: timeoutMs) { $0.state == .disconnected }
+        }
+        stop()
+    }
+
+    /// Stops the VP threads and closes the link without UNLOAD (as a crash would).
+    public func stop() {
+        stopping.store(true, ordering: .relaxed)
+        for vp in 0..<link.vpCount { link.kick(vp: vp) }
+        for t in vpThreads { t.join() }
+        vpThreads.removeAll()
+        link.detach()
+    }
+}
+
+/// One VMBus device as the guest sees it.
+public struct DeviceInfo: Codable, Sendable, Equatable {
+    public var relid: UInt32
+    public var deviceClass: String
+    public var classID: String
+    public var instanceID: String
+    public var subChannelIndex: UInt16
+    public var state: String
+    public var targetVP: UInt32?
+    public var connectionID: UInt32
+    public var dedicatedInterrupt: Bool
+
+    /// lsvmbus's one-line form.
+    public var lsvmbusLine: String {
+        "VMBUS ID \(relid < 10 ? " " : "")\(relid): Class_ID = {\(classID)} - \(deviceClass)"
+    }
+}

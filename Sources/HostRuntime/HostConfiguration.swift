@@ -1,0 +1,146 @@
+// viridian-host's configuration: partitions, their devices and where the sockets live (TOML).
+
+import Foundation
+import TOMLKit
+
+/// The host's configuration file. Every key is optional; the embedded default runs one partition.
+///
+/// ```toml
+/// runtime_dir = "/run/viridian"      # sockets: <runtime_dir>/<partition>.sock and host.sock
+/// [[partition]]
+/// name = "guest1"                    # also the socket name
+/// memory_mib = 64                    # guest-physical memory
+/// vps = 2                            # virtual processors: 1, 2 or 4 (up to 16)
+/// cpus = [0, 1]                      # host CPUs for the partition and its agent (default: any)
+/// socket = "/run/viridian/g1.sock"   # overrides the default socket path
+/// echo_devices = 1                   # Viridian echo test devices to offer
+/// versions = ["5.3", "4.0"]          # VMBus versions accepted (default: 0.13 … 5.3)
+/// ```
+public struct HostConfiguration: Codable, Sendable, Equatable {
+    public var runtimeDir: String?
+    public var partition: [PartitionConfiguration]
+
+    public init(runtimeDir: String? = nil, partition: [PartitionConfiguration]) {
+        self.runtimeDir = runtimeDir
+        self.partition = partition
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case runtimeDir = "runtime_dir"
+        case partition
+    }
+
+    /// One partition "guest1": 64 MiB, 2 VPs, one echo device.
+    public static let embeddedDefault = HostConfiguration(partition: [PartitionConfiguration(name: "guest1")])
+
+    /// Parses TOML text and validates it.
+    public static func parse(_ text: String) throws -> HostConfiguration {
+        let config = try TOMLDecoder().decode(HostConfiguration.self, from: text)
+        try config.validate()
+        return config
+    }
+
+    /// Reads and validates a file.
+    public static func load(path: String) throws -> HostConfiguration {
+        try parse(try String(contentsOfFile: path, encoding: .utf8))
+    }
+
+    /// The directory for sockets: the configured one, else /run/viridian as root, else a per-user /tmp one.
+    public var resolvedRuntimeDir: String {
+        if let runtimeDir { return runtimeDir }
+        return getuid() == 0 ? "/run/viridian" : "/tmp/viridian-\(getuid())"
+    }
+
+    public func socketPath(for p: PartitionConfiguration) -> String { p.socket ?? "\(resolvedRuntimeDir)/\(p.name).sock" }
+    public var controlSocketPath: String { "\(resolvedRuntimeDir)/host.sock" }
+
+    public func validate() throws {
+        guard !partition.isEmpty else { throw ConfigurationError.invalid("at least one [[partition]] is needed") }
+        var names = Set<String>()
+        for p in partition {
+            guard names.insert(p.name).inserted else { throw ConfigurationError.invalid("partition name '\(p.name)' is used twice") }
+            try p.validate()
+        }
+    }
+}
+
+/// One child partition.
+public struct PartitionConfiguration: Codable, Sendable, Equatable {
+    public var name: String
+    public var memoryMiB: Int
+    public var vps: Int
+    public var cpus: [Int]?
+    public var socket: String?
+    public var echoDevices: Int
+    public var versions: [String]?
+
+    public init(name: String, memoryMiB: Int = 64, vps: Int = 2, cpus: [Int]? = nil, socket: String? = nil,
+                echoDevices: Int = 1, versions: [String]? = nil) {
+        self.name = name
+        self.memoryMiB = memoryMiB
+        self.vps = vps
+        self.cpus = cpus
+        self.socket = socket
+        self.echoDevices = echoDevices
+        self.versions = versions
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, vps, cpus, socket, versions
+        case memoryMiB = "memory_mib"
+        case echoDevices = "echo_devices"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        memoryMiB = try c.decodeIfPresent(Int.self, forKey: .memoryMiB) ?? 64
+        vps = try c.decodeIfPresent(Int.self, forKey: .vps) ?? 2
+        cpus = try c.decodeIfPresent([Int].self, forKey: .cpus)
+        socket = try c.decodeIfPresent(String.self, forKey: .socket)
+        echoDevices = try c.decodeIfPresent(Int.self, forKey: .echoDevices) ?? 1
+        versions = try c.decodeIfPresent([String].self, forKey: .versions)
+    }
+
+    func validate() throws {
+        guard !name.isEmpty, name.count <= 64, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
+            throw ConfigurationError.invalid("partition name '\(name)': use 1–64 letters, digits, - or _")
+        }
+        guard (4...65536).contains(memoryMiB) else { throw ConfigurationError.invalid("\(name): memory_mib must be 4…65536") }
+        guard (1...16).contains(vps) else { throw ConfigurationError.invalid("\(name): vps must be 1…16") }
+        if let cpus, cpus.isEmpty || cpus.contains(where: { !(0..<64).contains($0) }) {
+            throw ConfigurationError.invalid("\(name): cpus must list CPU numbers 0…63")
+        }
+        guard (0...64).contains(echoDevices) else { throw ConfigurationError.invalid("\(name): echo_devices must be 0…64") }
+        _ = try parsedVersions()
+    }
+
+    /// Host CPUs as a bit mask (0 = any).
+    public var cpuMask: UInt64 { (cpus ?? []).reduce(0) { $0 | 1 << UInt64($1) } }
+
+    func parsedVersions() throws -> [VMBusVersionText] {
+        try (versions ?? []).map { text in
+            let parts = text.split(separator: ".")
+            guard parts.count == 2, let major = UInt16(parts[0]), let minor = UInt16(parts[1]) else {
+                throw ConfigurationError.invalid("\(name): bad version '\(text)', use MAJOR.MINOR")
+            }
+            return VMBusVersionText(major: major, minor: minor)
+        }
+    }
+}
+
+/// A parsed "MAJOR.MINOR".
+struct VMBusVersionText {
+    var major: UInt16
+    var minor: UInt16
+}
+
+/// A configuration problem, said in the user's terms.
+public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
+    case invalid(String)
+    public var description: String {
+        switch self {
+        case .invalid(let why): "configuration: \(why)"
+        }
+    }
+}

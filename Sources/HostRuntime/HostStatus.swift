@@ -1,0 +1,131 @@
+// What `viridian-host status` shows: partitions, VPs, channels with ring fill and counters.
+
+import Foundation
+import Hypervisor
+import VMBusWire
+
+/// The whole host.
+public struct HostStatus: Codable, Sendable {
+    public var pid: Int32
+    public var partitions: [PartitionStatus]
+}
+
+/// One partition.
+public struct PartitionStatus: Codable, Sendable {
+    public var id: UInt32
+    public var name: String
+    public var socket: String
+    /// "waiting" (no agent) or "attached".
+    public var state: String
+    public var agentPID: Int32?
+    public var attachCount: Int
+    public var memoryMiB: Int
+    public var vmbusVersion: String?
+    public var uptimeSeconds: Double?
+    public var hypercalls: UInt64
+    public var signals: UInt64
+    public var messagesIn: UInt64
+    public var messagesOut: UInt64
+    public var malformedMessages: UInt64
+    public var vps: [VPStatus]
+    public var channels: [ChannelStatus]
+}
+
+/// One virtual processor's SynIC counters.
+public struct VPStatus: Codable, Sendable {
+    public var index: Int
+    public var interrupts: UInt64
+    public var messagesDelivered: UInt64
+    public var messagesQueued: Int
+    public var eventsSignalled: UInt64
+    public var eoms: UInt64
+}
+
+/// One channel.
+public struct ChannelStatus: Codable, Sendable {
+    public var relid: UInt32
+    public var device: String
+    public var instance: String
+    public var state: String
+    public var targetVP: UInt32
+    /// Bytes waiting in the guest → host ring, and its data size.
+    public var inboundFill: UInt32
+    public var inboundSize: UInt32
+    /// Bytes waiting in the host → guest ring, and its data size.
+    public var outboundFill: UInt32
+    public var outboundSize: UInt32
+    public var packetsIn: UInt64
+    public var packetsOut: UInt64
+    public var signalsIn: UInt64
+    public var signalsOut: UInt64
+    public var ringFull: UInt64
+}
+
+extension PartitionService {
+    /// A snapshot, taken on the service thread.
+    public func status() -> PartitionStatus {
+        perform { [self] in
+            let runtime = self.runtime
+            let vps: [VPStatus] = runtime.map { rt in
+                rt.partition.synics.enumerated().map { i, s in
+                    VPStatus(index: i, interrupts: rt.interruptCounts[i], messagesDelivered: s.messagesDelivered,
+                             messagesQueued: s.queuedMessages(sint: SynICLayout.vmbusSINT), eventsSignalled: s.eventsSignalled, eoms: s.eomCount)
+                }
+            } ?? []
+            let channels: [ChannelStatus] = runtime.map { rt in
+                rt.server.channels.values.sorted { $0.relid < $1.relid }.map { c in
+                    let e = c.endpoint
+                    return ChannelStatus(
+                        relid: c.relid, device: c.device.deviceClass.name, instance: c.device.instanceID.description,
+                        state: c.state.rawValue, targetVP: c.targetVP,
+                        inboundFill: e?.reader.ring.fill ?? 0, inboundSize: e?.reader.ring.dataSize ?? 0,
+                        outboundFill: e?.writer.ring.fill ?? 0, outboundSize: e?.writer.ring.dataSize ?? 0,
+                        packetsIn: e?.reader.packetsRead ?? 0, packetsOut: e?.writer.packetsWritten ?? 0,
+                        signalsIn: e?.signalsReceived ?? 0, signalsOut: e?.signalsSent ?? 0, ringFull: e?.writer.ringFullEvents ?? 0)
+                }
+            } ?? []
+            return PartitionStatus(
+                id: id, name: configuration.name, socket: socketPath, state: runtime == nil ? "waiting" : "attached",
+                agentPID: runtime?.agentPID, attachCount: attachCount, memoryMiB: configuration.memoryMiB,
+                vmbusVersion: runtime?.server.connection?.version.description,
+                uptimeSeconds: runtime.map { DispatchClock.now() - $0.attachedAt },
+                hypercalls: runtime?.partition.hypercalls ?? 0, signals: runtime?.partition.signalsDelivered ?? 0,
+                messagesIn: runtime?.server.messagesReceived ?? 0, messagesOut: runtime?.server.messagesSent ?? 0,
+                malformedMessages: runtime?.server.malformedMessages ?? 0, vps: vps, channels: channels)
+        }
+    }
+}
+
+extension HostStatus {
+    /// The status as a table for terminals.
+    public func table() -> String {
+        var lines: [String] = []
+        for p in partitions {
+            lines.append("partition \(p.id) \(p.name): \(p.state)"
+                + (p.agentPID.map { " (agent pid \($0))" } ?? "")
+                + (p.vmbusVersion.map { ", VMBus \($0)" } ?? "")
+                + ", \(p.memoryMiB) MiB, attaches \(p.attachCount), socket \(p.socket)")
+            if p.state == "attached" {
+                lines.append("  hypercalls \(p.hypercalls)  doorbell signals \(p.signals)  messages in/out \(p.messagesIn)/\(p.messagesOut)  malformed \(p.malformedMessages)")
+                lines.append("  VP  interrupts  msgs-delivered  queued  events  EOMs")
+                for v in p.vps {
+                    lines.append("  " + [pad(v.index, 2), pad(v.interrupts, 10), pad(v.messagesDelivered, 14), pad(v.messagesQueued, 6),
+                                         pad(v.eventsSignalled, 6), pad(v.eoms, 5)].joined(separator: "  "))
+                }
+                lines.append("  relid  device               state     VP  in-fill/size     out-fill/size    pkts-in   pkts-out  sig-in  sig-out  full")
+                for c in p.channels {
+                    lines.append("  " + [pad(c.relid, 5), c.device.padding(toLength: 19, withPad: " ", startingAt: 0), c.state.padding(toLength: 8, withPad: " ", startingAt: 0),
+                                         pad(c.targetVP, 2), "\(c.inboundFill)/\(c.inboundSize)".padding(toLength: 15, withPad: " ", startingAt: 0),
+                                         "\(c.outboundFill)/\(c.outboundSize)".padding(toLength: 15, withPad: " ", startingAt: 0),
+                                         pad(c.packetsIn, 8), pad(c.packetsOut, 9), pad(c.signalsIn, 6), pad(c.signalsOut, 7), pad(c.ringFull, 4)].joined(separator: "  "))
+                }
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+private func pad<T: CustomStringConvertible>(_ value: T, _ width: Int) -> String {
+    let s = value.description
+    return s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
+}

@@ -1,0 +1,264 @@
+// A partition's service thread: listens for its agent, runs the hypervisor loop, survives agents dying.
+
+import CSystem
+import EchoDevice
+import Glibc
+import GuestMemory
+import Hypervisor
+import Logging
+import PartitionLink
+import VMBusWire
+
+/// Serves one partition on its own thread. The thread owns every hypervisor object of the
+/// partition (no locks on the data path): it waits with epoll on the listening socket, the
+/// agent's socket, every VP doorbell and every channel doorbell. An agent that dies is noticed
+/// by the socket closing; its runtime is torn down and the socket accepts a new agent.
+public final class PartitionService: @unchecked Sendable {
+    public let configuration: PartitionConfiguration
+    public let id: UInt32
+    public let socketPath: String
+    let listener: LinkListener
+    let devices: [EchoDevice]
+    let serverConfiguration: VMBusServerConfiguration
+    let logger: Logger
+    let trace: TraceWriter?
+    let epoll: Int32
+    let wake: EventFD
+    private let requestLock = Lock()
+    private var requests: [() -> Void] = []
+    private var thread: OSThread?
+    private var running = true
+    var runtime: PartitionRuntime?
+    public private(set) var attachCount = 0
+    /// Peers that connected but have not said hello yet, by descriptor, with their deadline.
+    private var pending: [Int32: (socket: LinkSocket, deadline: UInt64)] = [:]
+    /// How long a peer has to say hello, and how many may wait at once.
+    static let helloTimeoutNs: UInt64 = 2_000_000_000
+    static let pendingLimit = 16
+
+    enum Tag {
+        static let listener: UInt64 = 1 << 56
+        static let socket: UInt64 = 2 << 56
+        static let doorbell: UInt64 = 3 << 56
+        static let channel: UInt64 = 4 << 56
+        static let wake: UInt64 = 5 << 56
+        static let pending: UInt64 = 6 << 56
+        static let kindMask: UInt64 = 0xFF << 56
+    }
+
+    public init(configuration: PartitionConfiguration, id: UInt32, socketPath: String, logger: Logger,
+                trace: TraceWriter?) throws {
+        self.configuration = configuration
+        self.id = id
+        self.socketPath = socketPath
+        self.logger = logger
+        self.trace = trace
+        var server = VMBusServerConfiguration()
+        let versions = try configuration.parsedVersions()
+        if !versions.isEmpty { server.supportedVersions = Set(versions.map { VMBusVersion(major: $0.major, minor: $0.minor) }) }
+        serverConfiguration = server
+        devices = (0..<configuration.echoDevices).map { i in
+            EchoDevice(instanceID: GUID(low: 0x484F_4345_4D52_4956, high: UInt64(id) << 32 | UInt64(i + 1)), logger: logger)
+        }
+        listener = try LinkListener(path: socketPath)
+        epoll = viridian_epoll_create()
+        wake = try EventFD()
+        guard epoll >= 0 else { throw LinkError.system(call: "epoll_create", errno: errno) }
+        _ = viridian_epoll_add(epoll, listener.fd, Tag.listener)
+        _ = viridian_epoll_add(epoll, wake.fd, Tag.wake)
+    }
+
+    deinit { close(epoll) }
+
+    /// Starts the service thread.
+    public func start() {
+        thread = OSThread { [self] in
+            if configuration.cpuMask != 0 { _ = viridian_pin_thread(configuration.cpuMask) }
+            loop()
+        }
+    }
+
+    /// Rescinds every channel, tells the agent the host is going, and ends the thread.
+    public func stop() {
+        perform { [self] in
+            if let runtime {
+                runtime.server.rescindAll()
+                try? runtime.socket.send(.shutdown(reason: 0))
+                detach(reason: "host shutting down")
+            }
+            running = false
+        }
+        thread?.join()
+        thread = nil
+    }
+
+    /// Runs `body` on the service thread and returns its result.
+    public func perform<T>(_ body: @escaping () -> T) -> T {
+        if thread == nil { return body() }
+        let done = try! EventFD()
+        nonisolated(unsafe) var result: T?
+        let job = { result = body(); done.ring() }
+        requestLock.withLock { requests.append(job) }
+        wake.ring()
+        done.wait()
+        return result!
+    }
+
+    // MARK: The loop
+
+    private func loop() {
+        var tags = [UInt64](repeating: 0, count: 64)
+        var events = [UInt32](repeating: 0, count: 64)
+        while running {
+            let now = viridian_now_ns()
+            let nearest = pending.values.map(\.deadline).min()
+            let timeout = nearest.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + 1) } ?? -1
+            let n = viridian_epoll_wait(epoll, &tags, &events, 64, timeout)
+            expirePending()
+            if n < 0 {
+                if errno == EINTR { continue }
+                logger.error("\(configuration.name): epoll_wait failed: errno \(errno)")
+                return
+            }
+            for i in 0..<Int(n) {
+                let tag = tags[i]
+                switch tag & Tag.kindMask {
+                case Tag.doorbell:
+                    runtime?.serviceVP(Int(tag & 0xFFFF))
+                case Tag.channel:
+                    guard let runtime, let doorbell = runtime.channelDoorbells[UInt32(truncatingIfNeeded: tag)] else { continue }
+                    var count: UInt64 = 0
+                    _ = read(doorbell.fd, &count, 8)
+                    runtime.partition.deliverSignal(connectionID: UInt32(truncatingIfNeeded: tag))
+                case Tag.socket:
+                    agentSocketReadable()
+                case Tag.listener:
+                    acceptPeer()
+                case Tag.pending:
+                    greet(Int32(truncatingIfNeeded: tag & 0xFFFF_FFFF))
+                case Tag.wake:
+                    var count: UInt64 = 0
+                    _ = read(wake.fd, &count, 8)
+                    let jobs = requestLock.withLock { () -> [() -> Void] in
+                        defer { requests.removeAll() }
+                        return requests
+                    }
+                    jobs.forEach { $0() }
+                default:
+                    break
+                }
+            }
+        }
+    }
+
+    // MARK: Attach and detach
+
+    /// Accepts a connection and waits (without blocking the loop) for its hello.
+    private func acceptPeer() {
+        let socket: LinkSocket
+        do { socket = try listener.accept() } catch {
+            logger.warning("\(configuration.name): accept failed: \(error)")
+            return
+        }
+        guard pending.count < Self.pendingLimit else {
+            try? socket.send(.refuse(code: LinkRefusal.busy, reason: "too many connections waiting"))
+            return
+        }
+        pending[socket.fd] = (socket, viridian_now_ns() + Self.helloTimeoutNs)
+        _ = viridian_epoll_add(epoll, socket.fd, Tag.pending | UInt64(UInt32(bitPattern: socket.fd)))
+    }
+
+    /// Drops peers that did not say hello in time.
+    private func expirePending() {
+        let now = viridian_now_ns()
+        for (fd, peer) in pending where peer.deadline <= now {
+            _ = viridian_epoll_remove(epoll, fd)
+            pending[fd] = nil
+            logger.warning("\(configuration.name): dropped peer pid \(LinkListener.peerPID(peer.socket)): no hello within 2 s")
+            try? peer.socket.send(.refuse(code: LinkRefusal.badHello, reason: "no hello within 2 s"))
+        }
+    }
+
+    /// Reads a waiting peer's hello; attaches it, or refuses it (bad hello, partition busy).
+    private func greet(_ fd: Int32) {
+        guard let peer = pending.removeValue(forKey: fd) else { return }
+        _ = viridian_epoll_remove(epoll, fd)
+        let socket = peer.socket
+        let pid = LinkListener.peerPID(socket)
+        do {
+            let (frame, fds) = try socket.receive()
+            fds.forEach { close($0) }
+            guard case .hello = frame else { throw LinkError.malformed("first frame is not hello") }
+        } catch {
+            logger.warning("\(configuration.name): dropped peer pid \(pid): \(error)")
+            try? socket.send(.refuse(code: LinkRefusal.badHello, reason: "bad handshake: \(error)"))
+            return
+        }
+        if runtime != nil {
+            try? socket.send(.refuse(code: LinkRefusal.busy, reason: "partition \(configuration.name) already has an agent"))
+            return
+        }
+        do {
+            let runtime = try PartitionRuntime(socket: socket, agentPID: pid, id: id, configuration: configuration,
+                                               serverConfiguration: serverConfiguration, logger: logger)
+            if let trace {
+                let name = configuration.name
+                runtime.server.messageObserver = { trace.message(partition: name, guestToHost: $0, bytes: $1) }
+                runtime.server.packetObserver = PacketTrace(writer: trace, partition: name)
+            }
+            for device in devices { runtime.server.offer(device) }
+            try socket.send(.welcome(.init(partitionID: id, vpCount: UInt32(configuration.vps),
+                                           memoryBytes: UInt64(configuration.memoryMiB) << 20,
+                                           cpuMask: configuration.cpuMask, name: configuration.name)),
+                            fds: runtime.welcomeDescriptors)
+            self.runtime = runtime
+            attachCount += 1
+            _ = viridian_epoll_add(epoll, socket.fd, Tag.socket)
+            for (vp, doorbell) in runtime.doorbells.enumerated() { _ = viridian_epoll_add(epoll, doorbell.fd, Tag.doorbell | UInt64(vp)) }
+            for connection in runtime.partition.eventConnectionIDs.sorted() { eventPortChanged(connection, added: true) }
+            runtime.partition.eventPortObserver = { [unowned self] in self.eventPortChanged($0, added: $1) }
+            logger.info("\(configuration.name): agent pid \(pid) attached")
+        } catch {
+            logger.error("\(configuration.name): cannot attach agent pid \(pid): \(error)")
+            try? socket.send(.refuse(code: LinkRefusal.internalError, reason: "\(error)"))
+        }
+    }
+
+    /// Gives the agent a doorbell for a new event connection, or takes it back.
+    private func eventPortChanged(_ connection: UInt32, added: Bool) {
+        guard let runtime else { return }
+        if added {
+            guard let doorbell = try? EventFD() else { return }
+            runtime.channelDoorbells[connection] = doorbell
+            _ = viridian_epoll_add(epoll, doorbell.fd, Tag.channel | UInt64(connection))
+            try? runtime.socket.send(.eventFD(connectionID: connection), fds: [doorbell.fd])
+        } else if let doorbell = runtime.channelDoorbells.removeValue(forKey: connection) {
+            _ = viridian_epoll_remove(epoll, doorbell.fd)
+            try? runtime.socket.send(.revokeEventFD(connectionID: connection))
+        }
+    }
+
+    private func agentSocketReadable() {
+        guard let runtime else { return }
+        do {
+            let (frame, fds) = try runtime.socket.receive()
+            fds.forEach { close($0) }
+            logger.debug("\(configuration.name): ignored \(frame) from the agent")
+        } catch {
+            detach(reason: "agent pid \(runtime.agentPID) left (\(error))")
+        }
+    }
+
+    /// Tears down the runtime: devices closed, GPADLs dropped, descriptors closed.
+    private func detach(reason: String) {
+        guard let runtime else { return }
+        runtime.partition.eventPortObserver = nil
+        _ = viridian_epoll_remove(epoll, runtime.socket.fd)
+        for doorbell in runtime.doorbells { _ = viridian_epoll_remove(epoll, doorbell.fd) }
+        for doorbell in runtime.channelDoorbells.values { _ = viridian_epoll_remove(epoll, doorbell.fd) }
+        runtime.server.detachGuest()
+        runtime.socket.close()
+        self.runtime = nil
+        logger.notice("\(configuration.name): \(reason); partition reset, waiting for an agent")
+    }
+}

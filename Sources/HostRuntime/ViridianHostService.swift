@@ -1,0 +1,130 @@
+// The running host: partition services, the control socket for `status`, and signal-driven shutdown.
+
+import CSystem
+import Foundation
+import Glibc
+import Logging
+import PartitionLink
+
+/// `viridian-host run`: starts one service per partition and answers `status` on the control
+/// socket until SIGTERM, SIGINT or SIGHUP; then rescinds, tells agents, removes its sockets.
+public final class ViridianHostService: @unchecked Sendable {
+    public let configuration: HostConfiguration
+    public let partitions: [PartitionService]
+    let logger: Logger
+    let trace: TraceWriter?
+    let controlFD: Int32
+    let controlPath: String
+    let stopRequest: EventFD
+
+    public init(configuration: HostConfiguration, tracePath: String?, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        let dir = configuration.resolvedRuntimeDir
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let trace = try tracePath.map { try TraceWriter(path: $0) }
+        self.trace = trace
+        partitions = try configuration.partition.enumerated().map { i, p in
+            try PartitionService(configuration: p, id: UInt32(i + 1), socketPath: configuration.socketPath(for: p),
+                                 logger: logger, trace: trace)
+        }
+        controlPath = configuration.controlSocketPath
+        controlFD = try Self.listenStream(path: controlPath)
+        stopRequest = try EventFD()
+    }
+
+    deinit {
+        close(controlFD)
+        unlink(controlPath)
+    }
+
+    /// Runs until a stop signal or `requestStop()`.
+    public func run(handleSignals: Bool = true) throws {
+        if handleSignals { _ = viridian_route_signals_to(stopRequest.fd) }
+        for p in partitions { p.start() }
+        for p in partitions { logger.notice("partition \(p.configuration.name) listening on unix:\(p.socketPath)") }
+        logger.notice("control socket unix:\(controlPath)")
+        var fds = [pollfd(fd: controlFD, events: Int16(POLLIN), revents: 0), pollfd(fd: stopRequest.fd, events: Int16(POLLIN), revents: 0)]
+        while true {
+            if poll(&fds, 2, -1) < 0 { if errno == EINTR { continue } else { break } }
+            if fds[1].revents != 0 { break }
+            if fds[0].revents != 0 { serveControl() }
+        }
+        logger.notice("shutting down: rescinding channels, detaching agents")
+        for p in partitions { p.stop() }
+    }
+
+    public func requestStop() { stopRequest.ring() }
+
+    public func status() -> HostStatus {
+        HostStatus(pid: getpid(), partitions: partitions.map { $0.status() })
+    }
+
+    /// One request per connection: a line ("status") in, JSON out.
+    private func serveControl() {
+        let client = viridian_accept(controlFD)
+        guard client >= 0 else { return }
+        defer { close(client) }
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let n = read(client, &buffer, buffer.count)
+        guard n > 0 else { return }
+        let request = String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let reply: Data
+        switch request {
+        case "status":
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            reply = (try? encoder.encode(status())) ?? Data("{}".utf8)
+        default:
+            reply = Data("{\"error\":\"unknown request\"}".utf8)
+        }
+        reply.withUnsafeBytes { raw in
+            var sent = 0
+            while sent < raw.count {
+                let w = write(client, raw.baseAddress! + sent, raw.count - sent)
+                if w <= 0 { break }
+                sent += w
+            }
+        }
+    }
+
+    /// Asks a running host for its status over the control socket.
+    public static func queryStatus(controlPath: String) throws -> HostStatus {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw LinkError.system(call: "socket", errno: errno) }
+        defer { close(fd) }
+        var addr = sockaddr_un.make(controlPath)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { throw LinkError.system(call: "connect(\(controlPath)) — is viridian-host running?", errno: errno) }
+        _ = "status\n".withCString { write(fd, $0, 7) }
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &chunk, chunk.count)
+            if n <= 0 { break }
+            data.append(contentsOf: chunk[0..<n])
+        }
+        return try JSONDecoder().decode(HostStatus.self, from: data)
+    }
+
+    static func listenStream(path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw LinkError.system(call: "socket", errno: errno) }
+        var st = stat()
+        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        var addr = sockaddr_un.make(path)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0, listen(fd, 16) == 0 else {
+            let e = errno
+            close(fd)
+            throw LinkError.system(call: "bind(\(path))", errno: e)
+        }
+        return fd
+    }
+}

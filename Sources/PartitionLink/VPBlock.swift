@@ -1,0 +1,28 @@
+// The per-VP register block in shared memory through which a trapping instruction reaches the host.
+
+/// Layout of one VP's 64-byte block in the VP-block memory (VP n at n × 64): what a VM exit
+/// carries in registers. The guest fills it, rings the doorbell and waits on the completion.
+public enum VPBlock {
+    public static let size = 64
+    public static let memorySize = 4096
+    public static let maximumVPs = memorySize / size
+
+    public static let kind = 0
+    public static let msr = 4
+    public static let control = 8
+    public static let input = 16
+    public static let output = 24
+    public static let value = 32
+    public static let result = 40
+
+    /// What trapped.
+    public enum Kind: UInt32, Sendable {
+        case hypercall = 1
+        case writeMSR = 2
+        case readMSR = 3
+    }
+
+    /// MSR access outcome in `result`.
+    public static let msrOK: UInt64 = 0
+    public static let msrRefused: UInt64 = 1
+}

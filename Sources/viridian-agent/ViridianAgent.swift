@@ -1,0 +1,193 @@
+// viridian-agent: the guest agent. Joins a partition and runs the VMBus clients. Command line only.
+
+import AgentRuntime
+import ArgumentParser
+import Foundation
+import Glibc
+import Logging
+import PartitionLink
+import VMBusWire
+
+@main
+struct ViridianAgent: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "viridian-agent",
+        abstract: "Viridian's guest agent: joins a partition and runs its VMBus clients.",
+        subcommands: [Run.self, List.self, Echo.self],
+        defaultSubcommand: Run.self)
+}
+
+/// Options every subcommand takes.
+struct CommonOptions: ParsableArguments {
+    @Option(help: "Partition link, unix:PATH (default: from the configuration file).")
+    var link: String?
+
+    @Option(help: "Configuration file (default /etc/viridian/agent.toml if present).")
+    var config: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String?
+
+    func load() throws -> (AgentConfiguration, Logger) {
+        var configuration = try AgentConfiguration.load(path: config)
+        if let link { configuration.link = link }
+        if let logLevel { configuration.logLevel = logLevel }
+        guard let level = Logger.Level(rawValue: configuration.logLevel) else {
+            throw ValidationError("unknown log level '\(configuration.logLevel)'")
+        }
+        var logger = Logger(label: "viridian.agent") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = level
+        return (configuration, logger)
+    }
+
+    func join(_ configuration: AgentConfiguration, _ logger: Logger) throws -> AgentSession {
+        let session: AgentSession
+        do {
+            session = try AgentSession(address: configuration.link, versions: try configuration.parsedVersions(), logger: logger)
+        } catch let error as LinkError {
+            throw AgentError.hostGone("cannot join \(configuration.link): \(error)")
+        }
+        do { try session.start(timeoutMs: configuration.connectTimeoutMs) } catch {
+            session.stop()
+            throw error
+        }
+        return session
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Join the partition and serve it until SIGTERM (the default subcommand).",
+        discussion: "Exits non-zero when the host goes away, unless --reconnect (or reconnect = true) makes it wait and rejoin.")
+
+    @OptionGroup var common: CommonOptions
+
+    @Flag(help: "When the host goes away, wait for it and rejoin.")
+    var reconnect = false
+
+    func run() throws {
+        var (configuration, logger) = try common.load()
+        if reconnect { configuration.reconnect = true }
+        let stop = try EventFD()
+        _ = viridianRouteSignals(stop)
+        while true {
+            let session: AgentSession
+            do { session = try common.join(configuration, logger) } catch {
+                guard configuration.reconnect else { throw error }
+                logger.notice("\(error); retrying in \(configuration.reconnectIntervalMs) ms")
+                if waitOrStop(stop, ms: configuration.reconnectIntervalMs) { return }
+                continue
+            }
+            for d in session.devices() { logger.info("\(d.lsvmbusLine)") }
+            // Serve until a stop signal or the host going away.
+            while !waitOrStop(stop, ms: 200) {
+                if session.hostLost != nil { break }
+            }
+            if let lost = session.hostLost {
+                session.stop()
+                guard configuration.reconnect else {
+                    throw AgentError.hostGone("the host closed partition link \(configuration.link): \(lost)")
+                }
+                logger.notice("host went away (\(lost)); waiting to rejoin")
+                continue
+            }
+            session.leave()
+            return
+        }
+    }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the partition's VMBus devices, like lsvmbus.",
+        discussion: "Joins the partition for the listing and leaves it with UNLOAD; the partition must not have another agent attached.")
+
+    @OptionGroup var common: CommonOptions
+
+    @Flag(name: .shortAndLong, help: "Show instance ids, relids, connection ids and state.")
+    var verbose = false
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        let (configuration, logger) = try common.load()
+        let session = try common.join(configuration, logger)
+        let devices = session.devices()
+        let version = session.withBus { $0.version }
+        session.leave()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(devices), as: UTF8.self))
+            return
+        }
+        if verbose, let version { print("VMBus version \(version) (\(version.linuxName))") }
+        for d in devices {
+            print(d.lsvmbusLine)
+            if verbose {
+                print("\tDevice_ID = {\(d.instanceID)}")
+                print("\tRel_ID=\(d.relid), connection_id=0x\(String(d.connectionID, radix: 16)), sub_channel=\(d.subChannelIndex), state=\(d.state)"
+                      + (d.targetVP.map { ", target_vp=\($0)" } ?? ""))
+            }
+        }
+    }
+}
+
+struct Echo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Exchange packets with the host's echo devices and check every byte.",
+        discussion: "Channel i targets VP i mod VPs. Exits non-zero on any mismatch.")
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "Packets in total.")
+    var packets: Int = 100_000
+
+    @Option(help: "Payload bytes per packet (at least 8).")
+    var payload: Int = 256
+
+    @Option(help: "Echo channels to use.")
+    var channels: Int = 1
+
+    @Option(help: "Pages per ring (each direction, control page included).")
+    var ringPages: Int = 32
+
+    @Flag(help: "Print the report as JSON.")
+    var json = false
+
+    func validate() throws {
+        guard packets >= 1, channels >= 1, (8...65536).contains(payload), ringPages >= 2 else {
+            throw ValidationError("need --packets ≥ 1, --channels ≥ 1, --payload 8…65536, --ring-pages ≥ 2")
+        }
+        guard payload + 64 < (ringPages - 1) * 4096 else { throw ValidationError("--payload does not fit a ring of --ring-pages") }
+    }
+
+    func run() throws {
+        let (configuration, logger) = try common.load()
+        let session = try common.join(configuration, logger)
+        let report: EchoReport
+        do { report = try session.echo(packets: packets, payloadBytes: payload, channels: channels, ringPages: ringPages) } catch {
+            session.stop()
+            throw error
+        }
+        session.leave()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print("echo: \(report.completions)/\(report.packets) packets of \(report.payloadBytes) B, \(report.mismatches) mismatches, "
+                  + String(format: "%.0f packets/s", report.packetsPerSecond))
+            for c in report.channels { print("  relid \(c.relid) on VP \(c.targetVP): \(c.completions) completions") }
+            print("  interrupts per VP: \(report.interruptsPerVP.map(String.init).joined(separator: " "))")
+        }
+        if report.mismatches > 0 || report.completions != report.packets { throw ExitCode.failure }
+    }
+}
+
+/// Waits up to `ms` for the stop doorbell; true if it rang.
+func waitOrStop(_ stop: EventFD, ms: Int) -> Bool {
+    var fd = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
+    return poll(&fd, 1, Int32(ms)) > 0
+}

@@ -1,0 +1,160 @@
+// viridian-host and viridian-agent as real processes: negotiation, listing, echo traffic, VPs, faults, scale.
+
+import AgentRuntime
+import Foundation
+import Glibc
+import HostRuntime
+import PartitionLink
+import Testing
+
+func decode<T: Decodable>(_ type: T.Type, from text: String) throws -> T {
+    // Logs go to the same file; the JSON document starts at the first line that opens one.
+    guard let start = text.range(of: "\n{")?.lowerBound ?? text.range(of: "\n[")?.lowerBound ?? (text.hasPrefix("{") || text.hasPrefix("[") ? text.startIndex : nil) else {
+        throw HarnessError.missing("no JSON in output: \(text)")
+    }
+    return try JSONDecoder().decode(T.self, from: Data(text[start...].utf8))
+}
+
+@Suite("Host and agent processes", .serialized)
+struct HostAgentTests {
+    @Test("The agent negotiates and lists the offered devices")
+    func list() throws {
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\nvps = 2\necho_devices = 2\n")
+        let agent = try fixture.agent(["list", "--json"])
+        #expect(agent.wait() == 0, "\(agent.text)")
+        let devices = try decode([DeviceInfo].self, from: agent.text)
+        #expect(devices.count == 2)
+        #expect(devices.allSatisfy { $0.deviceClass == "Viridian Echo" && $0.classID == "5649524d-4543-484f-8000-766972696469" })
+        #expect(devices.map(\.relid) == [1, 2])
+        let plain = try fixture.agent(["list"])
+        #expect(plain.wait() == 0)
+        #expect(plain.text.contains("VMBUS ID  1: Class_ID = {5649524d-4543-484f-8000-766972696469} - Viridian Echo"))
+    }
+
+    @Test("100k echo packets cross the process boundary intact")
+    func echo100k() throws {
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\n")
+        let agent = try fixture.agent(["echo", "--packets", "100000", "--payload", "200", "--json"])
+        #expect(agent.wait(seconds: 300) == 0, "\(agent.text)")
+        let report = try decode(EchoReport.self, from: agent.text)
+        #expect(report.completions == 100_000 && report.mismatches == 0)
+    }
+
+    @Test("With 4 VPs, channels targeted at each VP interrupt that VP")
+    func fourVPs() throws {
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\nvps = 4\necho_devices = 4\n")
+        let agent = try fixture.agent(["echo", "--packets", "8000", "--channels", "4", "--json"])
+        #expect(agent.wait(seconds: 120) == 0, "\(agent.text)")
+        let report = try decode(EchoReport.self, from: agent.text)
+        #expect(report.mismatches == 0 && report.completions == 8000)
+        #expect(Set(report.channels.map(\.targetVP)) == [0, 1, 2, 3])
+        #expect(report.channels.allSatisfy { $0.completions == 2000 })
+        // VP 0 also takes the control-plane messages; every VP must have taken channel interrupts.
+        #expect(report.interruptsPerVP.count == 4 && report.interruptsPerVP.allSatisfy { $0 > 0 }, "\(report.interruptsPerVP)")
+    }
+
+    @Test("SIGKILL of the agent mid-traffic: the host notices within 1 s and a new agent works")
+    func agentKilled() throws {
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\n")
+        let victim = try fixture.agent(["echo", "--packets", "100000000"])
+        #expect(try eventually(seconds: 30) { try fixture.status().partitions[0].channels.first?.packetsIn ?? 0 > 1000 })
+        victim.signal(SIGKILL)
+        victim.wait(seconds: 5)
+        let killed = Date()
+        #expect(try eventually(seconds: 1) { try fixture.status().partitions[0].state == "waiting" })
+        #expect(Date().timeIntervalSince(killed) < 1.0)
+        let next = try fixture.agent(["echo", "--packets", "2000"])
+        #expect(next.wait(seconds: 60) == 0, "\(next.text)")
+        let status = try fixture.status().partitions[0]
+        #expect(status.attachCount == 2)
+    }
+
+    @Test("Eight partitions serve eight agents at once")
+    func eightPartitions() throws {
+        let config = (1...8).map { "[[partition]]\nname = \"p\($0)\"\nmemory_mib = 16\nvps = 1\n" }.joined()
+        let fixture = try HostFixture(config: config)
+        let agents = try (1...8).map { try fixture.agent(["echo", "--packets", "3000", "--json"], partition: "p\($0)") }
+        for agent in agents {
+            #expect(agent.wait(seconds: 120) == 0, "\(agent.text)")
+            #expect(try decode(EchoReport.self, from: agent.text).mismatches == 0)
+        }
+        #expect(try fixture.status().partitions.map(\.attachCount) == [Int](repeating: 1, count: 8))
+    }
+
+    @Test("Host killed: the agent exits non-zero; with --reconnect it rejoins a restarted host")
+    func hostKilled() throws {
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\n")
+        let plain = try fixture.agent(["run"])
+        #expect(try eventually(seconds: 20) { try fixture.status().partitions[0].state == "attached" })
+        fixture.host.signal(SIGKILL)
+        let code = plain.wait(seconds: 10)
+        #expect(code != nil && code != 0)
+        #expect(plain.text.contains("host"), "\(plain.text)")
+
+        // A new host on the same sockets; a reconnecting agent survives a host restart.
+        let config = fixture.directory.appendingPathComponent("host.toml").path
+        let host2 = try Child("viridian-host", ["run", "--config", config])
+        #expect(eventually(seconds: 20) { (try? fixture.status()) != nil })
+        let sticky = try fixture.agent(["run", "--reconnect"])
+        #expect(try eventually(seconds: 20) { try fixture.status().partitions[0].state == "attached" })
+        host2.signal(SIGKILL)
+        host2.wait(seconds: 5)
+        #expect(sticky.process.isRunning)
+        let host3 = try Child("viridian-host", ["run", "--config", config])
+        #expect(eventually(seconds: 20) { (try? fixture.status().partitions[0].state) == "attached" })
+        sticky.signal(SIGTERM)
+        #expect(sticky.wait(seconds: 10) == 0)
+        host3.signal(SIGTERM)
+        #expect(host3.wait(seconds: 10) == 0)
+        #expect(!FileManager.default.fileExists(atPath: fixture.directory.appendingPathComponent("guest1.sock").path), "sockets removed on SIGTERM")
+    }
+
+    @Test("A peer with a bad handshake or garbage is dropped; the host keeps serving")
+    func badPeers() throws {
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\n")
+        let path = try LinkSocket.path(of: fixture.link("guest1"))
+        // Garbage bytes instead of hello.
+        let garbage = try LinkSocket.connect(to: fixture.link("guest1"))
+        _ = [UInt8](repeating: 0xEE, count: 100).withUnsafeBytes { write(garbage.fd, $0.baseAddress, $0.count) }
+        if case .refuse(let code, _) = try garbage.receive().0 { #expect(code == LinkRefusal.badHello) } else { Issue.record("expected refuse") }
+        // A wrong frame type first.
+        let wrong = try LinkSocket.connect(to: fixture.link("guest1"))
+        try wrong.send(.eventFD(connectionID: 7))
+        if case .refuse = try wrong.receive().0 {} else { Issue.record("expected refuse") }
+        // Silence: dropped after the handshake timeout, without blocking other agents for long.
+        let silent = try LinkSocket.connect(to: "unix:" + path)
+        let agent = try fixture.agent(["echo", "--packets", "1000"])
+        #expect(agent.wait(seconds: 60) == 0, "\(agent.text)")
+        _ = silent
+        // A second agent while one is attached is refused as busy.
+        let holder = try fixture.agent(["run"])
+        #expect(try eventually(seconds: 20) { try fixture.status().partitions[0].state == "attached" })
+        let second = try fixture.agent(["list"])
+        #expect(second.wait(seconds: 20) != 0)
+        #expect(second.text.contains("already has an agent"), "\(second.text)")
+        holder.signal(SIGTERM)
+        #expect(holder.wait(seconds: 10) == 0)
+    }
+
+    @Test("--trace writes channel messages and packet headers as JSON lines")
+    func trace() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-trace-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let tracePath = directory.appendingPathComponent("trace.jsonl").path
+        let host = try Child("viridian-host", ["run", "--runtime-dir", directory.path, "--trace", tracePath])
+        try waitFor(path: directory.appendingPathComponent("host.sock").path)
+        let agent = try Child("viridian-agent", ["echo", "--packets", "10", "--link", "unix:\(directory.path)/guest1.sock"])
+        #expect(agent.wait(seconds: 60) == 0, "\(agent.text)")
+        host.signal(SIGTERM)
+        #expect(host.wait(seconds: 10) == 0)
+        let lines = try String(contentsOfFile: tracePath, encoding: .utf8).split(separator: "\n")
+        let records = try lines.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let messages = records.filter { $0["kind"] as? String == "message" }
+        let packets = records.filter { $0["kind"] as? String == "packet" }
+        #expect(messages.first?["type"] as? String == "initiateContact" && messages.first?["dir"] as? String == "g2h")
+        #expect(messages.contains { $0["type"] as? String == "offerChannel" && ($0["fields"] as? [String: Any])?["childRelid"] as? Int == 1 })
+        #expect(packets.filter { $0["dir"] as? String == "g2h" }.count == 10 && packets.filter { $0["dir"] as? String == "h2g" }.count == 10)
+        #expect(packets.allSatisfy { ($0["head"] as? String)?.count == 2 * min(64, ($0["payload_len"] as? Int) ?? 0) })
+    }
+}
