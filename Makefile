@@ -5,9 +5,9 @@ APT_PACKAGES := libudev-dev libdrm-dev pkg-config
 .PHONY: help deps build demo test bench clean
 
 help:
-	@echo "make demo   install build dependencies, build, run the in-memory VMBus demo"
+	@echo "make demo   install build dependencies, build, start viridian-host and join it with viridian-agent"
 	@echo "make test   run the test suite"
-	@echo "make bench  run the ring benchmark (release build)"
+	@echo "make bench  run the ring and process-boundary benchmarks (release build)"
 	@echo "make deps   install the Debian packages the build needs (needs root)"
 
 # Debian packages; skipped when they are all present already.
@@ -20,14 +20,16 @@ deps:
 build:
 	$(SWIFT) build
 
-demo: deps
-	$(SWIFT) run viridian-host demo
+demo: deps build
+	./scripts/demo.sh
 
 test:
 	$(SWIFT) test
 
 bench:
-	$(SWIFT) run -c release viridian-bench ring
+	$(SWIFT) build -c release
+	.build/release/viridian-bench ring
+	.build/release/viridian-bench link
 
 clean:
 	rm -rf .build

@@ -9,7 +9,7 @@ struct ViridianBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-bench",
         abstract: "Measure Viridian against baselines taken in the same run.",
-        subcommands: [Ring.self])
+        subcommands: [Ring.self, Link.self, Peer.self])
 }
 
 struct Ring: ParsableCommand {
@@ -116,3 +116,82 @@ struct Ring: ParsableCommand {
 }
 
 func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }
+
+struct Link: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The process boundary: hypercall round trips through viridian-host, and a ring shared between processes.",
+        discussion: """
+            Hypercall round trip (guest → viridian-host → guest) beside an eventfd ping-pong between two \
+            processes; one-way ring throughput with the consumer in another process beside the same \
+            workload between two threads. Needs viridian-host built next to viridian-bench: \
+            swift build -c release && .build/release/viridian-bench link
+            """)
+
+    @Option(help: "Round trips per latency measurement.")
+    var rounds: Int = 200_000
+
+    @Option(help: "Payload bytes of the ring workload.")
+    var payload: Int = 64
+
+    @Option(help: "Packets of the ring workload.")
+    var packets: Int = 20_000_000
+
+    @Option(name: .customLong("repeat"), help: "Repetitions; the median is reported.")
+    var repetitions: Int = 3
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        let host = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("viridian-host").path
+        guard FileManager.default.isExecutableFile(atPath: host) else {
+            throw ValidationError("\(host) is missing: build everything first (swift build -c release)")
+        }
+        var pings: [LatencyResult] = [], calls: [LatencyResult] = []
+        var local: [RingBenchmarkResult] = [], remote: [RingBenchmarkResult] = []
+        let workload = RingWorkload(payloadBytes: payload, packets: packets)
+        for _ in 0..<repetitions {
+            pings.append(try LinkBenchmark.eventfdPingPong(rounds: rounds))
+            calls.append(try LinkBenchmark.hypercallRoundTrip(rounds: rounds, hostExecutable: host))
+            local.append(try RingBenchmark.run(workload))
+            remote.append(try LinkBenchmark.crossProcessRing(workload))
+        }
+        func median<T>(_ xs: [T], _ key: (T) -> Double) -> T { xs.sorted { key($0) < key($1) }[xs.count / 2] }
+        let ping = median(pings, \.medianNs), call = median(calls, \.medianNs)
+        let inProcess = median(local, \.packetsPerSecond), crossProcess = median(remote, \.packetsPerSecond)
+        let report = LinkReport(eventfdPingPong: ping, hypercall: call, hypercallOverPingPong: call.medianNs / ping.medianNs,
+                                ringInProcess: inProcess, ringCrossProcess: crossProcess,
+                                crossOverInProcess: crossProcess.packetsPerSecond / inProcess.packetsPerSecond)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        print(String(format: "eventfd ping-pong (2 processes)   median %6.2f µs   p99 %6.2f µs", ping.medianNs / 1000, ping.p99Ns / 1000))
+        print(String(format: "hypercall round trip (host)       median %6.2f µs   p99 %6.2f µs   = %.2f × ping-pong",
+                     call.medianNs / 1000, call.p99Ns / 1000, report.hypercallOverPingPong))
+        print(String(format: "ring %d B, two threads            %6.2f Mpkt/s   signals/pkt %.5f", payload, inProcess.packetsPerSecond / 1e6, inProcess.signalsPerPacket))
+        print(String(format: "ring %d B, two processes          %6.2f Mpkt/s   signals/pkt %.5f   = %.2f × in-process",
+                     payload, crossProcess.packetsPerSecond / 1e6, crossProcess.signalsPerPacket, report.crossOverInProcess))
+    }
+
+    struct LinkReport: Codable {
+        var eventfdPingPong: LatencyResult
+        var hypercall: LatencyResult
+        var hypercallOverPingPong: Double
+        var ringInProcess: RingBenchmarkResult
+        var ringCrossProcess: RingBenchmarkResult
+        var crossOverInProcess: Double
+    }
+}
+
+struct Peer: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Internal: the other process of `viridian-bench link`.", shouldDisplay: false)
+
+    @Option(help: "Socket to take the job from.")
+    var socket: String
+
+    func run() throws { try LinkBenchmark.peer(socketPath: socket) }
+}
