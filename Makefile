@@ -23,7 +23,9 @@ build:
 demo: deps build
 	./scripts/demo.sh
 
+# The process tests start the built viridian-host and viridian-agent, so build everything first.
 test:
+	$(SWIFT) build --build-tests
 	$(SWIFT) test
 
 bench:

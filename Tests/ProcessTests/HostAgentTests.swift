@@ -6,6 +6,7 @@ import Glibc
 import HostRuntime
 import PartitionLink
 import Testing
+import VMBusWire
 
 func decode<T: Decodable>(_ type: T.Type, from text: String) throws -> T {
     // Logs go to the same file; the JSON document starts at the first line that opens one.
@@ -156,5 +157,33 @@ struct HostAgentTests {
         #expect(messages.contains { $0["type"] as? String == "offerChannel" && ($0["fields"] as? [String: Any])?["childRelid"] as? Int == 1 })
         #expect(packets.filter { $0["dir"] as? String == "g2h" }.count == 10 && packets.filter { $0["dir"] as? String == "h2g" }.count == 10)
         #expect(packets.allSatisfy { ($0["head"] as? String)?.count == 2 * min(64, ($0["payload_len"] as? Int) ?? 0) })
+    }
+}
+
+@Suite("Hostile agents", .serialized)
+struct HostileAgentTests {
+    @Test("Garbage in the VP register block, bad GPAs and bad MSRs get statuses; the host keeps serving")
+    func garbageTraps() throws {
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\nvps = 2\n")
+        let link = try GuestLink.attach(to: fixture.link("guest1"))
+        link.startMonitor { _ in }
+        #expect(link.readMSR(vp: 1, 0x4000_0002) == 1, "VP_INDEX of VP 1")
+        #expect(!link.writeMSR(vp: 0, 0x4000_0083, 1 << 40 | 1), "SIMP beyond guest memory")
+        #expect(!link.writeMSR(vp: 0, 0x1234, 0), "unknown MSR")
+        #expect(HypercallResult(rawValue: link.hypercall(vp: 0, control: 0xFFFF, input: 0, output: 0)).status == .invalidHypercallCode)
+        #expect(HypercallResult(rawValue: link.hypercall(vp: 0, control: HypercallControl(.postMessage).rawValue,
+                                                         input: UInt64(link.memory.size), output: 0)).status == .invalidParameter)
+        #expect(HypercallResult(rawValue: link.hypercall(vp: 0, control: HypercallControl(.postMessage).rawValue,
+                                                         input: 0x1003, output: 0)).status == .invalidAlignment)
+        // Random register blocks: the host answers each one and survives.
+        var state: UInt64 = 3
+        for _ in 0..<2000 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            _ = link.hypercall(vp: UInt32(state >> 63), control: state, input: state >> 7, output: state >> 3)
+            _ = link.writeMSR(vp: 0, UInt32(truncatingIfNeeded: state >> 11) | 0x4000_0000, state)
+        }
+        link.detach()
+        let agent = try fixture.agent(["echo", "--packets", "1000"])
+        #expect(agent.wait(seconds: 60) == 0, "\(agent.text)")
     }
 }
