@@ -50,7 +50,10 @@ public final class AgentSession: @unchecked Sendable {
                 }
             })
         }
-        try withBus { try $0.connect() }
+        do { try withBus { try $0.connect() } } catch {
+            if link.isClosed { throw AgentError.hostGone("the host closed the partition link during negotiation") }
+            throw AgentError.protocolFailure("VMBus connect failed: \(error)")
+        }
         guard try wait(timeoutMs: timeoutMs, until: { $0.allOffersDelivered || $0.state == .failed }) else {
             throw AgentError.timeout("no ALLOFFERS_DELIVERED within \(timeoutMs) ms")
         }

@@ -5,7 +5,7 @@ import GuestMemory
 import VMBusWire
 
 /// Why the guest side could not set up or use the bus.
-public enum ClientError: Error, Equatable, Sendable {
+public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
     case memory(GuestMemoryError)
     case msrRefused(UInt32)
     case hypercallFailed(HvStatus)
@@ -17,6 +17,22 @@ public enum ClientError: Error, Equatable, Sendable {
     case openRefused(status: UInt32)
     case invalidRingSize(pages: Int)
     case ring(String)
+
+    public var description: String {
+        switch self {
+        case .memory(let e): "guest memory: \(e)"
+        case .msrRefused(let msr): "the hypervisor refused a write to MSR 0x\(String(msr, radix: 16))"
+        case .hypercallFailed(let status): "hypercall failed with \(status)"
+        case .noVersionAccepted: "the host accepted none of the VMBus versions offered"
+        case .notConnected: "not connected to VMBus"
+        case .unknownChannel(let relid): "no usable channel with relid \(relid)"
+        case .channelRescinded(let relid): "channel \(relid) was rescinded"
+        case .gpadlRefused(let status): "the host refused the GPADL (status 0x\(String(status, radix: 16)))"
+        case .openRefused(let status): "the host refused to open the channel (status 0x\(String(status, radix: 16)))"
+        case .invalidRingSize(let pages): "rings need at least 2 pages, got \(pages)"
+        case .ring(let why): "ring: \(why)"
+        }
+    }
 }
 
 /// One VP's SynIC pages as the guest programs and reads them (what Linux's hv_synic_enable_regs
