@@ -2,6 +2,7 @@
 
 import Foundation
 import TOMLKit
+import VMBusWire
 
 /// The agent's settings. Command-line options override the file; the file overrides defaults.
 ///
@@ -70,20 +71,9 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
 
     public func parsedVersions() throws -> [VMBusVersion] {
         guard let versions else { return VMBusVersion.linuxPreference }
-        return try versions.map { try VMBusVersion(parsing: $0) }
-    }
-}
-
-import VMBusWire
-
-extension VMBusVersion {
-    /// Parses "MAJOR.MINOR".
-    public init(parsing text: String) throws {
-        let parts = text.split(separator: ".")
-        guard parts.count == 2, let major = UInt16(parts[0]), let minor = UInt16(parts[1]) else {
-            throw AgentError.configuration("bad VMBus version '\(text)': use MAJOR.MINOR, e.g. 5.3")
+        do { return try versions.map { try VMBusVersion(parsing: $0) } } catch {
+            throw AgentError.configuration("versions: bad entry in \(versions): use MAJOR.MINOR, e.g. 5.3")
         }
-        self.init(major: major, minor: minor)
     }
 }
 

@@ -2,6 +2,7 @@
 
 import Foundation
 import TOMLKit
+import VMBusWire
 
 /// The host's configuration file. Every key is optional; the embedded default runs one partition.
 ///
@@ -118,21 +119,13 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     /// Host CPUs as a bit mask (0 = any).
     public var cpuMask: UInt64 { (cpus ?? []).reduce(0) { $0 | 1 << UInt64($1) } }
 
-    func parsedVersions() throws -> [VMBusVersionText] {
+    func parsedVersions() throws -> [VMBusVersion] {
         try (versions ?? []).map { text in
-            let parts = text.split(separator: ".")
-            guard parts.count == 2, let major = UInt16(parts[0]), let minor = UInt16(parts[1]) else {
+            do { return try VMBusVersion(parsing: text) } catch {
                 throw ConfigurationError.invalid("\(name): bad version '\(text)', use MAJOR.MINOR")
             }
-            return VMBusVersionText(major: major, minor: minor)
         }
     }
-}
-
-/// A parsed "MAJOR.MINOR".
-struct VMBusVersionText {
-    var major: UInt16
-    var minor: UInt16
 }
 
 /// A configuration problem, said in the user's terms.

@@ -55,7 +55,7 @@ public final class PartitionService: @unchecked Sendable {
         self.trace = trace
         var server = VMBusServerConfiguration()
         let versions = try configuration.parsedVersions()
-        if !versions.isEmpty { server.supportedVersions = Set(versions.map { VMBusVersion(major: $0.major, minor: $0.minor) }) }
+        if !versions.isEmpty { server.supportedVersions = Set(versions) }
         serverConfiguration = server
         devices = (0..<configuration.echoDevices).map { i in
             EchoDevice(instanceID: GUID(low: 0x484F_4345_4D52_4956, high: UInt64(id) << 32 | UInt64(i + 1)), logger: logger)

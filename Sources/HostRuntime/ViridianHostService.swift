@@ -29,7 +29,7 @@ public final class ViridianHostService: @unchecked Sendable {
                                  logger: logger, trace: trace)
         }
         controlPath = configuration.controlSocketPath
-        controlFD = try Self.listenStream(path: controlPath)
+        controlFD = try UnixSocket.listen(path: controlPath, type: Int32(SOCK_STREAM.rawValue))
         stopRequest = try EventFD()
     }
 
@@ -92,14 +92,11 @@ public final class ViridianHostService: @unchecked Sendable {
 
     /// Asks a running host for its status over the control socket.
     public static func queryStatus(controlPath: String) throws -> HostStatus {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw LinkError.system(call: "socket", errno: errno) }
-        defer { close(fd) }
-        var addr = sockaddr_un.make(controlPath)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        let fd: Int32
+        do { fd = try UnixSocket.connect(path: controlPath, type: Int32(SOCK_STREAM.rawValue)) } catch {
+            throw ConfigurationError.invalid("cannot reach viridian-host at \(controlPath) (is it running?): \(error)")
         }
-        guard rc == 0 else { throw LinkError.system(call: "connect(\(controlPath)) — is viridian-host running?", errno: errno) }
+        defer { close(fd) }
         _ = "status\n".withCString { write(fd, $0, 7) }
         var data = Data()
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -109,22 +106,5 @@ public final class ViridianHostService: @unchecked Sendable {
             data.append(contentsOf: chunk[0..<n])
         }
         return try JSONDecoder().decode(HostStatus.self, from: data)
-    }
-
-    static func listenStream(path: String) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw LinkError.system(call: "socket", errno: errno) }
-        var st = stat()
-        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-        var addr = sockaddr_un.make(path)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0, listen(fd, 16) == 0 else {
-            let e = errno
-            close(fd)
-            throw LinkError.system(call: "bind(\(path))", errno: e)
-        }
-        return fd
     }
 }

@@ -24,19 +24,7 @@ public final class LinkSocket: @unchecked Sendable {
 
     /// Connects to a listening partition socket.
     public static func connect(to address: String) throws(LinkError) -> LinkSocket {
-        let path = try Self.path(of: address)
-        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .system(call: "socket", errno: errno) }
-        var addr = sockaddr_un.make(path)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else {
-            let e = errno
-            Glibc.close(fd)
-            throw .system(call: "connect(\(path))", errno: e)
-        }
-        return LinkSocket(adopting: fd)
+        LinkSocket(adopting: try UnixSocket.connect(path: try Self.path(of: address), type: Int32(SOCK_SEQPACKET.rawValue)))
     }
 
     /// Sends a frame with descriptors.
@@ -77,21 +65,7 @@ public final class LinkListener: @unchecked Sendable {
 
     /// Binds `path`, replacing a stale socket file left by a dead host.
     public init(path: String) throws(LinkError) {
-        guard !path.isEmpty, path.utf8.count < 108 else { throw .badAddress(path) }
-        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .system(call: "socket", errno: errno) }
-        var st = stat()
-        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-        var addr = sockaddr_un.make(path)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0, listen(fd, 8) == 0 else {
-            let e = errno
-            Glibc.close(fd)
-            throw .system(call: "bind(\(path))", errno: e)
-        }
-        self.fd = fd
+        fd = try UnixSocket.listen(path: path, type: Int32(SOCK_SEQPACKET.rawValue))
         self.path = path
     }
 
@@ -110,6 +84,45 @@ public final class LinkListener: @unchecked Sendable {
     /// The pid of the peer of an accepted socket (SO_PEERCRED).
     public static func peerPID(_ socket: LinkSocket) -> Int32 {
         viridian_peer_pid(socket.fd)
+    }
+}
+
+/// Plain Unix-domain socket set-up shared by the link and the host's control socket.
+public enum UnixSocket {
+    /// Connects a new socket of `type` (SOCK_STREAM, SOCK_SEQPACKET) to `path`; returns the descriptor.
+    public static func connect(path: String, type: Int32) throws(LinkError) -> Int32 {
+        guard !path.isEmpty, path.utf8.count < 108 else { throw .badAddress(path) }
+        let fd = socket(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .system(call: "socket", errno: errno) }
+        var addr = sockaddr_un.make(path)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw .system(call: "connect(\(path))", errno: e)
+        }
+        return fd
+    }
+
+    /// Binds and listens on `path`, replacing a stale socket file left by a dead process.
+    public static func listen(path: String, type: Int32, backlog: Int32 = 16) throws(LinkError) -> Int32 {
+        guard !path.isEmpty, path.utf8.count < 108 else { throw .badAddress(path) }
+        let fd = socket(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .system(call: "socket", errno: errno) }
+        var st = stat()
+        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        var addr = sockaddr_un.make(path)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0, Glibc.listen(fd, backlog) == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw .system(call: "bind(\(path))", errno: e)
+        }
+        return fd
     }
 }
 

@@ -6,6 +6,15 @@ public struct VMBusVersion: RawRepresentable, Hashable, Comparable, Sendable, Cu
     public init(rawValue: UInt32) { self.rawValue = rawValue }
     public init(major: UInt16, minor: UInt16) { rawValue = UInt32(major) << 16 | UInt32(minor) }
 
+    /// Parses "MAJOR.MINOR", e.g. "5.3" or "0.13".
+    public init(parsing text: some StringProtocol) throws(WireError) {
+        let parts = text.split(separator: ".")
+        guard parts.count == 2, let major = UInt16(parts[0]), let minor = UInt16(parts[1]) else {
+            throw .invalidField("version '\(text)' (use MAJOR.MINOR, e.g. 5.3)", 0)
+        }
+        self.init(major: major, minor: minor)
+    }
+
     public var major: UInt16 { UInt16(truncatingIfNeeded: rawValue >> 16) }
     public var minor: UInt16 { UInt16(truncatingIfNeeded: rawValue) }
     public var description: String { "\(major).\(minor)" }

@@ -142,11 +142,7 @@ struct Demo: ParsableCommand {
         options.ringPages = ringPages
         if let versions {
             options.versions = try versions.split(separator: ",").map { text in
-                let parts = text.split(separator: ".")
-                guard parts.count == 2, let major = UInt16(parts[0]), let minor = UInt16(parts[1]) else {
-                    throw ValidationError("bad version '\(text)': use MAJOR.MINOR, e.g. 5.3")
-                }
-                return VMBusVersion(major: major, minor: minor)
+                do { return try VMBusVersion(parsing: text) } catch { throw ValidationError("bad version '\(text)': use MAJOR.MINOR, e.g. 5.3") }
             }
         }
         let report = try LoopbackDemo.run(options, logger: logging.makeLogger("viridian.host"))
