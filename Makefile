@@ -1,6 +1,6 @@
 # Common loops for Viridian. `make help` lists them.
 SWIFT ?= swift
-APT_PACKAGES := libudev-dev libdrm-dev pkg-config
+APT_PACKAGES := libudev-dev libdrm-dev pkg-config chrony iproute2
 
 .PHONY: help deps build demo test bench clean
 
@@ -10,12 +10,17 @@ help:
 	@echo "make bench  run the ring and process-boundary benchmarks (release build)"
 	@echo "make deps   install the Debian packages the build needs (needs root)"
 
-# Debian packages; skipped when they are all present already.
+# Debian packages; skipped when they are all present already. Services the packages ship (chrony)
+# are not started: policy-rc.d refuses them during the install, so nothing touches this machine's clock.
 deps:
 	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then echo "deps: already installed"; else \
 		export DEBIAN_FRONTEND=noninteractive; \
-		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); fi
+		sudo=$(if $(filter 0,$(shell id -u)),,sudo); \
+		$$sudo apt-get update -qq && \
+		if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null; \
+			$$sudo chmod +x /usr/sbin/policy-rc.d; added=1; fi; \
+		$$sudo apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); rc=$$?; \
+		[ -n "$$added" ] && $$sudo rm -f /usr/sbin/policy-rc.d; exit $$rc; fi
 
 build:
 	$(SWIFT) build

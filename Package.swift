@@ -56,6 +56,14 @@ let package = Package(
             path: "Sources/Devices/Echo",
             swiftSettings: strict),
         .target(
+            name: "IntegrationServices",
+            dependencies: [
+                "VMBusWire", "VMBusRing", "VMBusChannel", "Hypervisor", "VMBusClient",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Devices/IC",
+            swiftSettings: strict),
+        .target(
             name: "Loopback",
             dependencies: ["VMBusWire", "GuestMemory", "Hypervisor", "VMBusClient", "EchoDevice"],
             swiftSettings: strict),
@@ -69,6 +77,7 @@ let package = Package(
             name: "HostRuntime",
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "EchoDevice",
+                "IntegrationServices",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -76,6 +85,7 @@ let package = Package(
             name: "AgentRuntime",
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "GuestMemory", "VMBusClient", "PartitionLink", "EchoDevice",
+                "IntegrationServices",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -86,7 +96,7 @@ let package = Package(
         .executableTarget(
             name: "viridian-agent",
             dependencies: [
-                "AgentRuntime", "PartitionLink", "VMBusWire",
+                "AgentRuntime", "PartitionLink", "VMBusWire", "IntegrationServices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -109,6 +119,13 @@ let package = Package(
         .testTarget(
             name: "ProcessTests",
             dependencies: ["PartitionLink", "HostRuntime", "AgentRuntime", "VMBusWire"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "IntegrationServicesTests",
+            dependencies: [
+                "IntegrationServices", "Loopback", "Hypervisor", "VMBusClient", "GuestMemory", "VMBusWire",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict),
         .testTarget(name: "VMBusWireTests", dependencies: ["VMBusWire"], swiftSettings: strict),
         .testTarget(name: "VMBusRingTests", dependencies: ["VMBusRing", "VMBusWire"], swiftSettings: strict),

@@ -13,6 +13,17 @@ import VMBusWire
 /// connect_timeout_ms = 10000               # how long to wait for VMBus negotiation and offers
 /// log_level = "info"                       # trace, debug, info, notice, warning, error, critical
 /// versions = ["5.3", "5.2", "5.1", "5.0", "4.1", "4.0", "3.0", "2.4"]  # VMBus versions to try, newest first
+/// integration_services = ["heartbeat", "timesync", "shutdown", "kvp"]  # which IC channels to serve
+/// health_window_ms = 3000                  # heartbeats are answered only if the main loop ran this recently
+/// timesync = "chrony"                      # "chrony" (SOCK refclock), "clock" (discipline the system clock), "off"
+/// chrony_socket = "/run/chrony/viridian.sock"  # chrony: refclock SOCK path
+/// clock_step_threshold_ms = 1000           # clock mode: step when off by more, slew otherwise
+/// poweroff_command = "systemctl poweroff"  # shutdown actions, run with /bin/sh -c
+/// reboot_command = "systemctl reboot"
+/// hibernate_command = "systemctl hibernate"
+/// state_dir = "/var/lib/viridian"          # KVP pools live in <state_dir>/kvp
+/// kvp_interfaces_include = ["*"]           # interfaces whose addresses KVP reports (shell patterns)
+/// kvp_interfaces_exclude = ["docker*", "veth*", "virbr*", "lo"]
 /// ```
 public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var link: String
@@ -21,6 +32,17 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var connectTimeoutMs: Int
     public var logLevel: String
     public var versions: [String]?
+    public var integrationServices: [String]
+    public var healthWindowMs: Int
+    public var timesync: String
+    public var chronySocket: String
+    public var clockStepThresholdMs: Int
+    public var poweroffCommand: String
+    public var rebootCommand: String
+    public var hibernateCommand: String
+    public var stateDir: String
+    public var kvpInterfacesInclude: [String]
+    public var kvpInterfacesExclude: [String]
 
     public static let defaultPath = "/etc/viridian/agent.toml"
 
@@ -31,6 +53,17 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         connectTimeoutMs = 10_000
         logLevel = "info"
         versions = nil
+        integrationServices = ["heartbeat", "timesync", "shutdown", "kvp"]
+        healthWindowMs = 3000
+        timesync = "chrony"
+        chronySocket = "/run/chrony/viridian.sock"
+        clockStepThresholdMs = 1000
+        poweroffCommand = "systemctl poweroff"
+        rebootCommand = "systemctl reboot"
+        hibernateCommand = "systemctl hibernate"
+        stateDir = getuid() == 0 ? "/var/lib/viridian" : "/tmp/viridian-\(getuid())/state"
+        kvpInterfacesInclude = ["*"]
+        kvpInterfacesExclude = ["docker*", "veth*", "virbr*", "lo"]
     }
 
     enum CodingKeys: String, CodingKey {
@@ -38,6 +71,17 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         case reconnectIntervalMs = "reconnect_interval_ms"
         case connectTimeoutMs = "connect_timeout_ms"
         case logLevel = "log_level"
+        case integrationServices = "integration_services"
+        case healthWindowMs = "health_window_ms"
+        case timesync
+        case chronySocket = "chrony_socket"
+        case clockStepThresholdMs = "clock_step_threshold_ms"
+        case poweroffCommand = "poweroff_command"
+        case rebootCommand = "reboot_command"
+        case hibernateCommand = "hibernate_command"
+        case stateDir = "state_dir"
+        case kvpInterfacesInclude = "kvp_interfaces_include"
+        case kvpInterfacesExclude = "kvp_interfaces_exclude"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -49,6 +93,17 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         connectTimeoutMs = try c.decodeIfPresent(Int.self, forKey: .connectTimeoutMs) ?? defaults.connectTimeoutMs
         logLevel = try c.decodeIfPresent(String.self, forKey: .logLevel) ?? defaults.logLevel
         versions = try c.decodeIfPresent([String].self, forKey: .versions)
+        integrationServices = try c.decodeIfPresent([String].self, forKey: .integrationServices) ?? defaults.integrationServices
+        healthWindowMs = try c.decodeIfPresent(Int.self, forKey: .healthWindowMs) ?? defaults.healthWindowMs
+        timesync = try c.decodeIfPresent(String.self, forKey: .timesync) ?? defaults.timesync
+        chronySocket = try c.decodeIfPresent(String.self, forKey: .chronySocket) ?? defaults.chronySocket
+        clockStepThresholdMs = try c.decodeIfPresent(Int.self, forKey: .clockStepThresholdMs) ?? defaults.clockStepThresholdMs
+        poweroffCommand = try c.decodeIfPresent(String.self, forKey: .poweroffCommand) ?? defaults.poweroffCommand
+        rebootCommand = try c.decodeIfPresent(String.self, forKey: .rebootCommand) ?? defaults.rebootCommand
+        hibernateCommand = try c.decodeIfPresent(String.self, forKey: .hibernateCommand) ?? defaults.hibernateCommand
+        stateDir = try c.decodeIfPresent(String.self, forKey: .stateDir) ?? defaults.stateDir
+        kvpInterfacesInclude = try c.decodeIfPresent([String].self, forKey: .kvpInterfacesInclude) ?? defaults.kvpInterfacesInclude
+        kvpInterfacesExclude = try c.decodeIfPresent([String].self, forKey: .kvpInterfacesExclude) ?? defaults.kvpInterfacesExclude
     }
 
     /// Reads `path`; a missing file at the default path means defaults, elsewhere it is an error.
@@ -66,6 +121,15 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public func validate() throws {
         guard reconnectIntervalMs >= 10 else { throw AgentError.configuration("reconnect_interval_ms must be at least 10") }
         guard connectTimeoutMs >= 100 else { throw AgentError.configuration("connect_timeout_ms must be at least 100") }
+        guard ["chrony", "clock", "off"].contains(timesync) else {
+            throw AgentError.configuration("timesync must be \"chrony\", \"clock\" or \"off\"")
+        }
+        for service in integrationServices where !["heartbeat", "timesync", "shutdown", "kvp"].contains(service) {
+            throw AgentError.configuration("unknown integration service '\(service)'")
+        }
+        guard healthWindowMs >= 100, clockStepThresholdMs >= 1 else {
+            throw AgentError.configuration("health_window_ms must be ≥ 100 and clock_step_threshold_ms ≥ 1")
+        }
         _ = try parsedVersions()
     }
 

@@ -19,6 +19,15 @@ public final class AgentSession: @unchecked Sendable {
     private var vpThreads: [OSThread] = []
     private let stopping = ManagedAtomic<Bool>(false)
     private let interruptCounts: [ManagedAtomic<UInt64>]
+    /// When the agent's main loop last proved it is alive (heartbeats depend on it).
+    private let petTime = ManagedAtomic<UInt64>(viridian_now_ns())
+    var lastPet: UInt64 { petTime.load(ordering: .relaxed) }
+
+    /// The main loop calls this to say it is responsive; also pets systemd's watchdog.
+    public func pet() {
+        petTime.store(viridian_now_ns(), ordering: .relaxed)
+    }
+
     /// Set when the host went away (the reason).
     private let lostLock = Lock()
     private var lostReason: LinkError?

@@ -16,6 +16,10 @@ import VMBusWire
 /// socket = "/run/viridian/g1.sock"   # overrides the default socket path
 /// echo_devices = 1                   # Viridian echo test devices to offer
 /// versions = ["5.3", "4.0"]          # VMBus versions accepted (default: 0.13 … 5.3)
+/// integration_services = ["heartbeat", "timesync", "shutdown", "kvp"]
+/// heartbeat_interval_ms = 1000       # heartbeat request period
+/// timesync_interval_ms = 5000        # time sample period (a SYNC goes first)
+/// time_offset_ms = 0                 # added to the host time sent (testing)
 /// ```
 public struct HostConfiguration: Codable, Sendable, Equatable {
     public var runtimeDir: String?
@@ -74,9 +78,21 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     public var socket: String?
     public var echoDevices: Int
     public var versions: [String]?
+    public var integrationServices: [String]
+    public var heartbeatIntervalMs: Int
+    public var timesyncIntervalMs: Int
+    public var timeOffsetMs: Int
+
+    /// The integration services Viridian provides.
+    public static let allIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp"]
 
     public init(name: String, memoryMiB: Int = 64, vps: Int = 2, cpus: [Int]? = nil, socket: String? = nil,
-                echoDevices: Int = 1, versions: [String]? = nil) {
+                echoDevices: Int = 1, versions: [String]? = nil, integrationServices: [String] = Self.allIntegrationServices,
+                heartbeatIntervalMs: Int = 1000, timesyncIntervalMs: Int = 5000, timeOffsetMs: Int = 0) {
+        self.integrationServices = integrationServices
+        self.heartbeatIntervalMs = heartbeatIntervalMs
+        self.timesyncIntervalMs = timesyncIntervalMs
+        self.timeOffsetMs = timeOffsetMs
         self.name = name
         self.memoryMiB = memoryMiB
         self.vps = vps
@@ -90,6 +106,10 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         case name, vps, cpus, socket, versions
         case memoryMiB = "memory_mib"
         case echoDevices = "echo_devices"
+        case integrationServices = "integration_services"
+        case heartbeatIntervalMs = "heartbeat_interval_ms"
+        case timesyncIntervalMs = "timesync_interval_ms"
+        case timeOffsetMs = "time_offset_ms"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -101,6 +121,10 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         socket = try c.decodeIfPresent(String.self, forKey: .socket)
         echoDevices = try c.decodeIfPresent(Int.self, forKey: .echoDevices) ?? 1
         versions = try c.decodeIfPresent([String].self, forKey: .versions)
+        integrationServices = try c.decodeIfPresent([String].self, forKey: .integrationServices) ?? Self.allIntegrationServices
+        heartbeatIntervalMs = try c.decodeIfPresent(Int.self, forKey: .heartbeatIntervalMs) ?? 1000
+        timesyncIntervalMs = try c.decodeIfPresent(Int.self, forKey: .timesyncIntervalMs) ?? 5000
+        timeOffsetMs = try c.decodeIfPresent(Int.self, forKey: .timeOffsetMs) ?? 0
     }
 
     func validate() throws {
@@ -113,6 +137,12 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
             throw ConfigurationError.invalid("\(name): cpus must list CPU numbers 0…63")
         }
         guard (0...64).contains(echoDevices) else { throw ConfigurationError.invalid("\(name): echo_devices must be 0…64") }
+        for service in integrationServices where !Self.allIntegrationServices.contains(service) {
+            throw ConfigurationError.invalid("\(name): unknown integration service '\(service)' (known: \(Self.allIntegrationServices.joined(separator: ", ")))")
+        }
+        guard heartbeatIntervalMs >= 50, timesyncIntervalMs >= 50 else {
+            throw ConfigurationError.invalid("\(name): heartbeat_interval_ms and timesync_interval_ms must be at least 50")
+        }
         _ = try parsedVersions()
     }
 

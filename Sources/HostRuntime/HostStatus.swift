@@ -27,6 +27,8 @@ public struct PartitionStatus: Codable, Sendable {
     public var messagesIn: UInt64
     public var messagesOut: UInt64
     public var malformedMessages: UInt64
+    /// Heartbeat as the host sees it: unknown, ok, late or lost (nil without the service).
+    public var heartbeat: String?
     public var vps: [VPStatus]
     public var channels: [ChannelStatus]
 }
@@ -91,7 +93,8 @@ extension PartitionService {
                 uptimeSeconds: runtime.map { DispatchClock.now() - $0.attachedAt },
                 hypercalls: runtime?.partition.hypercalls ?? 0, signals: runtime?.partition.signalsDelivered ?? 0,
                 messagesIn: runtime?.server.messagesReceived ?? 0, messagesOut: runtime?.server.messagesSent ?? 0,
-                malformedMessages: runtime?.server.malformedMessages ?? 0, vps: vps, channels: channels)
+                malformedMessages: runtime?.server.malformedMessages ?? 0, heartbeat: heartbeat?.state.rawValue, vps: vps,
+                channels: channels)
         }
     }
 }
@@ -104,7 +107,8 @@ extension HostStatus {
             lines.append("partition \(p.id) \(p.name): \(p.state)"
                 + (p.agentPID.map { " (agent pid \($0))" } ?? "")
                 + (p.vmbusVersion.map { ", VMBus \($0)" } ?? "")
-                + ", \(p.memoryMiB) MiB, attaches \(p.attachCount), socket \(p.socket)")
+                + ", \(p.memoryMiB) MiB, attaches \(p.attachCount)" + (p.heartbeat.map { ", heartbeat \($0)" } ?? "")
+                + ", socket \(p.socket)")
             if p.state == "attached" {
                 lines.append("  hypercalls \(p.hypercalls)  doorbell signals \(p.signals)  messages in/out \(p.messagesIn)/\(p.messagesOut)  malformed \(p.malformedMessages)")
                 lines.append("  VP  interrupts  msgs-delivered  queued  events  EOMs")

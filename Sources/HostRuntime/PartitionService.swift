@@ -2,6 +2,7 @@
 
 import CSystem
 import EchoDevice
+import IntegrationServices
 import Glibc
 import GuestMemory
 import Hypervisor
@@ -18,7 +19,13 @@ public final class PartitionService: @unchecked Sendable {
     public let id: UInt32
     public let socketPath: String
     let listener: LinkListener
-    let devices: [EchoDevice]
+    let devices: [any VMBusDevice]
+    /// The integration services, if configured (each also in `devices`).
+    public let heartbeat: HeartbeatProvider?
+    public let timeSync: TimeSyncProvider?
+    public let shutdownService: ShutdownProvider?
+    public let kvp: KVPProvider?
+    var providers: [ICProvider] { [heartbeat, timeSync, shutdownService, kvp].compactMap { $0 } }
     let serverConfiguration: VMBusServerConfiguration
     let logger: Logger
     let trace: TraceWriter?
@@ -57,9 +64,25 @@ public final class PartitionService: @unchecked Sendable {
         let versions = try configuration.parsedVersions()
         if !versions.isEmpty { server.supportedVersions = Set(versions) }
         serverConfiguration = server
-        devices = (0..<configuration.echoDevices).map { i in
+        let echo: [any VMBusDevice] = (0..<configuration.echoDevices).map { i in
             EchoDevice(instanceID: GUID(low: 0x484F_4345_4D52_4956, high: UInt64(id) << 32 | UInt64(i + 1)), logger: logger)
         }
+        let services = Set(configuration.integrationServices)
+        func instance(_ n: UInt64) -> GUID { GUID(low: 0x4349_4E44_4952_4956, high: UInt64(id) << 32 | n) }
+        let clock = viridian_now_ns
+        let name = configuration.name
+        let hb = services.contains("heartbeat")
+            ? HeartbeatProvider(instanceID: instance(1), intervalNs: UInt64(configuration.heartbeatIntervalMs) * 1_000_000, logger: logger, now: clock) : nil
+        hb?.onStateChange = { old, new in
+            if old != .unknown || new != .ok { logger.notice("\(name): heartbeat \(old.rawValue) → \(new.rawValue)") }
+        }
+        heartbeat = hb
+        timeSync = services.contains("timesync")
+            ? TimeSyncProvider(instanceID: instance(2), intervalNs: UInt64(configuration.timesyncIntervalMs) * 1_000_000,
+                               source: SystemTimeSource(offsetNs: Int64(configuration.timeOffsetMs) * 1_000_000), logger: logger, now: clock) : nil
+        shutdownService = services.contains("shutdown") ? ShutdownProvider(instanceID: instance(3), logger: logger, now: clock) : nil
+        kvp = services.contains("kvp") ? KVPProvider(instanceID: instance(4), logger: logger, now: clock) : nil
+        devices = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 }
         listener = try LinkListener(path: socketPath)
         epoll = viridian_epoll_create()
         wake = try EventFD()
@@ -110,8 +133,10 @@ public final class PartitionService: @unchecked Sendable {
         var tags = [UInt64](repeating: 0, count: 64)
         var events = [UInt32](repeating: 0, count: 64)
         while running {
-            let now = viridian_now_ns()
-            let nearest = pending.values.map(\.deadline).min()
+            var now = viridian_now_ns()
+            for provider in providers { provider.tick(now: now) }
+            now = viridian_now_ns()
+            let nearest = (pending.values.map(\.deadline) + providers.compactMap(\.nextDeadline)).min()
             let timeout = nearest.map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + 1) } ?? -1
             let n = viridian_epoll_wait(epoll, &tags, &events, 64, timeout)
             expirePending()

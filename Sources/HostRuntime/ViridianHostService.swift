@@ -60,26 +60,23 @@ public final class ViridianHostService: @unchecked Sendable {
         HostStatus(pid: getpid(), partitions: partitions.map { $0.status() })
     }
 
-    /// One request per connection: a line ("status") in, JSON out.
+    /// One request per connection: a line (JSON `ControlRequest`, or "status") in, JSON out.
     private func serveControl() {
         let client = viridian_accept(controlFD)
         guard client >= 0 else { return }
         defer { close(client) }
         var timeout = timeval(tv_sec: 2, tv_usec: 0)
         setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var buffer = [UInt8](repeating: 0, count: 256)
-        let n = read(client, &buffer, buffer.count)
-        guard n > 0 else { return }
-        let request = String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        let reply: Data
-        switch request {
-        case "status":
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            reply = (try? encoder.encode(status())) ?? Data("{}".utf8)
-        default:
-            reply = Data("{\"error\":\"unknown request\"}".utf8)
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        var length = 0
+        while length < buffer.count, !buffer[0..<length].contains(UInt8(ascii: "\n")) {
+            let n = buffer.withUnsafeMutableBytes { read(client, $0.baseAddress! + length, $0.count - length) }
+            if n <= 0 { break }
+            length += n
         }
+        let line = String(decoding: buffer[0..<length], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let request = line == "status" ? ControlRequest(op: "status") : (try? JSONDecoder().decode(ControlRequest.self, from: Data(line.utf8)))
+        let reply = request.map(answer) ?? Data("{\"ok\":false,\"error\":\"malformed request\"}".utf8)
         reply.withUnsafeBytes { raw in
             var sent = 0
             while sent < raw.count {
@@ -92,19 +89,6 @@ public final class ViridianHostService: @unchecked Sendable {
 
     /// Asks a running host for its status over the control socket.
     public static func queryStatus(controlPath: String) throws -> HostStatus {
-        let fd: Int32
-        do { fd = try UnixSocket.connect(path: controlPath, type: Int32(SOCK_STREAM.rawValue)) } catch {
-            throw ConfigurationError.invalid("cannot reach viridian-host at \(controlPath) (is it running?): \(error)")
-        }
-        defer { close(fd) }
-        _ = "status\n".withCString { write(fd, $0, 7) }
-        var data = Data()
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &chunk, chunk.count)
-            if n <= 0 { break }
-            data.append(contentsOf: chunk[0..<n])
-        }
-        return try JSONDecoder().decode(HostStatus.self, from: data)
+        try JSONDecoder().decode(HostStatus.self, from: send(ControlRequest(op: "status"), controlPath: controlPath))
     }
 }

@@ -10,6 +10,8 @@ public protocol VMBusDevice: AnyObject {
     var instanceID: GUID { get }
     /// The 120 device-defined bytes of the offer (pipe mode and the like).
     var offerUserDefined: [UInt8] { get }
+    /// Offer flags (`chn_flags`), e.g. named-pipe mode for integration services.
+    var offerFlags: OfferChannel.Flags { get }
     /// The guest opened the channel; return 0 to accept or a failure status.
     func open(_ channel: ChannelEndpoint, userData: [UInt8]) -> UInt32
     /// The guest signalled the channel: packets to read, or room to write.
@@ -20,6 +22,7 @@ public protocol VMBusDevice: AnyObject {
 
 extension VMBusDevice {
     public var offerUserDefined: [UInt8] { [] }
+    public var offerFlags: OfferChannel.Flags { [] }
 }
 
 /// Life of an offered channel on the host.
@@ -47,6 +50,10 @@ public final class ServerChannel {
     var mapping: PageMapping?
     /// A teardown of the ring GPADL that arrived while the channel was open.
     var deferredTeardown: UInt32?
+    /// While the open is being answered, signals to the guest wait (the guest may not look at
+    /// the channel before OPENCHANNEL_RESULT); `signalDeferred` remembers one was wanted.
+    var holdSignals = false
+    var signalDeferred = false
 
     init(relid: UInt32, device: any VMBusDevice) {
         self.relid = relid

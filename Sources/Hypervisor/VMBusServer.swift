@@ -207,7 +207,7 @@ public final class VMBusServer: MessagePort {
         channel.state = .offered
         let version = connection?.version ?? .win10_v5_3
         send(.offerChannel(OfferChannel(
-            interfaceType: device.deviceClass.guid, interfaceInstance: device.instanceID,
+            interfaceType: device.deviceClass.guid, interfaceInstance: device.instanceID, flags: device.offerFlags,
             userDefined: device.offerUserDefined, childRelid: channel.relid, monitorID: 0xFF, monitorAllocated: false,
             isDedicatedInterrupt: version.hasChannelConnectionIDs,
             connectionID: version.hasChannelConnectionIDs ? channel.connectionID : VMBusConnectionID.event)))
@@ -321,6 +321,7 @@ public final class VMBusServer: MessagePort {
         channel.mapping = mapping
         channel.endpoint = endpoint
         channel.state = .open
+        channel.holdSignals = true
         let status = channel.device.open(endpoint, userData: m.userData)
         if status != 0 {
             channel.endpoint = nil
@@ -328,6 +329,11 @@ public final class VMBusServer: MessagePort {
             channel.state = .offered
         }
         send(.openChannelResult(OpenChannelResult(childRelid: m.childRelid, openID: m.openID, status: status)))
+        channel.holdSignals = false
+        if channel.signalDeferred {
+            channel.signalDeferred = false
+            if channel.state == .open { signalGuest(channel) }
+        }
     }
 
     private func closeChannelMessage(_ m: CloseChannel) {
@@ -393,6 +399,10 @@ public final class VMBusServer: MessagePort {
     /// Host → guest channel interrupt: event flag = relid from 2.4; before, the interrupt page.
     private func signalGuest(_ channel: ServerChannel) {
         guard let connection else { return }
+        if channel.holdSignals {
+            channel.signalDeferred = true
+            return
+        }
         if connection.version.usesPerChannelEventFlags {
             partition.synics[Int(channel.targetVP)].signalEvent(sint: connection.messageSINT, flag: Int(channel.relid))
         } else if let page = try? partition.memory.pointer(gpa: connection.interruptPage, count: SynICLayout.pageSize) {

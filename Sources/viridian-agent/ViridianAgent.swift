@@ -4,6 +4,7 @@ import AgentRuntime
 import ArgumentParser
 import Foundation
 import Glibc
+import IntegrationServices
 import Logging
 import PartitionLink
 import VMBusWire
@@ -13,7 +14,7 @@ struct ViridianAgent: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-agent",
         abstract: "Viridian's guest agent: joins a partition and runs its VMBus clients.",
-        subcommands: [Run.self, List.self, Echo.self],
+        subcommands: [Run.self, List.self, Echo.self, KVPCommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -79,10 +80,26 @@ struct Run: ParsableCommand {
                 continue
             }
             for d in session.devices() { logger.info("\(d.lsvmbusLine)") }
-            // Serve until a stop signal or the host going away.
+            let drivers: [ICClient]
+            do { drivers = try session.serveIntegrationServices(configuration) } catch {
+                session.stop()
+                guard configuration.reconnect else { throw error }
+                logger.notice("\(error); rejoining")
+                continue
+            }
+            systemdNotify("READY=1")
+            let watchdog = getenv("WATCHDOG_USEC").flatMap { UInt64(String(cString: $0)) }
+            var lastWatchdog: UInt64 = 0
+            // Serve until a stop signal or the host going away; each pass proves the agent alive.
             while !waitOrStop(stop, ms: 200) {
                 if session.hostLost != nil { break }
+                session.pet()
+                if let watchdog, viridianNow() - lastWatchdog >= watchdog / 2 {
+                    systemdNotify("WATCHDOG=1")
+                    lastWatchdog = viridianNow()
+                }
             }
+            withExtendedLifetime(drivers) {}
             if let lost = session.hostLost {
                 session.stop()
                 guard configuration.reconnect else {
@@ -190,4 +207,47 @@ struct Echo: ParsableCommand {
 func waitOrStop(_ stop: EventFD, ms: Int) -> Bool {
     var fd = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
     return poll(&fd, 1, Int32(ms)) > 0
+}
+
+struct KVPCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kvp",
+        abstract: "Show the key-value pools as this guest holds them (no host needed).",
+        discussion: "external: set by the host; guest: published by this guest; auto: this guest's intrinsic items, read now.")
+
+    @Argument(help: "list") var action: String = "list"
+    @Option(help: "Pool: external, guest or auto.") var pool: String = "external"
+    @Option(help: "Configuration file (for state_dir and interface patterns).") var config: String?
+    @Option(help: "State directory (overrides state_dir).") var stateDir: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        guard action == "list" else { throw ValidationError("the only action is list") }
+        guard ["external", "guest", "auto"].contains(pool) else { throw ValidationError("--pool must be external, guest or auto") }
+    }
+
+    func run() throws {
+        let configuration = try AgentConfiguration.load(path: config)
+        let directory = (stateDir ?? configuration.stateDir) + "/kvp"
+        let items: [KVPRecord]
+        switch pool {
+        case "auto": items = IntrinsicData(include: configuration.kvpInterfacesInclude, exclude: configuration.kvpInterfacesExclude).records()
+        case "guest": items = (try? KVPStore.read(directory: directory, pool: .guest)) ?? []
+        default: items = (try? KVPStore.read(directory: directory, pool: .external)) ?? []
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(Dictionary(items.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })), as: UTF8.self))
+        } else {
+            for item in items { print("\(item.key)=\(item.value)") }
+        }
+    }
+}
+
+/// Monotonic microseconds.
+func viridianNow() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
 }

@@ -12,7 +12,7 @@ struct ViridianHost: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-host",
         abstract: "Viridian's VMM: partitions, SynIC, hypercalls, the VMBus server and its devices.",
-        subcommands: [Run.self, Status.self, Demo.self])
+        subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Demo.self])
 }
 
 struct Run: ParsableCommand {
@@ -175,4 +175,123 @@ struct Demo: ParsableCommand {
         ]
         return lines.joined(separator: "\n")
     }
+}
+
+/// Where a running host's control socket is.
+struct HostAddress: ParsableArguments {
+    @Option(help: "Configuration file of the running host (to find its control socket).")
+    var config: String?
+
+    @Option(help: "Directory for sockets (overrides runtime_dir).")
+    var runtimeDir: String?
+
+    func controlPath() throws -> String {
+        var configuration = try config.map { try HostConfiguration.load(path: $0) } ?? .embeddedDefault
+        if let runtimeDir { configuration.runtimeDir = runtimeDir }
+        return configuration.controlSocketPath
+    }
+
+    /// Sends a request and turns the reply into output and an exit code.
+    func send(_ request: ControlRequest) throws -> ControlReply {
+        let data = try ViridianHostService.send(request, controlPath: try controlPath())
+        guard let reply = try? JSONDecoder().decode(ControlReply.self, from: data) else {
+            throw ValidationError("unreadable reply from viridian-host")
+        }
+        return reply
+    }
+}
+
+/// shutdown / reboot / hibernate share everything but the kind.
+protocol PowerCommand: ParsableCommand {
+    static var kind: String { get }
+    var partition: String { get }
+    var force: Bool { get }
+    var reason: String? { get }
+    var address: HostAddress { get }
+}
+
+extension PowerCommand {
+    func run() throws {
+        let reply = try address.send(ControlRequest(op: "shutdown", partition: partition, kind: Self.kind, force: force, reason: reason))
+        guard reply.ok else {
+            FileHandleStandardError.write("viridian-host \(Self.kind): \(reply.error ?? "failed")\n")
+            throw ExitCode.failure
+        }
+        print("\(partition): guest accepted \(Self.kind)")
+    }
+}
+
+struct Shutdown: PowerCommand {
+    static let kind = "poweroff"
+    static let configuration = CommandConfiguration(abstract: "Ask a partition's guest to power off (shutdown integration service).")
+    @Argument(help: "Partition name.") var partition: String
+    @Flag(help: "Ask for a forced shutdown.") var force = false
+    @Option(help: "Reason shown to the guest.") var reason: String?
+    @OptionGroup var address: HostAddress
+}
+
+struct Reboot: PowerCommand {
+    static let kind = "reboot"
+    static let configuration = CommandConfiguration(abstract: "Ask a partition's guest to reboot.")
+    @Argument(help: "Partition name.") var partition: String
+    @Flag(help: "Ask for a forced reboot.") var force = false
+    @Option(help: "Reason shown to the guest.") var reason: String?
+    @OptionGroup var address: HostAddress
+}
+
+struct Hibernate: PowerCommand {
+    static let kind = "hibernate"
+    static let configuration = CommandConfiguration(abstract: "Ask a partition's guest to hibernate.")
+    @Argument(help: "Partition name.") var partition: String
+    @Flag(help: "Ask for a forced hibernation.") var force = false
+    @Option(help: "Reason shown to the guest.") var reason: String?
+    @OptionGroup var address: HostAddress
+}
+
+struct KVP: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kvp",
+        abstract: "Key-value exchange with a partition's guest.",
+        discussion: """
+            get PARTITION [KEY]      the guest's intrinsic items (FullyQualifiedDomainName, OSName, …)
+            set PARTITION KEY VALUE  set a key in the external pool (host → guest)
+            delete PARTITION KEY     delete a key from the external pool
+            list PARTITION           the external pool as the guest holds it
+            """)
+
+    @Argument(help: "get, set, delete or list.") var action: String
+    @Argument(help: "Partition name.") var partition: String
+    @Argument(help: "Key (get: optional).") var key: String?
+    @Argument(help: "Value (set).") var value: String?
+    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var address: HostAddress
+
+    func validate() throws {
+        guard ["get", "set", "delete", "list"].contains(action) else { throw ValidationError("action must be get, set, delete or list") }
+        if action == "set" && (key == nil || value == nil) { throw ValidationError("kvp set needs KEY and VALUE") }
+        if action == "delete" && key == nil { throw ValidationError("kvp delete needs KEY") }
+    }
+
+    func run() throws {
+        let reply = try address.send(ControlRequest(op: "kvp", partition: partition, action: action, key: key, value: value))
+        guard reply.ok else {
+            FileHandleStandardError.write("viridian-host kvp \(action): \(reply.error ?? "failed")\n")
+            throw ExitCode.failure
+        }
+        let items = reply.items ?? []
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(Dictionary(items.map { ($0[0], $0[1]) }, uniquingKeysWith: { a, _ in a })), as: UTF8.self))
+        } else if action == "get" && key != nil {
+            if let value = items.first?.last { print(value) }
+        } else {
+            for item in items { print("\(item[0])=\(item[1])") }
+        }
+    }
+}
+
+/// Writes to standard error.
+enum FileHandleStandardError {
+    static func write(_ text: String) { FileHandle.standardError.write(Data(text.utf8)) }
 }

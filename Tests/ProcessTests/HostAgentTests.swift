@@ -24,12 +24,14 @@ struct HostAgentTests {
         let agent = try fixture.agent(["list", "--json"])
         #expect(agent.wait() == 0, "\(agent.text)")
         let devices = try decode([DeviceInfo].self, from: agent.text)
-        #expect(devices.count == 2)
-        #expect(devices.allSatisfy { $0.deviceClass == "Viridian Echo" && $0.classID == "5649524d-4543-484f-8000-766972696469" })
-        #expect(devices.map(\.relid) == [1, 2])
+        #expect(devices.map(\.deviceClass) == ["Viridian Echo", "Viridian Echo", "Heartbeat", "Time Synchronization",
+                                                "Operating system shutdown", "Data Exchange"])
+        #expect(devices[0].classID == "5649524d-4543-484f-8000-766972696469" && devices[2].classID == "57164f39-9115-4e78-ab55-382f3bd5422d")
+        #expect(devices.map(\.relid) == [1, 2, 3, 4, 5, 6])
         let plain = try fixture.agent(["list"])
         #expect(plain.wait() == 0)
         #expect(plain.text.contains("VMBUS ID  1: Class_ID = {5649524d-4543-484f-8000-766972696469} - Viridian Echo"))
+        #expect(plain.text.contains("VMBUS ID  4: Class_ID = {9527e630-d0ae-497b-adce-e80ab0175caf} - Time Synchronization"))
     }
 
     @Test("100k echo packets cross the process boundary intact")

@@ -18,11 +18,11 @@ final class Child: @unchecked Sendable {
     let output: URL
 
     init(_ executable: String, _ arguments: [String]) throws {
-        let binary = productsDirectory.appendingPathComponent(executable)
+        let binary = executable.hasPrefix("/") ? URL(fileURLWithPath: executable) : productsDirectory.appendingPathComponent(executable)
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             throw HarnessError.missing("\(binary.path) is not built (swift build first)")
         }
-        output = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-\(executable)-\(UUID().uuidString).log")
+        output = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-\(binary.lastPathComponent)-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: output.path, contents: nil)
         let handle = try FileHandle(forWritingTo: output)
         process.executableURL = binary

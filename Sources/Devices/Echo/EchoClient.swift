@@ -19,7 +19,7 @@ public final class EchoClient {
     public init(channel: ClientChannel) {
         self.channel = channel
         scratch = .allocate(byteCount: EchoDevice.maximumPayload, alignment: 16)
-        channel.onSignal = { [unowned self] _ in self.drain() }
+        channel.onSignal = { [weak self] _ in self?.drain() }
     }
 
     deinit { scratch.deallocate() }

@@ -1,0 +1,171 @@
+// Requests `viridian-host` answers on its control socket: status, shutdown, KVP — and their replies.
+
+import CSystem
+import Foundation
+import Glibc
+import IntegrationServices
+import PartitionLink
+
+/// One control request (a JSON object on one line; a bare "status" line is accepted too).
+public struct ControlRequest: Codable, Sendable {
+    /// "status", "shutdown" or "kvp".
+    public var op: String
+    public var partition: String?
+    /// shutdown: "poweroff", "reboot" or "hibernate".
+    public var kind: String?
+    public var force: Bool?
+    public var reason: String?
+    /// kvp: "get", "set", "delete" or "list".
+    public var action: String?
+    public var key: String?
+    public var value: String?
+
+    public init(op: String, partition: String? = nil, kind: String? = nil, force: Bool? = nil, reason: String? = nil,
+                action: String? = nil, key: String? = nil, value: String? = nil) {
+        self.op = op
+        self.partition = partition
+        self.kind = kind
+        self.force = force
+        self.reason = reason
+        self.action = action
+        self.key = key
+        self.value = value
+    }
+}
+
+/// The answer to a shutdown or KVP request.
+public struct ControlReply: Codable, Sendable {
+    public var ok: Bool
+    public var error: String?
+    /// The guest's IC status, in hex.
+    public var guestStatus: String?
+    /// KVP items as [key, value] pairs.
+    public var items: [[String]]?
+
+    public static func failure(_ why: String) -> ControlReply { ControlReply(ok: false, error: why) }
+}
+
+extension PartitionService {
+    /// Starts `start` on the service thread and waits up to `timeoutMs` for it to call back.
+    func waitForReply<T: Sendable>(timeoutMs: Int, _ start: @escaping (@escaping @Sendable (T) -> Void) -> Void) -> T? {
+        guard let done = try? EventFD() else { return nil }
+        let lock = Lock()
+        nonisolated(unsafe) var result: T?
+        perform {
+            start { value in
+                lock.withLock { result = value }
+                done.ring()
+            }
+        }
+        var fd = pollfd(fd: done.fd, events: Int16(POLLIN), revents: 0)
+        _ = poll(&fd, 1, Int32(timeoutMs))
+        return lock.withLock { result }
+    }
+
+    /// Asks the guest to shut down, reboot or hibernate; waits for its answer.
+    func shutdown(kind: ShutdownKind, force: Bool, reason: String) -> ControlReply {
+        guard let provider = shutdownService else { return .failure("partition \(configuration.name) has no shutdown service") }
+        let status: UInt32?? = waitForReply(timeoutMs: 35_000) { reply in
+            guard provider.isConnected else { return reply(nil) }
+            provider.shutdown(kind: kind, force: force, reason: reason) { reply($0) }
+        }
+        guard let answered = status, let code = answered else {
+            return .failure("the guest of \(configuration.name) did not answer (is an agent running with the shutdown service?)")
+        }
+        let hex = "0x" + String(code, radix: 16)
+        return code == ICStatus.ok ? ControlReply(ok: true, guestStatus: hex)
+            : ControlReply(ok: false, error: "the guest reported failure (\(hex))", guestStatus: hex)
+    }
+
+    /// KVP get/set/delete/list through the guest.
+    func kvp(action: String, key: String?, value: String?) -> ControlReply {
+        guard let provider = kvp else { return .failure("partition \(configuration.name) has no KVP service") }
+        let name = configuration.name
+        switch action {
+        case "set", "delete":
+            guard let key, !key.isEmpty else { return .failure("kvp \(action) needs a key") }
+            if action == "set" && value == nil { return .failure("kvp set needs a value") }
+            let outcome: Result<UInt32?, KVPError>? = waitForReply(timeoutMs: 35_000) { reply in
+                guard provider.isConnected else { return reply(.success(nil)) }
+                do throws(KVPError) {
+                    if action == "set" {
+                        try provider.set(key, value ?? "") { reply(.success($0)) }
+                    } else {
+                        try provider.delete(key) { reply(.success($0)) }
+                    }
+                } catch { reply(.failure(error)) }
+            }
+            switch outcome {
+            case .failure(let error)?: return .failure("\(error)")
+            case .success(let status?)?:
+                return status == ICStatus.ok ? ControlReply(ok: true, guestStatus: "0x0")
+                    : ControlReply(ok: false, error: action == "delete" ? "no such key in the guest's external pool" : "the guest refused (0x\(String(status, radix: 16)))",
+                                   guestStatus: "0x" + String(status, radix: 16))
+            default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?) \(String(describing: outcome))")
+            }
+        case "get", "list":
+            let pool: KVPPool = action == "get" ? .auto : .external
+            let outcome: Result<[KVPRecord], KVPEnumerationError>? = waitForReply(timeoutMs: 60_000) { reply in
+                guard provider.isConnected else { return reply(.failure(.noAnswer)) }
+                provider.enumerate(pool: pool) { reply($0) }
+            }
+            let items: [KVPRecord]
+            switch outcome {
+            case .success(let all)?: items = key.map { k in all.filter { $0.key == k } } ?? all
+            case .failure(.status(let status))?: return .failure("the guest refused the enumeration (0x\(String(status, radix: 16)))")
+            case .failure(.malformed)?: return .failure("the guest's answer was malformed")
+            default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?) \(String(describing: outcome))")
+            }
+            if let key, items.isEmpty { return .failure("the guest has no item '\(key)'") }
+            return ControlReply(ok: true, items: items.map { [$0.key, $0.value] })
+        default:
+            return .failure("unknown kvp action '\(action)' (get, set, delete, list)")
+        }
+    }
+}
+
+extension ViridianHostService {
+    /// Answers one control request.
+    func answer(_ request: ControlRequest) -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        if request.op == "status" { return (try? encoder.encode(status())) ?? Data("{}".utf8) }
+        guard let name = request.partition, let partition = partitions.first(where: { $0.configuration.name == name }) else {
+            return (try? encoder.encode(ControlReply.failure("no partition named '\(request.partition ?? "")'"))) ?? Data()
+        }
+        let reply: ControlReply
+        switch request.op {
+        case "shutdown":
+            guard let kind = ShutdownKind(rawValue: request.kind ?? "poweroff") else {
+                reply = .failure("unknown shutdown kind '\(request.kind ?? "")'")
+                break
+            }
+            reply = partition.shutdown(kind: kind, force: request.force ?? false, reason: request.reason ?? "")
+        case "kvp":
+            reply = partition.kvp(action: request.action ?? "", key: request.key, value: request.value)
+        default:
+            reply = .failure("unknown request '\(request.op)'")
+        }
+        return (try? encoder.encode(reply)) ?? Data()
+    }
+
+    /// Sends a request to a running host and returns its raw reply.
+    public static func send(_ request: ControlRequest, controlPath: String) throws -> Data {
+        let fd: Int32
+        do { fd = try UnixSocket.connect(path: controlPath, type: Int32(SOCK_STREAM.rawValue)) } catch {
+            throw ConfigurationError.invalid("cannot reach viridian-host at \(controlPath) (is it running?): \(error)")
+        }
+        defer { close(fd) }
+        var line = try JSONEncoder().encode(request)
+        line.append(UInt8(ascii: "\n"))
+        _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &chunk, chunk.count)
+            if n <= 0 { break }
+            data.append(contentsOf: chunk[0..<n])
+        }
+        return data
+    }
+}
