@@ -49,8 +49,7 @@ struct Run: ParsableCommand {
             }
             return
         }
-        var logger = logging.makeLogger("viridian.host")
-        if logging.logLevel == .warning { logger.logLevel = .notice }
+        let logger = logging.makeLogger("viridian.host", default: .notice)
         let host = try ViridianHostService(configuration: configuration, tracePath: trace, logger: logger)
         try host.run()
     }
@@ -84,12 +83,12 @@ struct Status: ParsableCommand {
 
 /// Options shared by subcommands.
 struct LoggingOptions: ParsableArguments {
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .warning
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: notice for run, warning otherwise).")
+    var logLevel: Logger.Level?
 
-    func makeLogger(_ label: String) -> Logger {
+    func makeLogger(_ label: String, default level: Logger.Level = .warning) -> Logger {
         var logger = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
-        logger.logLevel = logLevel
+        logger.logLevel = logLevel ?? level
         return logger
     }
 }

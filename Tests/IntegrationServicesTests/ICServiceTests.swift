@@ -134,3 +134,52 @@ struct ICServiceTests {
 
     func store(_ directory: String) -> [KVPRecord] { (try? KVPStore.read(directory: directory, pool: .external)) ?? [] }
 }
+
+@Suite("Hostile guests of integration services")
+struct HostileICGuestTests {
+    /// A guest service that answers negotiation with versions the host never offered.
+    final class WrongVersions: ICGuestService {
+        let serviceType = ICMessageType.heartbeat
+        let frameworkVersions = [ICVersion(9, 9)]
+        let serviceVersions = [ICVersion(9, 9)]
+        func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? { 0 }
+    }
+
+    @Test("No common version: the host logs and stays unconnected")
+    func badVersions() throws {
+        let provider = HeartbeatProvider(instanceID: GUID(low: 7, high: 7), intervalNs: 1_000_000_000, logger: quiet, now: { 0 })
+        let machine = try LoopbackMachine(memoryBytes: 8 << 20, logger: quiet)
+        machine.server.offer(provider)
+        try machine.connect()
+        let channel = try #require(machine.client.channels.values.first)
+        try machine.client.open(channel, sendPages: 4, receivePages: 4)
+        try machine.run(until: { channel.state == .open }, "open")
+        let client = ICClient(channel: channel, service: WrongVersions(), logger: quiet)
+        machine.pump()
+        #expect(!provider.isConnected && provider.protocolErrors == 1 && client.negotiated == nil)
+    }
+
+    @Test("Random packets from the guest are dropped by the host provider, which keeps working")
+    func garbageFromGuest() throws {
+        let provider = KVPProvider(instanceID: GUID(low: 8, high: 8), logger: quiet, now: { 0 })
+        let directory = NSTemporaryDirectory() + "viridian-kvp-g-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let service = KVPService(store: try KVPStore(directory: directory), intrinsic: { [] }, logger: quiet)
+        let (machine, client) = try icMachine(provider, service: service)
+        let guest = try #require(client.channel.endpoint)
+        var rng: UInt64 = 5
+        for i in 0..<3000 {
+            rng = rng &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            var bytes = (0..<Int(rng % 3000)).map { j in UInt8(truncatingIfNeeded: rng >> UInt64(j % 40)) }
+            if bytes.count >= 28 && i % 3 == 0 { bytes[25] = ICFlags.transaction | ICFlags.response }
+            _ = try guest.writer.tryWrite(type: .dataInBand, transactionID: 0, payload: bytes)
+            guest.commitWrites()
+            machine.pump()
+        }
+        #expect(provider.protocolErrors > 0)
+        var status: UInt32?? = .none
+        try provider.set("still", "works") { status = .some($0) }
+        machine.pump()
+        #expect(status == .some(ICStatus.ok))
+    }
+}
