@@ -189,3 +189,27 @@ struct HostileAgentTests {
         #expect(agent.wait(seconds: 60) == 0, "\(agent.text)")
     }
 }
+
+@Suite("CPU placement", .serialized)
+struct CPUPlacementTests {
+    /// Cpus_allowed_list of every thread of `pid`.
+    func allowedCPUs(_ pid: Int32) -> [String] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.compactMap { tid in
+            (try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/status", encoding: .utf8))?
+                .split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+                .map { $0.split(separator: "\t").last.map(String.init) ?? "" }
+        }
+    }
+
+    @Test("cpus = [0]: the partition thread and the agent's VP threads run on CPU 0 only")
+    func pinned() throws {
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\nvps = 2\ncpus = [0]\n")
+        let agent = try fixture.agent(["run"])
+        #expect(try eventually(seconds: 20) { try fixture.status().partitions[0].vmbusVersion != nil })
+        #expect(eventually(seconds: 5) { allowedCPUs(agent.pid).filter { $0 == "0" }.count >= 2 }, "\(allowedCPUs(agent.pid))")
+        #expect(allowedCPUs(fixture.host.pid).contains("0"), "\(allowedCPUs(fixture.host.pid))")
+        agent.signal(SIGTERM)
+        #expect(agent.wait(seconds: 10) == 0)
+    }
+}
