@@ -64,6 +64,14 @@ let package = Package(
             path: "Sources/Devices/IC",
             swiftSettings: strict),
         .target(
+            name: "SyntheticStorage",
+            dependencies: [
+                "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "Hypervisor", "VMBusClient", "GuestMemory",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Devices/Storage",
+            swiftSettings: strict),
+        .target(
             name: "Loopback",
             dependencies: ["VMBusWire", "GuestMemory", "Hypervisor", "VMBusClient", "EchoDevice"],
             swiftSettings: strict),
@@ -124,6 +132,13 @@ let package = Package(
             name: "IntegrationServicesTests",
             dependencies: [
                 "IntegrationServices", "Loopback", "Hypervisor", "VMBusClient", "GuestMemory", "VMBusWire",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "StorageTests",
+            dependencies: [
+                "SyntheticStorage", "Loopback", "Hypervisor", "VMBusClient", "VMBusRing", "GuestMemory", "VMBusWire",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),

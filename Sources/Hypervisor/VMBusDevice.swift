@@ -20,6 +20,12 @@ public protocol VMBusDevice: AnyObject {
     func close(_ channel: ChannelEndpoint)
 }
 
+/// A device that moves data through guest memory (GPA-direct pages, GPADL buffers). The server
+/// hands it the partition's memory before the channel opens.
+public protocol GuestMemoryClient: AnyObject {
+    func attach(memory: GuestPhysicalMemory)
+}
+
 extension VMBusDevice {
     public var offerUserDefined: [UInt8] { [] }
     public var offerFlags: OfferChannel.Flags { [] }

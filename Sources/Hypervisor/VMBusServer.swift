@@ -322,6 +322,7 @@ public final class VMBusServer: MessagePort {
         channel.endpoint = endpoint
         channel.state = .open
         channel.holdSignals = true
+        (channel.device as? any GuestMemoryClient)?.attach(memory: partition.memory)
         let status = channel.device.open(endpoint, userData: m.userData)
         if status != 0 {
             channel.endpoint = nil

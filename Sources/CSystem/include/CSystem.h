@@ -54,4 +54,8 @@ int viridian_accept(int fd);
 /* The pid of a Unix socket's peer (SO_PEERCRED), or 0. */
 int viridian_peer_pid(int fd);
 
+
+/* Punches a hole (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE). Returns 0 or -1. */
+int viridian_punch_hole(int fd, int64_t offset, int64_t length);
+
 #endif

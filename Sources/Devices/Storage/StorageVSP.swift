@@ -1,0 +1,220 @@
+// The synthetic SCSI controller, host end: vstor initialization, EXECUTE_SRB over GPA-direct pages, completions.
+
+import GuestMemory
+import Hypervisor
+import Logging
+import VMBusChannel
+import VMBusRing
+import VMBusWire
+
+/// A storvsp: one SCSI controller (path 0, target 0) with LUNs backed by image files. Data moves
+/// between the image and the guest's GPA-direct pages with no intermediate copy; every page is
+/// bounds-checked against guest memory first.
+public final class StorageVSP: VMBusDevice, GuestMemoryClient {
+    public let deviceClass = DeviceClass.scsi
+    public let instanceID: GUID
+    public private(set) var luns: [UInt8: SCSIDisk]
+    let logger: Logger
+    private var memory: GuestPhysicalMemory?
+
+    enum Phase { case idle, begun, ready }
+    private var phase = Phase.idle
+    public private(set) var protocolVersion: UInt16 = 0
+    private var packetSize = VStorPacket.size
+    /// Versions accepted (Win8 and later use 64-byte packets; older ones 48).
+    public static let supportedVersions: Set<UInt16> = [VStorVersion.win10, VStorVersion.win8_1, VStorVersion.win8, VStorVersion.win7, VStorVersion.win6]
+    public static let maximumTransferBytes: UInt32 = 0x40000
+
+    public private(set) var requests: UInt64 = 0
+    public private(set) var protocolErrors: UInt64 = 0
+    public private(set) var refusedPages: UInt64 = 0
+
+    public init(instanceID: GUID, luns: [UInt8: SCSIDisk], logger: Logger) {
+        self.instanceID = instanceID
+        self.luns = luns
+        self.logger = logger
+    }
+
+    public func attach(memory: GuestPhysicalMemory) { self.memory = memory }
+
+    public func open(_ channel: ChannelEndpoint, userData: [UInt8]) -> UInt32 {
+        phase = .idle
+        protocolVersion = 0
+        packetSize = VStorPacket.size
+        return 0
+    }
+
+    public func close(_ channel: ChannelEndpoint) { phase = .idle }
+
+    public func channelSignalled(_ channel: ChannelEndpoint) {
+        channel.reader.mask()
+        while true {
+            var blocked = false
+            do {
+                while let packet = try channel.reader.next() {
+                    if !serve(packet, channel) {
+                        channel.reader.putBack(packet)
+                        channel.commitWrites()
+                        blocked = !channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: VStorPacket.size))
+                        if blocked { break }
+                    } else {
+                        channel.writer.clearSpaceRequest()
+                    }
+                }
+            } catch {
+                protocolErrors &+= 1
+                logger.warning("storvsp: corrupt ring: \(error); channel abandoned")
+                _ = channel.reader.unmask()
+                return
+            }
+            channel.commitWrites()
+            channel.commitReads()
+            let more = channel.reader.unmask()
+            if blocked || !more { return }
+        }
+    }
+
+    /// Handles one packet; false when the completion does not fit (try again later).
+    private func serve(_ packet: IncomingPacket, _ channel: ChannelEndpoint) -> Bool {
+        guard packet.type == .dataInBand || packet.type == .dataUsingGPADirect else {
+            protocolErrors &+= 1
+            return true
+        }
+        var payload = [UInt8](repeating: 0, count: min(packet.payloadLength, VStorPacket.size))
+        _ = payload.withUnsafeMutableBytes { packet.copyPayload(into: $0) }
+        guard let request = try? VStorPacket(decoding: payload, minimumSize: VStorPacket.legacySize) else {
+            protocolErrors &+= 1
+            logger.warning("storvsp: short vstor packet (\(packet.payloadLength) bytes) dropped")
+            return true
+        }
+        requests &+= 1
+        var reply = VStorPacket(operation: .completeIO, flags: 0, status: NTStatus.success)
+        switch request.op {
+        case .beginInitialization?:
+            phase = .begun
+        case .queryProtocolVersion?:
+            let version = request.body.le(UInt16.self, at: 0)
+            if phase == .begun && Self.supportedVersions.contains(version) {
+                protocolVersion = version
+                packetSize = version >= VStorVersion.win8 ? VStorPacket.size : VStorPacket.legacySize
+            } else {
+                reply.status = NTStatus.revisionMismatch
+            }
+            reply.body.replaceSubrange(0..<2, with: request.body[0..<2])
+        case .queryProperties?:
+            guard phase == .begun, protocolVersion != 0 else { reply.status = NTStatus.invalidDeviceState; break }
+            reply.body.replaceSubrange(0..<24, with: VStorChannelProperties(
+                maximumChannelCount: 0, supportsMultiChannel: false, maximumTransferBytes: Self.maximumTransferBytes).encoded)
+        case .endInitialization?:
+            if phase == .begun && protocolVersion != 0 { phase = .ready } else { reply.status = NTStatus.invalidDeviceState }
+        case .executeSRB?:
+            guard phase == .ready else {
+                reply.status = NTStatus.invalidDeviceState
+                break
+            }
+            reply = execute(request, packet)
+        case .resetLUN?, .resetAdapter?, .resetBus?:
+            break
+        default:
+            reply.status = NTStatus.invalidDeviceRequest
+        }
+        do {
+            return try channel.writer.tryWrite(type: .completion, transactionID: packet.transactionID,
+                                               payload: reply.encode(size: packetSize))
+        } catch {
+            protocolErrors &+= 1
+            return true
+        }
+    }
+
+    /// Runs one SRB against its LUN, with data in the packet's GPA-direct pages.
+    private func execute(_ request: VStorPacket, _ packet: IncomingPacket) -> VStorPacket {
+        var reply = VStorPacket(operation: .completeIO, flags: 0, status: NTStatus.success)
+        guard var srb = try? SCSIRequest(decoding: request.body) else {
+            protocolErrors &+= 1
+            reply.status = NTStatus.invalidParameter
+            return reply
+        }
+        let senseCapacity = packetSize == VStorPacket.size ? SCSIRequest.senseCapacity : SCSIRequest.legacySenseCapacity
+        func finish(_ srbStatus: UInt8, scsi: UInt8 = 0, sense: [UInt8] = [], transferred: Int = 0, status: UInt32 = NTStatus.success) -> VStorPacket {
+            srb.srbStatus = srbStatus
+            srb.scsiStatus = scsi
+            srb.dataTransferLength = UInt32(transferred)
+            srb.cdbOrSense = Array((sense + [UInt8](repeating: 0, count: 20)).prefix(20))
+            srb.senseInfoLength = UInt8(min(sense.count, senseCapacity))
+            reply.status = status
+            reply.body = srb.encoded
+            return reply
+        }
+        let cdb = srb.cdb
+        // Data pages: every byte the SRB claims must lie in guest memory and in the GPA-direct range.
+        var data = SCSIData.empty
+        let length = Int(srb.dataTransferLength)
+        if length > 0 {
+            guard packet.type == .dataUsingGPADirect, let segments = segments(of: packet, length: length) else {
+                refusedPages &+= 1
+                return finish(SRBStatus.error, status: NTStatus.invalidParameter)
+            }
+            data = SCSIData(segments: segments)
+        }
+        guard srb.pathID == 0, srb.targetID == 0 else {
+            if cdb.first == 0x12 { return finish(SRBStatus.success, transferred: data.fill(absentLUNInquiry(cdb))) }
+            return finish(SRBStatus.invalidLUN)
+        }
+        if cdb.first == 0xA0 { return finish(SRBStatus.success, transferred: data.fill(reportLUNs(cdb))) }
+        guard let disk = luns[srb.lun] else {
+            if cdb.first == 0x12 { return finish(SRBStatus.success, transferred: data.fill(absentLUNInquiry(cdb))) }
+            return finish(SRBStatus.invalidLUN)
+        }
+        let result = disk.execute(cdb: cdb, data: data)
+        if result.status == 0 { return finish(SRBStatus.success, transferred: result.transferred) }
+        return finish(SRBStatus.error | SRBStatus.autosenseValid, scsi: result.status, sense: result.sense?.bytes ?? [])
+    }
+
+    /// Host views of the first `length` bytes described by the packet's single GPA range, coalescing
+    /// consecutive pages. Nil if the range is malformed, too short, or leaves guest memory.
+    private func segments(of packet: IncomingPacket, length: Int) -> [UnsafeMutableRawBufferPointer]? {
+        guard let memory, length <= Int(Self.maximumTransferBytes) * 4 else { return nil }
+        let ext = packet.extensionBytes()
+        guard let ranges = try? ext.withUnsafeBytes({ try GpaDirectHeader.parse(extension: $0) }), ranges.count == 1,
+            Int(ranges[0].byteCount) >= length
+        else { return nil }
+        let range = ranges[0]
+        var out: [UnsafeMutableRawBufferPointer] = []
+        var left = length
+        var offset = Int(range.byteOffset)
+        var i = 0
+        while left > 0 && i < range.pfns.count {
+            var run = 1
+            while i + run < range.pfns.count && range.pfns[i + run] == range.pfns[i] + UInt64(run) { run += 1 }
+            let n = min(left, run * GpaRange.pageSize - offset)
+            guard range.pfns[i] < UInt64(memory.pageCount),
+                let buffer = try? memory.buffer(gpa: range.pfns[i] * UInt64(GpaRange.pageSize) + UInt64(offset), count: n)
+            else { return nil }
+            out.append(buffer)
+            left -= n
+            offset = 0
+            i += run
+        }
+        return left == 0 ? out : nil
+    }
+
+    private func reportLUNs(_ cdb: [UInt8]) -> [UInt8] {
+        let list = luns.keys.sorted()
+        var b = [UInt8](repeating: 0, count: 8 + 8 * list.count)
+        b.putBE(UInt32(8 * list.count), at: 0)
+        for (i, lun) in list.enumerated() { b[8 + 8 * i + 1] = lun }
+        let allocation = cdb.count >= 10 ? Int(cdb.be(UInt32.self, at: 6)) : b.count
+        return Array(b.prefix(allocation))
+    }
+
+    /// INQUIRY data for a LUN that is not there: peripheral qualifier 3, type 0x1F.
+    private func absentLUNInquiry(_ cdb: [UInt8]) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: 36)
+        b[0] = 0x7F
+        b[2] = 0x06
+        b[3] = 0x02
+        b[4] = 31
+        return Array(b.prefix(cdb.count >= 5 ? Int(cdb.be(UInt16.self, at: 3)) : 36))
+    }
+}

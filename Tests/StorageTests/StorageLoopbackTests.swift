@@ -1,0 +1,175 @@
+// Synthetic storage in memory: storvsc against storvsp over real rings, with real image files behind.
+
+import Foundation
+import GuestMemory
+import Hypervisor
+import Logging
+import Loopback
+import SyntheticStorage
+import Testing
+import VMBusClient
+import VMBusRing
+import VMBusWire
+
+let quiet: Logger = {
+    var l = Logger(label: "test")
+    l.logLevel = .critical
+    return l
+}()
+
+/// A temporary image file.
+final class TempImage {
+    let path: String
+    init(size: UInt64, fill: UInt8? = nil) throws {
+        path = NSTemporaryDirectory() + "viridian-img-\(UUID().uuidString.prefix(8)).img"
+        _ = try FileBackend(path: path, createSize: size)
+        if let fill {
+            try Data(repeating: fill, count: Int(size)).write(to: URL(fileURLWithPath: path))
+        }
+    }
+    deinit { unlink(path) }
+    var contents: Data { (try? Data(contentsOf: URL(fileURLWithPath: path))) ?? Data() }
+}
+
+/// A machine with one storvsp (LUN 0 read-write, LUN 1 read-only) and a ready storvsc.
+func storageMachine(_ rw: TempImage, _ ro: TempImage) throws -> (LoopbackMachine, StorageVSP, StorageClient) {
+    let machine = try LoopbackMachine(memoryBytes: 16 << 20, logger: quiet)
+    let vsp = StorageVSP(instanceID: GUID(low: 9, high: 9), luns: [
+        0: SCSIDisk(backend: try FileBackend(path: rw.path), serial: "VIRIDIAN0"),
+        1: SCSIDisk(backend: try FileBackend(path: ro.path, readOnly: true), serial: "VIRIDIAN1"),
+    ], logger: quiet)
+    machine.server.offer(vsp)
+    try machine.connect()
+    let channel = try #require(machine.client.channels.values.first)
+    try machine.client.open(channel, sendPages: 32, receivePages: 32)
+    try machine.run(until: { channel.state == .open }, "open")
+    let client = StorageClient(channel: channel, logger: quiet)
+    try machine.run(until: { client.state != .initializing }, "init")
+    return (machine, vsp, client)
+}
+
+/// Runs one command synchronously through the loopback.
+func command(_ machine: LoopbackMachine, _ client: StorageClient, lun: UInt8 = 0, _ cdb: [UInt8], _ direction: SCSIDataDirection,
+             _ buffer: GuestBuffer?, _ length: Int) throws -> SCSICompletion {
+    var result: SCSICompletion?
+    #expect(client.execute(lun: lun, cdb: cdb, direction: direction, buffer: buffer, length: length) { result = $0 })
+    try machine.run(until: { result != nil }, "completion")
+    return result!
+}
+
+func rw10(_ op: UInt8, lba: UInt32, blocks: UInt16, fua: Bool = false) -> [UInt8] {
+    [op, fua ? 0x08 : 0, UInt8(lba >> 24), UInt8(truncatingIfNeeded: lba >> 16), UInt8(truncatingIfNeeded: lba >> 8), UInt8(truncatingIfNeeded: lba),
+     0, UInt8(blocks >> 8), UInt8(truncatingIfNeeded: blocks), 0]
+}
+
+@Suite("Synthetic storage in memory")
+struct StorageLoopbackTests {
+    @Test("Initialization negotiates Win10 vstor; INQUIRY, READ CAPACITY, REPORT LUNS answer like a disk")
+    func identify() throws {
+        let rw = try TempImage(size: 8 << 20), ro = try TempImage(size: 1 << 20, fill: 0xAB)
+        let (machine, vsp, client) = try storageMachine(rw, ro)
+        #expect(client.state == .ready && client.protocolVersion == 0x0602 && client.maximumTransferBytes == 0x40000)
+        let buffer = try GuestBuffer(client: machine.client, bytes: 4096)
+        var c = try command(machine, client, [0x12, 0, 0, 0, 96, 0], .read, buffer, 96)
+        #expect(c.isGood && c.transferred == 36)
+        #expect(Array(buffer.bytes[8..<16]) == Array("Msft    ".utf8) && buffer.bytes[0] == 0 && buffer.bytes[2] == 6)
+        c = try command(machine, client, [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], .read, buffer, 32)
+        #expect(c.isGood && Array(buffer.bytes[0..<8]) == [0, 0, 0, 0, 0, 0, 0x3F, 0xFF] && Array(buffer.bytes[8..<12]) == [0, 0, 2, 0])
+        c = try command(machine, client, [0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], .read, buffer, 256)
+        #expect(c.isGood && Array(buffer.bytes[0..<4]) == [0, 0, 0, 16] && buffer.bytes[17] == 1)
+        c = try command(machine, client, [0x12, 1, 0x80, 0, 64, 0], .read, buffer, 64)
+        #expect(c.isGood && String(decoding: buffer.bytes[4..<13], as: UTF8.self) == "VIRIDIAN0")
+        // An absent LUN: INQUIRY says peripheral 0x7F; anything else is INVALID_LUN.
+        c = try command(machine, client, lun: 5, [0x12, 0, 0, 0, 36, 0], .read, buffer, 36)
+        #expect(c.isGood && buffer.bytes[0] == 0x7F)
+        c = try command(machine, client, lun: 5, [0x00, 0, 0, 0, 0, 0], .none, nil, 0)
+        #expect(c.srbStatus == SRBStatus.invalidLUN)
+        #expect(vsp.protocolErrors == 0)
+    }
+
+    @Test("WRITE and READ through GPA-direct pages land in the image file; FLUSH; bounds and opcodes checked")
+    func readWrite() throws {
+        let rw = try TempImage(size: 8 << 20), ro = try TempImage(size: 1 << 20, fill: 0xAB)
+        let (machine, _, client) = try storageMachine(rw, ro)
+        let buffer = try GuestBuffer(client: machine.client, bytes: 256 << 10)
+        for i in 0..<(256 << 10) { buffer.bytes[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 3) }
+        let expected = Data(buffer.bytes[0..<(256 << 10)])
+        var c = try command(machine, client, rw10(0x2A, lba: 100, blocks: 512, fua: true), .write, buffer, 256 << 10)
+        #expect(c.isGood && c.transferred == 256 << 10)
+        #expect(rw.contents.subdata(in: (100 * 512)..<(100 * 512 + (256 << 10))) == expected)
+        buffer.bytes.initializeMemory(as: UInt8.self, repeating: 0)
+        c = try command(machine, client, rw10(0x28, lba: 100, blocks: 512), .read, buffer, 256 << 10)
+        #expect(c.isGood && Data(buffer.bytes[0..<(256 << 10)]) == expected)
+        c = try command(machine, client, [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], .none, nil, 0)
+        #expect(c.isGood)
+        // Past the end: ILLEGAL REQUEST / LBA OUT OF RANGE with autosense.
+        c = try command(machine, client, rw10(0x28, lba: 16383, blocks: 2), .read, buffer, 1024)
+        #expect(c.scsiStatus == 2 && c.senseKey == 5 && c.sense[12] == 0x21)
+        // Unknown opcode.
+        c = try command(machine, client, [0xEE, 0, 0, 0, 0, 0], .none, nil, 0)
+        #expect(c.senseKey == 5 && c.sense[12] == 0x20)
+        // UNMAP punches a hole that reads back as zeros.
+        var list = [UInt8](repeating: 0, count: 24)
+        list[1] = 22; list[3] = 16
+        list[15] = 100; list[19] = 8
+        buffer.bytes.copyBytes(from: list)
+        c = try command(machine, client, [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], .write, buffer, 24)
+        #expect(c.isGood)
+        #expect(rw.contents.subdata(in: (100 * 512)..<(108 * 512)) == Data(count: 4096))
+    }
+
+    @Test("A read-only LUN refuses writes with DATA PROTECT and reports write-protect in MODE SENSE")
+    func readOnly() throws {
+        let rw = try TempImage(size: 1 << 20), ro = try TempImage(size: 1 << 20, fill: 0xAB)
+        let (machine, _, client) = try storageMachine(rw, ro)
+        let buffer = try GuestBuffer(client: machine.client, bytes: 4096)
+        var c = try command(machine, client, lun: 1, rw10(0x2A, lba: 0, blocks: 8), .write, buffer, 4096)
+        #expect(c.scsiStatus == 2 && c.senseKey == 7 && c.sense[12] == 0x27)
+        #expect(ro.contents.allSatisfy { $0 == 0xAB })
+        c = try command(machine, client, lun: 1, [0x1A, 0, 0x3F, 0, 64, 0], .read, buffer, 64)
+        #expect(c.isGood && buffer.bytes[2] & 0x80 != 0)
+        c = try command(machine, client, lun: 0, [0x1A, 0, 0x08, 0, 64, 0], .read, buffer, 64)
+        #expect(c.isGood && buffer.bytes[2] & 0x80 == 0 && buffer.bytes[4] == 0x08 && buffer.bytes[6] & 0x04 != 0)
+    }
+
+    @Test("Hostile guests: GPA-direct pages outside memory, random vstor packets and CDBs never crash the host")
+    func hostile() throws {
+        let rw = try TempImage(size: 1 << 20), ro = try TempImage(size: 1 << 20)
+        let (machine, vsp, client) = try storageMachine(rw, ro)
+        let endpoint = try #require(client.channel.endpoint)
+        var srb = SCSIRequest()
+        srb.cdbLength = 10
+        srb.cdbOrSense = rw10(0x28, lba: 0, blocks: 8) + [UInt8](repeating: 0, count: 10)
+        srb.dataIn = 1
+        srb.dataTransferLength = 4096
+        let outside = GpaRange(byteCount: 4096, byteOffset: 0, pfns: [UInt64(machine.memory.pageCount) + 5])
+        let refusedBefore = vsp.refusedPages
+        _ = try endpoint.writer.tryWrite(type: .dataUsingGPADirect, flags: 1, transactionID: 999_999,
+                                         extension: GpaDirectHeader.extensionBytes(for: [outside]),
+                                         payload: VStorPacket(operation: .executeSRB, body: srb.encoded).encode())
+        endpoint.commitWrites()
+        machine.pump()
+        #expect(vsp.refusedPages == refusedBefore + 1)
+        // Random packets and random CDBs.
+        var rng: UInt64 = 77
+        let buffer = try GuestBuffer(client: machine.client, bytes: 8192)
+        for i in 0..<5000 {
+            rng = rng &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            if i % 2 == 0 {
+                let bytes = (0..<Int(rng % 80)).map { j in UInt8(truncatingIfNeeded: rng >> UInt64(j % 50)) }
+                _ = try endpoint.writer.tryWrite(type: .dataInBand, flags: 1, transactionID: 1_000_000 + UInt64(i), payload: bytes)
+                endpoint.commitWrites()
+                machine.pump()
+            } else {
+                let cdb = (0..<Int(6 + rng % 11)).map { j in UInt8(truncatingIfNeeded: rng >> UInt64(j * 3 % 60)) }
+                var done = false
+                _ = client.execute(lun: UInt8(rng % 3), cdb: cdb, direction: SCSIDataDirection(rawValue: UInt8(rng % 3))!,
+                                   buffer: buffer, length: Int(rng % 8192)) { _ in done = true }
+                try machine.run(until: { done }, "random CDB")
+            }
+        }
+        // Still a working disk.
+        let c = try command(machine, client, [0x00, 0, 0, 0, 0, 0], .none, nil, 0)
+        #expect(c.isGood)
+    }
+}
