@@ -72,6 +72,10 @@ let package = Package(
             path: "Sources/Devices/Storage",
             swiftSettings: strict),
         .target(
+            name: "NBD",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
             name: "Loopback",
             dependencies: ["VMBusWire", "GuestMemory", "Hypervisor", "VMBusClient", "EchoDevice"],
             swiftSettings: strict),
@@ -85,7 +89,7 @@ let package = Package(
             name: "HostRuntime",
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "EchoDevice",
-                "IntegrationServices",
+                "IntegrationServices", "SyntheticStorage",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -93,7 +97,7 @@ let package = Package(
             name: "AgentRuntime",
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "GuestMemory", "VMBusClient", "PartitionLink", "EchoDevice",
-                "IntegrationServices",
+                "IntegrationServices", "SyntheticStorage", "NBD",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -104,7 +108,7 @@ let package = Package(
         .executableTarget(
             name: "viridian-agent",
             dependencies: [
-                "AgentRuntime", "PartitionLink", "VMBusWire", "IntegrationServices",
+                "AgentRuntime", "PartitionLink", "VMBusWire", "IntegrationServices", "NBD",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

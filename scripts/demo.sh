@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(swift build --show-bin-path)
 dir=$(mktemp -d /tmp/viridian-demo.XXXXXX)
-"$bin/viridian-host" run --runtime-dir "$dir" --log-level warning &
+"$bin/viridian-host" run --runtime-dir "$dir" --image-dir "$dir" --log-level warning &
 host=$!
 agent=
 trap 'kill -TERM $agent $host 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT

@@ -24,6 +24,8 @@ import VMBusWire
 /// state_dir = "/var/lib/viridian"          # KVP pools live in <state_dir>/kvp
 /// kvp_interfaces_include = ["*"]           # interfaces whose addresses KVP reports (shell patterns)
 /// kvp_interfaces_exclude = ["docker*", "veth*", "virbr*", "lo"]
+/// storage = true                           # export the synthetic SCSI LUNs over NBD
+/// export_dir = "/run/viridian/disks"       # NBD sockets: <export_dir>/scsi<relid>-lun<n>.sock
 /// ```
 public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var link: String
@@ -43,6 +45,8 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var stateDir: String
     public var kvpInterfacesInclude: [String]
     public var kvpInterfacesExclude: [String]
+    public var storage: Bool
+    public var exportDir: String
 
     public static let defaultPath = "/etc/viridian/agent.toml"
 
@@ -64,6 +68,8 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         stateDir = getuid() == 0 ? "/var/lib/viridian" : "/tmp/viridian-\(getuid())/state"
         kvpInterfacesInclude = ["*"]
         kvpInterfacesExclude = ["docker*", "veth*", "virbr*", "lo"]
+        storage = true
+        exportDir = getuid() == 0 ? "/run/viridian/disks" : "/tmp/viridian-\(getuid())/disks"
     }
 
     enum CodingKeys: String, CodingKey {
@@ -82,6 +88,8 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         case stateDir = "state_dir"
         case kvpInterfacesInclude = "kvp_interfaces_include"
         case kvpInterfacesExclude = "kvp_interfaces_exclude"
+        case storage
+        case exportDir = "export_dir"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -104,6 +112,8 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         stateDir = try c.decodeIfPresent(String.self, forKey: .stateDir) ?? defaults.stateDir
         kvpInterfacesInclude = try c.decodeIfPresent([String].self, forKey: .kvpInterfacesInclude) ?? defaults.kvpInterfacesInclude
         kvpInterfacesExclude = try c.decodeIfPresent([String].self, forKey: .kvpInterfacesExclude) ?? defaults.kvpInterfacesExclude
+        storage = try c.decodeIfPresent(Bool.self, forKey: .storage) ?? defaults.storage
+        exportDir = try c.decodeIfPresent(String.self, forKey: .exportDir) ?? defaults.exportDir
     }
 
     /// Reads `path`; a missing file at the default path means defaults, elsewhere it is an error.

@@ -20,9 +20,14 @@ import VMBusWire
 /// heartbeat_interval_ms = 1000       # heartbeat request period
 /// timesync_interval_ms = 5000        # time sample period (a SYNC goes first)
 /// time_offset_ms = 0                 # added to the host time sent (testing)
+/// [[partition.disk]]                 # LUNs of the partition's synthetic SCSI controller, in order
+/// path = "/var/lib/viridian/images/guest1-disk0.img"   # raw image; created sparse if missing
+/// size_mib = 64                      # size of a created image
+/// read_only = false
 /// ```
 public struct HostConfiguration: Codable, Sendable, Equatable {
     public var runtimeDir: String?
+    public var imageDir: String?
     public var partition: [PartitionConfiguration]
 
     public init(runtimeDir: String? = nil, partition: [PartitionConfiguration]) {
@@ -32,7 +37,14 @@ public struct HostConfiguration: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case runtimeDir = "runtime_dir"
+        case imageDir = "image_dir"
         case partition
+    }
+
+    /// Where default disk images live: image_dir, else /var/lib/viridian/images as root, else under /tmp.
+    public var resolvedImageDir: String {
+        if let imageDir { return imageDir }
+        return getuid() == 0 ? "/var/lib/viridian/images" : "/tmp/viridian-\(getuid())/images"
     }
 
     /// One partition "guest1": 64 MiB, 2 VPs, one echo device.
@@ -82,6 +94,8 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     public var heartbeatIntervalMs: Int
     public var timesyncIntervalMs: Int
     public var timeOffsetMs: Int
+    /// Disks (LUN 0, 1, …); nil means the default: one 64 MiB image named after the partition.
+    public var disk: [DiskConfiguration]?
 
     /// The integration services Viridian provides.
     public static let allIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp"]
@@ -110,6 +124,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         case heartbeatIntervalMs = "heartbeat_interval_ms"
         case timesyncIntervalMs = "timesync_interval_ms"
         case timeOffsetMs = "time_offset_ms"
+        case disk
     }
 
     public init(from decoder: any Decoder) throws {
@@ -125,6 +140,12 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         heartbeatIntervalMs = try c.decodeIfPresent(Int.self, forKey: .heartbeatIntervalMs) ?? 1000
         timesyncIntervalMs = try c.decodeIfPresent(Int.self, forKey: .timesyncIntervalMs) ?? 5000
         timeOffsetMs = try c.decodeIfPresent(Int.self, forKey: .timeOffsetMs) ?? 0
+        disk = try c.decodeIfPresent([DiskConfiguration].self, forKey: .disk)
+    }
+
+    /// The disks to serve: the configured ones, or one 64 MiB image in `imageDirectory`.
+    public func disks(imageDirectory: String) -> [DiskConfiguration] {
+        disk ?? [DiskConfiguration(path: "\(imageDirectory)/\(name)-disk0.img", sizeMiB: 64, readOnly: false)]
     }
 
     func validate() throws {
@@ -165,5 +186,31 @@ public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .invalid(let why): "configuration: \(why)"
         }
+    }
+}
+
+/// One LUN's backing image.
+public struct DiskConfiguration: Codable, Sendable, Equatable {
+    public var path: String
+    public var sizeMiB: Int
+    public var readOnly: Bool
+
+    public init(path: String, sizeMiB: Int = 64, readOnly: Bool = false) {
+        self.path = path
+        self.sizeMiB = sizeMiB
+        self.readOnly = readOnly
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case path
+        case sizeMiB = "size_mib"
+        case readOnly = "read_only"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        path = try c.decode(String.self, forKey: .path)
+        sizeMiB = try c.decodeIfPresent(Int.self, forKey: .sizeMiB) ?? 64
+        readOnly = try c.decodeIfPresent(Bool.self, forKey: .readOnly) ?? false
     }
 }

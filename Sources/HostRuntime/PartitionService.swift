@@ -1,8 +1,10 @@
 // A partition's service thread: listens for its agent, runs the hypervisor loop, survives agents dying.
 
 import CSystem
+import Foundation
 import EchoDevice
 import IntegrationServices
+import SyntheticStorage
 import Glibc
 import GuestMemory
 import Hypervisor
@@ -53,7 +55,10 @@ public final class PartitionService: @unchecked Sendable {
         static let kindMask: UInt64 = 0xFF << 56
     }
 
-    public init(configuration: PartitionConfiguration, id: UInt32, socketPath: String, logger: Logger,
+    /// The synthetic SCSI controller (nil when the partition has no disks).
+    public let storage: StorageVSP?
+
+    public init(configuration: PartitionConfiguration, id: UInt32, socketPath: String, imageDirectory: String, logger: Logger,
                 trace: TraceWriter?) throws {
         self.configuration = configuration
         self.id = id
@@ -82,7 +87,17 @@ public final class PartitionService: @unchecked Sendable {
                                source: SystemTimeSource(offsetNs: Int64(configuration.timeOffsetMs) * 1_000_000), logger: logger, now: clock) : nil
         shutdownService = services.contains("shutdown") ? ShutdownProvider(instanceID: instance(3), logger: logger, now: clock) : nil
         kvp = services.contains("kvp") ? KVPProvider(instanceID: instance(4), logger: logger, now: clock) : nil
-        devices = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 }
+        var luns: [UInt8: SCSIDisk] = [:]
+        for (index, disk) in configuration.disks(imageDirectory: imageDirectory).enumerated() where index < 255 {
+            let directory = (disk.path as NSString).deletingLastPathComponent
+            if !disk.readOnly { try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+            let backend = try FileBackend(path: disk.path, readOnly: disk.readOnly,
+                                          createSize: disk.readOnly ? nil : UInt64(disk.sizeMiB) << 20)
+            luns[UInt8(index)] = SCSIDisk(backend: backend, serial: "\(configuration.name.prefix(12))-\(index)")
+            logger.info("\(configuration.name): LUN \(index) = \(disk.path) (\(backend.sizeBytes >> 20) MiB\(disk.readOnly ? ", read-only" : ""))")
+        }
+        storage = luns.isEmpty ? nil : StorageVSP(instanceID: instance(5), luns: luns, logger: logger)
+        devices = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 } + [storage].compactMap { $0 }
         listener = try LinkListener(path: socketPath)
         epoll = viridian_epoll_create()
         wake = try EventFD()

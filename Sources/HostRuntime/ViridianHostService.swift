@@ -26,7 +26,7 @@ public final class ViridianHostService: @unchecked Sendable {
         self.trace = trace
         partitions = try configuration.partition.enumerated().map { i, p in
             try PartitionService(configuration: p, id: UInt32(i + 1), socketPath: configuration.socketPath(for: p),
-                                 logger: logger, trace: trace)
+                                 imageDirectory: configuration.resolvedImageDir, logger: logger, trace: trace)
         }
         controlPath = configuration.controlSocketPath
         controlFD = try UnixSocket.listen(path: controlPath, type: Int32(SOCK_STREAM.rawValue))

@@ -121,7 +121,7 @@ public enum LinkBenchmark {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let host = Process()
         host.executableURL = URL(fileURLWithPath: hostExecutable)
-        host.arguments = ["run", "--runtime-dir", dir, "--log-level", "error"]
+        host.arguments = ["run", "--runtime-dir", dir, "--image-dir", dir, "--log-level", "error"]
         try host.run()
         defer {
             host.terminate()

@@ -6,6 +6,7 @@ import Foundation
 import Glibc
 import IntegrationServices
 import Logging
+import NBD
 import PartitionLink
 import VMBusWire
 
@@ -14,7 +15,7 @@ struct ViridianAgent: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-agent",
         abstract: "Viridian's guest agent: joins a partition and runs its VMBus clients.",
-        subcommands: [Run.self, List.self, Echo.self, KVPCommand.self],
+        subcommands: [Run.self, List.self, Echo.self, KVPCommand.self, DiskCommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -86,6 +87,20 @@ struct Run: ParsableCommand {
                 guard configuration.reconnect else { throw error }
                 logger.notice("\(error); rejoining")
                 continue
+            }
+            var servers: [NBDServer] = []
+            if configuration.storage {
+                do {
+                    let (exports, started) = try session.exportDisks(directory: configuration.exportDir, timeoutMs: configuration.connectTimeoutMs)
+                    servers = started
+                    try DiskCommand.record(exports, stateDir: configuration.stateDir)
+                } catch {
+                    logger.error("storage: \(error)")
+                }
+            }
+            defer {
+                for server in servers { server.stop() }
+                DiskCommand.clear(stateDir: configuration.stateDir)
             }
             systemdNotify("READY=1")
             let watchdog = getenv("WATCHDOG_USEC").flatMap { UInt64(String(cString: $0)) }
@@ -250,4 +265,54 @@ func viridianNow() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+}
+
+struct DiskCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "disk",
+        abstract: "List the synthetic SCSI LUNs the running agent exports over NBD.",
+        discussion: "Use an export with any NBD client, e.g. nbdfuse MOUNTPOINT --unix SOCKET, or nbdinfo 'nbd+unix:///?socket=SOCKET'.")
+
+    @Argument(help: "list") var action: String = "list"
+    @Option(help: "Configuration file (for state_dir).") var config: String?
+    @Option(help: "State directory (overrides state_dir).") var stateDir: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        guard action == "list" else { throw ValidationError("the only action is list") }
+    }
+
+    static func path(stateDir: String) -> String { stateDir + "/disks.json" }
+
+    /// Written by `run` so that other commands can see the exports.
+    static func record(_ exports: [DiskExport], stateDir: String) throws {
+        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
+        let data = try JSONEncoder().encode(exports)
+        let temporary = path(stateDir: stateDir) + ".tmp"
+        try data.write(to: URL(fileURLWithPath: temporary))
+        guard rename(temporary, path(stateDir: stateDir)) == 0 else { throw ValidationError("cannot record disk exports") }
+    }
+
+    static func clear(stateDir: String) { unlink(path(stateDir: stateDir)) }
+
+    func run() throws {
+        let configuration = try AgentConfiguration.load(path: config)
+        let file = Self.path(stateDir: stateDir ?? configuration.stateDir)
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ValidationError("no disks exported (is viridian-agent run active? \(file) is missing)")
+        }
+        let exports = try JSONDecoder().decode([DiskExport].self, from: data)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(exports), as: UTF8.self))
+            return
+        }
+        print("controller  lun  size        access  export")
+        for e in exports {
+            let size = "\(e.sizeBytes >> 20) MiB".padding(toLength: 12, withPad: " ", startingAt: 0)
+            print(String(e.controller).padding(toLength: 12, withPad: " ", startingAt: 0) + String(e.lun).padding(toLength: 5, withPad: " ", startingAt: 0)
+                  + size + (e.readOnly ? "ro      " : "rw      ") + "nbd+unix:///?socket=\(e.export)")
+        }
+    }
 }

@@ -34,6 +34,9 @@ struct Run: ParsableCommand {
     @Option(help: "Directory for sockets (overrides runtime_dir).")
     var runtimeDir: String?
 
+    @Option(help: "Directory for default disk images (overrides image_dir).")
+    var imageDir: String?
+
     @Flag(help: "Print the effective configuration as TOML-like text and exit.")
     var printConfig = false
 
@@ -42,6 +45,7 @@ struct Run: ParsableCommand {
     func run() throws {
         var configuration = try config.map { try HostConfiguration.load(path: $0) } ?? .embeddedDefault
         if let runtimeDir { configuration.runtimeDir = runtimeDir }
+        if let imageDir { configuration.imageDir = imageDir }
         if printConfig {
             print("runtime_dir = \"\(configuration.resolvedRuntimeDir)\"")
             for p in configuration.partition {

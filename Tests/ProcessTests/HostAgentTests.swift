@@ -145,7 +145,7 @@ struct HostAgentTests {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let tracePath = directory.appendingPathComponent("trace.jsonl").path
-        let host = try Child("viridian-host", ["run", "--runtime-dir", directory.path, "--trace", tracePath])
+        let host = try Child("viridian-host", ["run", "--runtime-dir", directory.path, "--image-dir", directory.path, "--trace", tracePath])
         try waitFor(path: directory.appendingPathComponent("host.sock").path)
         let agent = try Child("viridian-agent", ["echo", "--packets", "10", "--link", "unix:\(directory.path)/guest1.sock"])
         #expect(agent.wait(seconds: 60) == 0, "\(agent.text)")

@@ -73,7 +73,8 @@ final class HostFixture: @unchecked Sendable {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-e2e-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let configPath = directory.appendingPathComponent("host.toml")
-        try ("runtime_dir = \"\(directory.path)\"\n" + config).write(to: configPath, atomically: true, encoding: .utf8)
+        try ("runtime_dir = \"\(directory.path)\"\nimage_dir = \"\(directory.path)/images\"\n" + config)
+            .write(to: configPath, atomically: true, encoding: .utf8)
         host = try Child("viridian-host", ["run", "--config", configPath.path, "--log-level", "info"])
         try waitFor(path: directory.appendingPathComponent("host.sock").path)
     }

@@ -1,0 +1,79 @@
+// The NBD wire protocol (fixed newstyle): magics, options, replies, commands, errors.
+
+/// Constants of the NBD protocol as the upstream specification defines them.
+public enum NBD {
+    public static let initMagic: UInt64 = 0x4E42_444D_4147_4943  // "NBDMAGIC"
+    public static let optionMagic: UInt64 = 0x4948_4156_454F_5054  // "IHAVEOPT"
+    public static let replyMagic: UInt64 = 0x0003_E889_0455_65A9
+    public static let requestMagic: UInt32 = 0x2560_9513
+    public static let simpleReplyMagic: UInt32 = 0x6744_6698
+
+    public static let flagFixedNewstyle: UInt16 = 1
+    public static let flagNoZeroes: UInt16 = 2
+
+    public enum Option: UInt32 {
+        case exportName = 1, abort = 2, list = 3, startTLS = 5, info = 6, go = 7, structuredReply = 8
+    }
+
+    public enum Reply {
+        public static let ack: UInt32 = 1
+        public static let server: UInt32 = 2
+        public static let info: UInt32 = 3
+        public static let errUnsupported: UInt32 = 0x8000_0001
+        public static let errPolicy: UInt32 = 0x8000_0002
+        public static let errInvalid: UInt32 = 0x8000_0003
+        public static let errUnknown: UInt32 = 0x8000_0006
+        public static let errTooBig: UInt32 = 0x8000_0009
+    }
+
+    public enum Info {
+        public static let export: UInt16 = 0
+        public static let blockSize: UInt16 = 3
+    }
+
+    /// Transmission flags.
+    public enum Flags {
+        public static let hasFlags: UInt16 = 1
+        public static let readOnly: UInt16 = 2
+        public static let sendFlush: UInt16 = 4
+        public static let sendFUA: UInt16 = 8
+        public static let sendTrim: UInt16 = 0x20
+        public static let sendWriteZeroes: UInt16 = 0x40
+    }
+
+    public enum Command: UInt16 {
+        case read = 0, write = 1, disconnect = 2, flush = 3, trim = 4, cache = 5, writeZeroes = 6, blockStatus = 7
+    }
+
+    public enum CommandFlags {
+        public static let fua: UInt16 = 1
+        public static let noHole: UInt16 = 2
+    }
+
+    public enum Error {
+        public static let ok: UInt32 = 0
+        public static let perm: UInt32 = 1
+        public static let io: UInt32 = 5
+        public static let nomem: UInt32 = 12
+        public static let inval: UInt32 = 22
+        public static let nospc: UInt32 = 28
+        public static let overflow: UInt32 = 75
+        public static let notsup: UInt32 = 95
+    }
+
+    /// Largest request payload accepted.
+    public static let maximumRequest = 32 << 20
+}
+
+/// A disk as the NBD server sees it. Errors are NBD error numbers (0 = success).
+public protocol NBDBlockDevice: AnyObject {
+    var size: UInt64 { get }
+    var isReadOnly: Bool { get }
+    /// Smallest and preferred I/O sizes (advertised with NBD_INFO_BLOCK_SIZE).
+    var blockSize: Int { get }
+    func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> UInt32
+    func write(offset: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool) -> UInt32
+    func flush() -> UInt32
+    func trim(offset: UInt64, length: UInt64) -> UInt32
+    func writeZeroes(offset: UInt64, length: UInt64, mayTrim: Bool, fua: Bool) -> UInt32
+}

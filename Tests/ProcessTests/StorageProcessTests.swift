@@ -1,0 +1,113 @@
+// Synthetic storage between processes: image file on the host, NBD export in the guest, real block tools on top.
+
+import Foundation
+import Glibc
+import HostRuntime
+import Testing
+
+/// Runs a shell command; returns its status and output.
+@discardableResult
+func sh(_ command: String, seconds: Double = 300) throws -> (Int32, String) {
+    try run("/bin/sh", ["-c", command + " 2>&1"], seconds: seconds)
+}
+
+@Suite("Synthetic storage between processes", .serialized)
+struct StorageProcessTests {
+    /// Host with a 256 MiB read-write LUN 0 and a 16 MiB read-only LUN 1; agent exporting both.
+    func start() throws -> (HostFixture, Child, String) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-st-\(UUID().uuidString.prefix(6))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data(repeating: 0xAB, count: 16 << 20).write(to: URL(fileURLWithPath: "\(dir)/ro.img"))
+        let fixture = try HostFixture(config: """
+            [[partition]]
+            name = "guest1"
+            [[partition.disk]]
+            path = "\(dir)/disk.img"
+            size_mib = 256
+            [[partition.disk]]
+            path = "\(dir)/ro.img"
+            read_only = true
+            """)
+        let agent = try Child("viridian-agent", ["run", "--config", try agentConfig(fixture, """
+            timesync = "off"
+            export_dir = "\(dir)/exports"
+            """)])
+        return (fixture, agent, dir)
+    }
+
+    @Test("mkfs.ext4, 1000 files, e2fsck clean, the same files in the host image; a read-only LUN refuses writes")
+    func filesystem() throws {
+        guard getuid() == 0 else {
+            Issue.record("needs root for losetup, mount and FUSE")
+            return
+        }
+        let (fixture, agent, dir) = try start()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let export = "\(dir)/exports"
+        #expect(eventually(seconds: 30) {
+            FileManager.default.fileExists(atPath: "\(fixture.directory.path)/state/disks.json")
+        }, "\(agent.text)")
+        let (listed, list) = try run("viridian-agent", ["disk", "list", "--state-dir", "\(fixture.directory.path)/state"])
+        #expect(listed == 0 && list.contains("256 MiB") && list.contains("ro "), "\(list)")
+        let lun0 = try #require(try FileManager.default.contentsOfDirectory(atPath: export).first { $0.hasSuffix("lun0.sock") })
+        let lun1 = try #require(try FileManager.default.contentsOfDirectory(atPath: export).first { $0.hasSuffix("lun1.sock") })
+        try FileManager.default.createDirectory(atPath: "\(dir)/fuse", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "\(dir)/mnt", withIntermediateDirectories: true)
+        let fuse = try Child("/usr/bin/nbdfuse", ["\(dir)/fuse/disk", "--unix", "\(export)/\(lun0)"])
+        defer { _ = try? sh("fusermount3 -u \(dir)/fuse") }
+        try waitFor(path: "\(dir)/fuse/disk")
+        let (_, loopOut) = try sh("losetup -f --show \(dir)/fuse/disk")
+        let loop = loopOut.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(loop.hasPrefix("/dev/loop"), "\(loopOut)")
+        defer { _ = try? sh("losetup -d \(loop)") }
+        let script = """
+            set -e
+            mkfs.ext4 -q -F \(loop)
+            mount \(loop) \(dir)/mnt
+            for i in $(seq 1 1000); do head -c $((i * 37 % 9000 + 1)) /dev/urandom > \(dir)/mnt/file$i; done
+            (cd \(dir)/mnt && sha256sum file* | sort) > \(dir)/sums
+            sync
+            umount \(dir)/mnt
+            e2fsck -f -n \(loop)
+            """
+        let (code, out) = try sh(script)
+        #expect(code == 0, "\(out)")
+        #expect(out.contains("1011/65536 files") || out.contains("/65536 files"), "\(out)")
+        _ = try sh("losetup -d \(loop)")
+        _ = try sh("fusermount3 -u \(dir)/fuse")
+        fuse.wait(seconds: 10)
+
+        // The host image holds the same files.
+        let (verify, verified) = try sh("""
+            set -e
+            mount -o ro,loop,noload \(dir)/disk.img \(dir)/mnt
+            (cd \(dir)/mnt && sha256sum file* | sort) > \(dir)/sums-host
+            umount \(dir)/mnt
+            cmp \(dir)/sums \(dir)/sums-host && wc -l < \(dir)/sums-host
+            """)
+        #expect(verify == 0 && verified.contains("1000"), "\(verified)")
+
+        // The read-only LUN: writes fail (the NBD client sees EPERM), reads return the image.
+        let (readCode, head) = try sh("nbdcopy 'nbd+unix:///?socket=\(export)/\(lun1)' - | head -c 4 | od -An -tx1")
+        #expect(readCode == 0 && head.contains("ab ab ab ab"), "\(head)")
+        let (writeCode, writeOut) = try sh("head -c 4096 /dev/zero > \(dir)/zeros && nbdcopy \(dir)/zeros 'nbd+unix:///?socket=\(export)/\(lun1)'")
+        #expect(writeCode != 0, "\(writeOut)")
+        let untouched = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/ro.img"))
+        #expect(untouched.prefix(4096).allSatisfy { $0 == 0xAB })
+        _ = agent
+    }
+
+    @Test("fio verify (randwrite 4k, crc32c) through the NBD export")
+    func fioVerify() throws {
+        let (fixture, agent, dir) = try start()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(eventually(seconds: 30) { FileManager.default.fileExists(atPath: "\(fixture.directory.path)/state/disks.json") }, "\(agent.text)")
+        let lun0 = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/exports").first { $0.hasSuffix("lun0.sock") })
+        let (code, out) = try sh("""
+            fio --name=verify --ioengine=nbd --uri='nbd+unix:///?socket=\(dir)/exports/\(lun0)' --rw=randwrite --bs=4k \
+                --size=16M --verify=crc32c --do_verify=1 --iodepth=4 --output-format=terse --terse-version=3
+            """)
+        #expect(code == 0, "\(out)")
+        #expect(!out.contains("verify:") && !out.lowercased().contains("bad magic"), "\(out)")
+    }
+}
