@@ -111,3 +111,55 @@ struct StorageProcessTests {
         #expect(!out.contains("verify:") && !out.lowercased().contains("bad magic"), "\(out)")
     }
 }
+
+@Suite("Storage durability", .serialized)
+struct StorageDurabilityTests {
+    @Test("SIGKILL of the agent under write load: everything synced before is in the image; e2fsck clean after journal replay")
+    func killUnderLoad() throws {
+        guard getuid() == 0 else {
+            Issue.record("needs root for losetup, mount and FUSE")
+            return
+        }
+        let (fixture, agent, dir) = try StorageProcessTests().start()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(eventually(seconds: 30) { FileManager.default.fileExists(atPath: "\(fixture.directory.path)/state/disks.json") }, "\(agent.text)")
+        let lun0 = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/exports").first { $0.hasSuffix("lun0.sock") })
+        try FileManager.default.createDirectory(atPath: "\(dir)/fuse", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "\(dir)/mnt", withIntermediateDirectories: true)
+        let fuse = try Child("/usr/bin/nbdfuse", ["\(dir)/fuse/disk", "--unix", "\(dir)/exports/\(lun0)"])
+        try waitFor(path: "\(dir)/fuse/disk")
+        let (_, loopOut) = try sh("losetup -f --show \(dir)/fuse/disk")
+        let loop = loopOut.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try sh("mkfs.ext4 -q -F \(loop) && mount \(loop) \(dir)/mnt").0 == 0)
+        // Batches of files; after each batch `sync` returns, the batch number is recorded outside the disk.
+        let writer = try Child("/bin/sh", ["-c", """
+            i=0
+            while true; do
+              i=$((i + 1)); mkdir -p \(dir)/mnt/b$i
+              for f in 1 2 3 4 5 6 7 8; do head -c 20000 /dev/urandom > \(dir)/mnt/b$i/f$f; done
+              (cd \(dir)/mnt/b$i && sha256sum f* > ../sums$i.tmp) && mv \(dir)/mnt/sums$i.tmp \(dir)/mnt/sums$i
+              sync -f \(dir)/mnt && cp \(dir)/mnt/sums$i \(dir)/synced$i
+            done
+            """])
+        #expect(eventually(seconds: 60) { FileManager.default.fileExists(atPath: "\(dir)/synced5") })
+        agent.signal(SIGKILL)
+        agent.wait(seconds: 10)
+        writer.signal(SIGKILL)
+        writer.wait(seconds: 10)
+        _ = try sh("umount -l \(dir)/mnt; losetup -d \(loop); fusermount3 -u -z \(dir)/fuse", seconds: 30)
+        fuse.signal(SIGKILL)
+        fuse.wait(seconds: 10)
+        // The host image: journal replay, then a clean check; every synced batch intact.
+        let (fsck, fsckOut) = try sh("e2fsck -f -y \(dir)/disk.img; e2fsck -f -n \(dir)/disk.img")
+        #expect(fsck == 0, "\(fsckOut)")
+        let synced = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("synced") }.count
+        #expect(synced >= 5)
+        let (verify, verifyOut) = try sh("""
+            set -e
+            mount -o ro,loop \(dir)/disk.img \(dir)/mnt
+            for s in \(dir)/synced*; do n=${s##*synced}; (cd \(dir)/mnt/b$n && sha256sum -c --quiet $s); done
+            umount \(dir)/mnt
+            """)
+        #expect(verify == 0, "\(verifyOut)")
+    }
+}
