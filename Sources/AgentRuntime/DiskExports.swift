@@ -170,51 +170,121 @@ final class SCSIBlockDevice: NBDBlockDevice, @unchecked Sendable {
     }
 }
 
-extension AgentSession {
-    /// Opens every synthetic SCSI controller, finds its LUNs and exports each over NBD in `directory`.
-    public func exportDisks(directory: String, timeoutMs: Int) throws -> (exports: [DiskExport], servers: [NBDServer]) {
-        let controllers = withBus { $0.channels.values.filter { $0.deviceClass == .scsi && $0.state == .offered }.sorted { $0.relid < $1.relid } }
-        guard !controllers.isEmpty else { return ([], []) }
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var exports: [DiskExport] = [], servers: [NBDServer] = []
-        for channel in controllers {
-            // storvsc's ring: 128 KiB each way.
-            try withBus { try $0.open(channel, sendPages: 32, receivePages: 32) }
-            guard try wait(timeoutMs: timeoutMs, until: { _ in channel.state != .creatingRingGPADL && channel.state != .opening }),
-                channel.state == .open
-            else { throw AgentError.protocolFailure("SCSI controller \(channel.relid) did not open") }
-            let storage = withBus { _ in StorageClient(channel: channel, logger: logger) }
-            guard try wait(timeoutMs: timeoutMs, until: { _ in storage.state != .initializing }), storage.state == .ready else {
-                throw AgentError.protocolFailure("SCSI controller \(channel.relid): \(storage.state)")
+/// The agent's disks: opens each synthetic SCSI controller, exports every LUN over NBD, and
+/// follows the host's hot add and remove (ENUMERATE_BUS) by rescanning.
+public final class DiskExporter: @unchecked Sendable {
+    let session: AgentSession
+    let directory: String
+    let stateDir: String
+    let timeoutMs: Int
+    let logger: Logger
+    private var controllers: [UInt32: StorageClient] = [:]
+    /// One probing device (and its guest buffer) per controller, reused by every rescan.
+    private var probes: [ObjectIdentifier: SCSIBlockDevice] = [:]
+    private var served: [String: (export: DiskExport, server: NBDServer)] = [:]
+    private let rescanLock = Lock()
+    /// Rung when the host says the bus changed.
+    public let busChanged: EventFD
+
+    public init(session: AgentSession, directory: String, stateDir: String, timeoutMs: Int) throws {
+        self.session = session
+        self.directory = directory
+        self.stateDir = stateDir
+        self.timeoutMs = timeoutMs
+        logger = session.logger
+        busChanged = try EventFD()
+    }
+
+    public var exports: [DiskExport] { rescanLock.withLock { served.values.map(\.export).sorted { ($0.controller, $0.lun) < ($1.controller, $1.lun) } } }
+
+    /// Opens new controllers and brings the exports in line with every controller's LUNs.
+    public func rescan() throws {
+        try rescanLock.withLock {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let offered = session.withBus { $0.channels.values.filter { $0.deviceClass == .scsi && $0.state == .offered }.sorted { $0.relid < $1.relid } }
+            for channel in offered { try open(channel) }
+            var seen = Set<String>()
+            for (relid, storage) in controllers.sorted(by: { $0.key < $1.key }) {
+                for lun in try luns(storage) {
+                    let path = "\(directory)/scsi\(relid)-lun\(lun.lun).sock"
+                    seen.insert(path)
+                    if served[path] != nil { continue }
+                    let device = try SCSIBlockDevice(session: session, storage: storage, lun: lun.lun, size: lun.size, readOnly: lun.readOnly)
+                    let server = try NBDServer(path: path, exportName: "", device: device, logger: logger)
+                    server.start()
+                    served[path] = (DiskExport(controller: relid, lun: lun.lun, sizeBytes: lun.size, readOnly: lun.readOnly, export: path), server)
+                    logger.info("disk: LUN \(lun.lun) on controller \(relid): \(lun.size >> 20) MiB\(lun.readOnly ? " read-only" : ""), nbd+unix:///?socket=\(path)")
+                }
             }
-            let probe = try SCSIBlockDevice(session: self, storage: storage, lun: 0, size: 0, readOnly: true)
-            guard let report = probe.command([0xA0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], .read, length: 4096), report.isGood else {
-                throw AgentError.protocolFailure("REPORT LUNS failed on controller \(channel.relid)")
+            for (path, entry) in served where !seen.contains(path) {
+                entry.server.stop()
+                served[path] = nil
+                logger.info("disk: LUN \(entry.export.lun) on controller \(entry.export.controller) removed")
             }
-            let lunBytes = probe.bufferBytes(4096)
-            let count = min(Int(lunBytes.be32(at: 0)) / 8, 255)
-            for i in 0..<count {
-                let lun = lunBytes[8 + 8 * i + 1]
-                probe.lunOverride = lun
-                guard let capacity = probe.command([0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], .read, length: 32),
-                    capacity.isGood
-                else { continue }
-                let cap = probe.bufferBytes(32)
-                var lastLBA: UInt64 = 0
-                for j in 0..<8 { lastLBA = lastLBA << 8 | UInt64(cap[j]) }
-                let size = (lastLBA + 1) * UInt64(cap.be32(at: 8))
-                let mode = probe.command([0x1A, 0, 0x3F, 0, 64, 0], .read, length: 64)
-                let readOnly = mode?.isGood == true && probe.bufferBytes(4)[2] & 0x80 != 0
-                let device = try SCSIBlockDevice(session: self, storage: storage, lun: lun, size: size, readOnly: readOnly)
-                let path = "\(directory)/scsi\(channel.relid)-lun\(lun).sock"
-                let server = try NBDServer(path: path, exportName: "", device: device, logger: logger)
-                server.start()
-                servers.append(server)
-                exports.append(DiskExport(controller: channel.relid, lun: lun, sizeBytes: size, readOnly: readOnly, export: path))
-                logger.info("disk: LUN \(lun) on controller \(channel.relid): \(size >> 20) MiB\(readOnly ? " read-only" : ""), nbd+unix:///?socket=\(path)")
-            }
+            try record()
         }
-        return (exports, servers)
+    }
+
+    /// Stops every export and forgets the state file.
+    public func stop() {
+        rescanLock.withLock {
+            for entry in served.values { entry.server.stop() }
+            served.removeAll()
+            unlink(Self.statePath(stateDir))
+        }
+    }
+
+    public static func statePath(_ stateDir: String) -> String { stateDir + "/disks.json" }
+
+    private func record() throws {
+        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
+        let data = try JSONEncoder().encode(served.values.map(\.export).sorted { ($0.controller, $0.lun) < ($1.controller, $1.lun) })
+        let temporary = Self.statePath(stateDir) + ".tmp"
+        try data.write(to: URL(fileURLWithPath: temporary))
+        guard rename(temporary, Self.statePath(stateDir)) == 0 else { throw AgentError.protocolFailure("cannot record disk exports") }
+    }
+
+    private func open(_ channel: ClientChannel) throws {
+        // storvsc's ring: 128 KiB each way.
+        try session.withBus { try $0.open(channel, sendPages: 32, receivePages: 32) }
+        guard try session.wait(timeoutMs: timeoutMs, until: { _ in channel.state != .creatingRingGPADL && channel.state != .opening }),
+            channel.state == .open
+        else { throw AgentError.protocolFailure("SCSI controller \(channel.relid) did not open") }
+        let changed = busChanged
+        let storage = session.withBus { _ in
+            let client = StorageClient(channel: channel, logger: logger)
+            client.onBusChange = { changed.ring() }
+            return client
+        }
+        guard try session.wait(timeoutMs: timeoutMs, until: { _ in storage.state != .initializing }), storage.state == .ready else {
+            throw AgentError.protocolFailure("SCSI controller \(channel.relid): \(storage.state)")
+        }
+        controllers[channel.relid] = storage
+    }
+
+    /// REPORT LUNS, then capacity and write protection of each.
+    private func luns(_ storage: StorageClient) throws -> [(lun: UInt8, size: UInt64, readOnly: Bool)] {
+        let probe = try probes[ObjectIdentifier(storage)] ?? SCSIBlockDevice(session: session, storage: storage, lun: 0, size: 0, readOnly: true)
+        probes[ObjectIdentifier(storage)] = probe
+        probe.lunOverride = nil
+        guard let report = probe.command([0xA0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], .read, length: 4096), report.isGood else {
+            throw AgentError.protocolFailure("REPORT LUNS failed")
+        }
+        let list = probe.bufferBytes(4096)
+        var out: [(UInt8, UInt64, Bool)] = []
+        for i in 0..<min(Int(list.be32(at: 0)) / 8, 255) {
+            let lun = list[8 + 8 * i + 1]
+            probe.lunOverride = lun
+            guard let capacity = probe.command([0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], .read, length: 32),
+                capacity.isGood
+            else { continue }
+            let cap = probe.bufferBytes(32)
+            var lastLBA: UInt64 = 0
+            for j in 0..<8 { lastLBA = lastLBA << 8 | UInt64(cap[j]) }
+            let mode = probe.command([0x1A, 0, 0x3F, 0, 64, 0], .read, length: 64)
+            out.append((lun, (lastLBA + 1) * UInt64(cap.be32(at: 8)), mode?.isGood == true && probe.bufferBytes(4)[2] & 0x80 != 0))
+        }
+        return out
     }
 }
 

@@ -5,6 +5,7 @@ import Foundation
 import Glibc
 import IntegrationServices
 import PartitionLink
+import SyntheticStorage
 
 /// One control request (a JSON object on one line; a bare "status" line is accepted too).
 public struct ControlRequest: Codable, Sendable {
@@ -19,9 +20,19 @@ public struct ControlRequest: Codable, Sendable {
     public var action: String?
     public var key: String?
     public var value: String?
+    /// disk add: image path, access and size of a created image; disk remove: the LUN.
+    public var path: String?
+    public var readOnly: Bool?
+    public var sizeMiB: Int?
+    public var lun: Int?
 
     public init(op: String, partition: String? = nil, kind: String? = nil, force: Bool? = nil, reason: String? = nil,
-                action: String? = nil, key: String? = nil, value: String? = nil) {
+                action: String? = nil, key: String? = nil, value: String? = nil, path: String? = nil, readOnly: Bool? = nil,
+                sizeMiB: Int? = nil, lun: Int? = nil) {
+        self.path = path
+        self.readOnly = readOnly
+        self.sizeMiB = sizeMiB
+        self.lun = lun
         self.op = op
         self.partition = partition
         self.kind = kind
@@ -41,6 +52,8 @@ public struct ControlReply: Codable, Sendable {
     public var guestStatus: String?
     /// KVP items as [key, value] pairs.
     public var items: [[String]]?
+    /// disk add: the LUN given to the new disk.
+    public var lun: Int?
 
     public static func failure(_ why: String) -> ControlReply { ControlReply(ok: false, error: why) }
 }
@@ -143,6 +156,8 @@ extension ViridianHostService {
             reply = partition.shutdown(kind: kind, force: request.force ?? false, reason: request.reason ?? "")
         case "kvp":
             reply = partition.kvp(action: request.action ?? "", key: request.key, value: request.value)
+        case "disk":
+            reply = partition.disk(request)
         default:
             reply = .failure("unknown request '\(request.op)'")
         }
@@ -167,5 +182,31 @@ extension ViridianHostService {
             data.append(contentsOf: chunk[0..<n])
         }
         return data
+    }
+}
+
+extension PartitionService {
+    /// Hot add or remove of a LUN on the partition's SCSI controller; the guest is told to rescan.
+    func disk(_ request: ControlRequest) -> ControlReply {
+        guard let storage else { return .failure("partition \(configuration.name) has no SCSI controller (configure a disk)") }
+        switch request.action {
+        case "add":
+            guard let path = request.path, !path.isEmpty else { return .failure("disk add needs a path") }
+            let readOnly = request.readOnly ?? false
+            let backend: FileBackend
+            do {
+                backend = try FileBackend(path: path, readOnly: readOnly, createSize: readOnly ? nil : UInt64(request.sizeMiB ?? 64) << 20)
+            } catch { return .failure("\(error)") }
+            let name = configuration.name
+            let lun: UInt8? = perform { storage.add(SCSIDisk(backend: backend, serial: "\(name.prefix(12))-\(UInt32.random(in: 0...0xFFFF))")) }
+            guard let lun else { return .failure("no free LUN") }
+            return ControlReply(ok: true, lun: Int(lun))
+        case "remove":
+            guard let lun = request.lun, (0...254).contains(lun) else { return .failure("disk remove needs a LUN (0-254)") }
+            let removed = perform { storage.remove(lun: UInt8(lun)) != nil }
+            return removed ? ControlReply(ok: true, lun: lun) : .failure("no LUN \(lun) on \(configuration.name)")
+        default:
+            return .failure("unknown disk action '\(request.action ?? "")' (add, remove)")
+        }
     }
 }

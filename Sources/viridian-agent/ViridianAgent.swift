@@ -88,20 +88,17 @@ struct Run: ParsableCommand {
                 logger.notice("\(error); rejoining")
                 continue
             }
-            var servers: [NBDServer] = []
+            var disks: DiskExporter?
             if configuration.storage {
                 do {
-                    let (exports, started) = try session.exportDisks(directory: configuration.exportDir, timeoutMs: configuration.connectTimeoutMs)
-                    servers = started
-                    try DiskCommand.record(exports, stateDir: configuration.stateDir)
+                    disks = try DiskExporter(session: session, directory: configuration.exportDir, stateDir: configuration.stateDir,
+                                             timeoutMs: configuration.connectTimeoutMs)
+                    try disks?.rescan()
                 } catch {
                     logger.error("storage: \(error)")
                 }
             }
-            defer {
-                for server in servers { server.stop() }
-                DiskCommand.clear(stateDir: configuration.stateDir)
-            }
+            defer { disks?.stop() }
             systemdNotify("READY=1")
             let watchdog = getenv("WATCHDOG_USEC").flatMap { UInt64(String(cString: $0)) }
             var lastWatchdog: UInt64 = 0
@@ -109,6 +106,10 @@ struct Run: ParsableCommand {
             while !waitOrStop(stop, ms: 200) {
                 if session.hostLost != nil { break }
                 session.pet()
+                if let disks, waitOrStop(disks.busChanged, ms: 0) {
+                    disks.busChanged.wait()
+                    do { try disks.rescan() } catch { logger.error("storage: rescan failed: \(error)") }
+                }
                 if let watchdog, viridianNow() - lastWatchdog >= watchdog / 2 {
                     systemdNotify("WATCHDOG=1")
                     lastWatchdog = viridianNow()
@@ -282,22 +283,9 @@ struct DiskCommand: ParsableCommand {
         guard action == "list" else { throw ValidationError("the only action is list") }
     }
 
-    static func path(stateDir: String) -> String { stateDir + "/disks.json" }
-
-    /// Written by `run` so that other commands can see the exports.
-    static func record(_ exports: [DiskExport], stateDir: String) throws {
-        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
-        let data = try JSONEncoder().encode(exports)
-        let temporary = path(stateDir: stateDir) + ".tmp"
-        try data.write(to: URL(fileURLWithPath: temporary))
-        guard rename(temporary, path(stateDir: stateDir)) == 0 else { throw ValidationError("cannot record disk exports") }
-    }
-
-    static func clear(stateDir: String) { unlink(path(stateDir: stateDir)) }
-
     func run() throws {
         let configuration = try AgentConfiguration.load(path: config)
-        let file = Self.path(stateDir: stateDir ?? configuration.stateDir)
+        let file = DiskExporter.statePath(stateDir ?? configuration.stateDir)
         guard let data = FileManager.default.contents(atPath: file) else {
             throw ValidationError("no disks exported (is viridian-agent run active? \(file) is missing)")
         }

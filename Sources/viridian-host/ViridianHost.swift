@@ -12,7 +12,7 @@ struct ViridianHost: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-host",
         abstract: "Viridian's VMM: partitions, SynIC, hypercalls, the VMBus server and its devices.",
-        subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Demo.self])
+        subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Disk.self, Demo.self])
 }
 
 struct Run: ParsableCommand {
@@ -297,4 +297,38 @@ struct KVP: ParsableCommand {
 /// Writes to standard error.
 enum FileHandleStandardError {
     static func write(_ text: String) { FileHandle.standardError.write(Data(text.utf8)) }
+}
+
+struct Disk: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Hot add or remove a LUN on a partition's synthetic SCSI controller.",
+        discussion: """
+            add PARTITION PATH [--read-only] [--size-mib N]   serve image PATH as the next free LUN (created if missing)
+            remove PARTITION LUN                              withdraw a LUN
+            The guest is told to rescan (ENUMERATE_BUS); a running agent adds or removes its NBD export.
+            """)
+
+    @Argument(help: "add or remove.") var action: String
+    @Argument(help: "Partition name.") var partition: String
+    @Argument(help: "add: image path; remove: LUN number.") var target: String
+    @Flag(help: "add: serve the image read-only.") var readOnly = false
+    @Option(help: "add: size of a created image in MiB.") var sizeMib: Int = 64
+    @OptionGroup var address: HostAddress
+
+    func validate() throws {
+        guard action == "add" || action == "remove" else { throw ValidationError("action must be add or remove") }
+        if action == "remove" && Int(target) == nil { throw ValidationError("disk remove needs a LUN number") }
+        guard sizeMib >= 1 else { throw ValidationError("--size-mib must be at least 1") }
+    }
+
+    func run() throws {
+        let path = action == "add" ? URL(fileURLWithPath: target).standardizedFileURL.path : nil
+        let reply = try address.send(ControlRequest(op: "disk", partition: partition, action: action, path: path,
+                                                    readOnly: readOnly, sizeMiB: sizeMib, lun: action == "remove" ? Int(target) : nil))
+        guard reply.ok else {
+            FileHandleStandardError.write("viridian-host disk \(action): \(reply.error ?? "failed")\n")
+            throw ExitCode.failure
+        }
+        print(action == "add" ? "\(partition): \(target) is LUN \(reply.lun ?? -1)" : "\(partition): LUN \(target) removed")
+    }
 }

@@ -163,3 +163,31 @@ struct StorageDurabilityTests {
         #expect(verify == 0, "\(verifyOut)")
     }
 }
+
+@Suite("Storage hot plug", .serialized)
+struct StorageHotPlugTests {
+    @Test("viridian-host disk add/remove: the running agent adds and removes its export without a restart")
+    func hotPlug() throws {
+        let (fixture, agent, dir) = try StorageProcessTests().start()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let state = "\(fixture.directory.path)/state"
+        #expect(eventually(seconds: 30) { FileManager.default.fileExists(atPath: "\(state)/disks.json") }, "\(agent.text)")
+        func exports() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: "\(dir)/exports")) ?? []).sorted() }
+        #expect(exports().count == 2)
+        let control = ["--runtime-dir", fixture.directory.path]
+        let (added, addOut) = try run("viridian-host", ["disk", "add", "guest1", "\(dir)/hot.img", "--size-mib", "8"] + control)
+        #expect(added == 0 && addOut.contains("is LUN 2"), "\(addOut)")
+        #expect(eventually(seconds: 10) { exports().contains { $0.hasSuffix("lun2.sock") } }, "\(exports())")
+        let hot = try #require(exports().first { $0.hasSuffix("lun2.sock") })
+        let (info, infoOut) = try sh("nbdinfo --size 'nbd+unix:///?socket=\(dir)/exports/\(hot)'")
+        #expect(info == 0 && infoOut.contains("8388608"), "\(infoOut)")
+        let (removed, removeOut) = try run("viridian-host", ["disk", "remove", "guest1", "1"] + control)
+        #expect(removed == 0, "\(removeOut)")
+        #expect(eventually(seconds: 10) { !exports().contains { $0.hasSuffix("lun1.sock") } }, "\(exports())")
+        let (listed, list) = try run("viridian-agent", ["disk", "list", "--state-dir", state])
+        #expect(listed == 0 && list.contains("8 MiB") && !list.contains("16 MiB"), "\(list)")
+        let (missing, missingOut) = try run("viridian-host", ["disk", "remove", "guest1", "9"] + control)
+        #expect(missing != 0 && missingOut.contains("no LUN 9"), "\(missingOut)")
+        _ = agent
+    }
+}

@@ -57,6 +57,8 @@ public final class StorageClient {
     private var versionsToTry = VStorVersion.linuxPreference
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
     public private(set) var protocolErrors: UInt64 = 0
+    /// Called when the host says LUNs came or went (ENUMERATE_BUS or REMOVE_DEVICE).
+    public var onBusChange: (() -> Void)?
 
     /// `channel` must be open. Starts the initialization sequence at once.
     public init(channel: ClientChannel, logger: Logger) {
@@ -167,6 +169,12 @@ public final class StorageClient {
             do {
                 while let packet = try endpoint.reader.next() {
                     let n = packet.copyPayload(into: scratch)
+                    if packet.transactionID == 0, packet.type == .dataInBand, n >= 4 {
+                        // Unsolicited: the host changed the bus.
+                        let op = scratch.load(as: UInt32.self)
+                        if op == VStorOperation.enumerateBus.rawValue || op == VStorOperation.removeDevice.rawValue { onBusChange?() }
+                        continue
+                    }
                     guard packet.type == .completion, let handler = pending.removeValue(forKey: packet.transactionID),
                         let reply = try? VStorPacket(decoding: Array(scratch[0..<n]), minimumSize: VStorPacket.legacySize)
                     else {

@@ -37,14 +37,43 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
 
     public func attach(memory: GuestPhysicalMemory) { self.memory = memory }
 
+    private var channel: ChannelEndpoint?
+
+    /// Adds a LUN at the lowest free number and tells the guest to rescan. Returns the LUN.
+    public func add(_ disk: SCSIDisk) -> UInt8? {
+        guard let lun = (0...254).map(UInt8.init).first(where: { luns[$0] == nil }) else { return nil }
+        luns[lun] = disk
+        announceBusChange()
+        return lun
+    }
+
+    /// Removes a LUN and tells the guest to rescan.
+    @discardableResult
+    public func remove(lun: UInt8) -> SCSIDisk? {
+        guard let disk = luns.removeValue(forKey: lun) else { return nil }
+        announceBusChange()
+        return disk
+    }
+
+    /// ENUMERATE_BUS as an unsolicited in-band packet (transaction id 0), as Hyper-V sends on hot plug.
+    private func announceBusChange() {
+        guard let channel, phase == .ready else { return }
+        let packet = VStorPacket(operation: .enumerateBus, flags: 0).encode(size: packetSize)
+        if (try? channel.writer.tryWrite(type: .dataInBand, transactionID: 0, payload: packet)) == true { channel.commitWrites() }
+    }
+
     public func open(_ channel: ChannelEndpoint, userData: [UInt8]) -> UInt32 {
+        self.channel = channel
         phase = .idle
         protocolVersion = 0
         packetSize = VStorPacket.size
         return 0
     }
 
-    public func close(_ channel: ChannelEndpoint) { phase = .idle }
+    public func close(_ channel: ChannelEndpoint) {
+        phase = .idle
+        self.channel = nil
+    }
 
     public func channelSignalled(_ channel: ChannelEndpoint) {
         channel.reader.mask()
