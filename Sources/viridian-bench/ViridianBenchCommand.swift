@@ -9,7 +9,7 @@ struct ViridianBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-bench",
         abstract: "Measure Viridian against baselines taken in the same run.",
-        subcommands: [Ring.self, Link.self, Peer.self])
+        subcommands: [Ring.self, Link.self, Storage.self, Peer.self])
 }
 
 struct Ring: ParsableCommand {
@@ -194,4 +194,33 @@ struct Peer: ParsableCommand {
     var socket: String
 
     func run() throws { try LinkBenchmark.peer(socketPath: socket) }
+}
+
+struct Storage: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "fio through host, VMBus, storvsc and the NBD export, beside fio on the image file itself.",
+        discussion: "Needs fio (with its nbd engine) and viridian-host and viridian-agent built next to viridian-bench: swift build -c release && .build/release/viridian-bench storage")
+
+    @Option(help: "Image size in MiB.") var imageMib: Int = 1024
+    @Option(help: "Seconds per fio run.") var seconds: Int = 5
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+        let rows = try StorageBenchmark.run(binDirectory: bin, imageMiB: imageMib, seconds: seconds) {
+            FileHandle.standardError.write(Data("… \($0)\n".utf8))
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(rows), as: UTF8.self))
+            return
+        }
+        print("workload              image file              VMBus + NBD             ratio")
+        for r in rows {
+            let d = String(format: "%8.0f MB/s %8.0f IOPS", r.directMBps, r.directIOPS)
+            let e = String(format: "%8.0f MB/s %8.0f IOPS", r.enlightenedMBps, r.enlightenedIOPS)
+            print(r.workload.padding(toLength: 22, withPad: " ", startingAt: 0) + d + "  " + e + String(format: "  %.2f", r.ratio))
+        }
+    }
 }
