@@ -35,10 +35,12 @@ final class SCSIBlockDevice: NBDBlockDevice, @unchecked Sendable {
     var bufferView: UnsafeMutableRawBufferPointer { buffer.bytes }
     private let chunk: Int
     private let lock = Lock()
+    /// Buffers for pipelined requests (nil for probing devices).
+    let pool: GuestBufferPool?
     private let done: EventFD
     private var result: SCSICompletion?
 
-    init(session: AgentSession, storage: StorageClient, lun: UInt8, size: UInt64, readOnly: Bool) throws {
+    init(session: AgentSession, storage: StorageClient, lun: UInt8, size: UInt64, readOnly: Bool, pipelineBuffers: Int = 0) throws {
         self.session = session
         self.storage = storage
         self.lun = lun
@@ -46,6 +48,16 @@ final class SCSIBlockDevice: NBDBlockDevice, @unchecked Sendable {
         self.isReadOnly = readOnly
         chunk = Int(min(storage.maximumTransferBytes, 256 << 10))
         buffer = try session.withBus { try GuestBuffer(client: $0, bytes: 256 << 10) }
+        // As many in-flight buffers as guest memory allows, up to `pipelineBuffers`.
+        let buffers: [GuestBuffer] = session.withBus { client in
+            var out: [GuestBuffer] = []
+            for _ in 0..<pipelineBuffers {
+                guard let b = try? GuestBuffer(client: client, bytes: 256 << 10) else { break }
+                out.append(b)
+            }
+            return out
+        }
+        pool = buffers.isEmpty ? nil : GuestBufferPool(buffers)
         done = try EventFD()
     }
 
@@ -209,7 +221,8 @@ public final class DiskExporter: @unchecked Sendable {
                     let path = "\(directory)/scsi\(relid)-lun\(lun.lun).sock"
                     seen.insert(path)
                     if served[path] != nil { continue }
-                    let device = try SCSIBlockDevice(session: session, storage: storage, lun: lun.lun, size: lun.size, readOnly: lun.readOnly)
+                    let device = try SCSIBlockDevice(session: session, storage: storage, lun: lun.lun, size: lun.size, readOnly: lun.readOnly,
+                                                     pipelineBuffers: 32)
                     let server = try NBDServer(path: path, exportName: "", device: device, logger: logger)
                     server.start()
                     served[path] = (DiskExport(controller: relid, lun: lun.lun, sizeBytes: lun.size, readOnly: lun.readOnly, export: path), server)
@@ -297,5 +310,115 @@ extension Array where Element == UInt8 {
     func be32(at offset: Int) -> UInt32 {
         guard offset + 4 <= count else { return 0 }
         return UInt32(self[offset]) << 24 | UInt32(self[offset + 1]) << 16 | UInt32(self[offset + 2]) << 8 | UInt32(self[offset + 3])
+    }
+}
+
+/// A pool of guest-memory buffers shared by in-flight requests of one device.
+final class GuestBufferPool: @unchecked Sendable {
+    let buffers: [GuestBuffer]
+    private var free: [Int]
+    private var mutex = pthread_mutex_t()
+    private var available = pthread_cond_t()
+
+    init(_ buffers: [GuestBuffer]) {
+        self.buffers = buffers
+        free = Array(buffers.indices)
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&available, nil)
+    }
+
+    /// Takes `count` buffers at once (all or none, so requests never deadlock on partial holds).
+    func take(_ count: Int) -> [Int] {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        while free.count < count { pthread_cond_wait(&available, &mutex) }
+        let taken = Array(free.suffix(count))
+        free.removeLast(count)
+        return taken
+    }
+
+    func give(_ indices: [Int]) {
+        pthread_mutex_lock(&mutex)
+        free += indices
+        pthread_cond_broadcast(&available)
+        pthread_mutex_unlock(&mutex)
+    }
+}
+
+/// Counts chunk completions of one request; the last one finishes the request.
+final class ChunkedRequest: @unchecked Sendable {
+    var remaining: Int
+    var error: UInt32 = 0
+    init(chunks: Int) { remaining = chunks }
+}
+
+extension SCSIBlockDevice: NBDPipelinedDevice {
+    /// Splits an aligned request into chunks, each one SCSI command on its own pool buffer.
+    private func plan(offset: UInt64, length: Int) -> [(offset: UInt64, length: Int)]? {
+        guard let pool, offset % 512 == 0, length % 512 == 0, length > 0 else { return nil }
+        var chunks: [(UInt64, Int)] = []
+        var at = 0
+        while at < length {
+            let n = min(chunk, length - at)
+            chunks.append((offset + UInt64(at), n))
+            at += n
+        }
+        return chunks.count <= pool.buffers.count ? chunks : nil
+    }
+
+    /// Submits one chunk, retrying while the ring is full.
+    private func submit(_ cdb: [UInt8], _ direction: SCSIDataDirection, buffer: GuestBuffer, length: Int,
+                        completion: @escaping (SCSICompletion) -> Void) {
+        while !session.withBus({ _ in storage.execute(lun: lun, cdb: cdb, direction: direction, buffer: buffer, length: length, completion: completion) }) {
+            if session.hostLost != nil {
+                completion(SCSICompletion(ntStatus: 0xC000_0185, srbStatus: SRBStatus.error, scsiStatus: 0, sense: [], transferred: 0))
+                return
+            }
+            usleep(50)
+        }
+    }
+
+    func startRead(offset: UInt64, length: Int,
+                   done: @escaping @Sendable (UInt32, [UnsafeRawBufferPointer], @escaping @Sendable () -> Void) -> Void) -> Bool {
+        guard let chunks = plan(offset: offset, length: length), let pool else { return false }
+        let taken = pool.take(chunks.count)
+        let request = ChunkedRequest(chunks: chunks.count)
+        let segments = zip(chunks, taken).map { UnsafeRawBufferPointer(rebasing: pool.buffers[$1].bytes[0..<$0.length]) }
+        nonisolated(unsafe) let views = segments
+        for (chunk, index) in zip(chunks, taken) {
+            submit(Self.cdb16(0x88, lba: chunk.offset / 512, blocks: UInt32(chunk.length / 512)), .read, buffer: pool.buffers[index],
+                   length: chunk.length) { [self] c in
+                // Runs with the bus locked, in a VP thread.
+                let e = errno(c)
+                if e != 0 && request.error == 0 { request.error = e }
+                request.remaining -= 1
+                if request.remaining == 0 { done(request.error, views) { pool.give(taken) } }
+            }
+        }
+        return true
+    }
+
+    func startWrite(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool, done: @escaping @Sendable (UInt32) -> Void) -> Bool {
+        guard let chunks = plan(offset: offset, length: data.count), let pool else { return false }
+        let taken = pool.take(chunks.count)
+        let request = ChunkedRequest(chunks: chunks.count)
+        var at = 0
+        for (chunk, index) in zip(chunks, taken) {
+            pool.buffers[index].bytes.baseAddress!.copyMemory(from: data.baseAddress! + at, byteCount: chunk.length)
+            at += chunk.length
+        }
+        for (chunk, index) in zip(chunks, taken) {
+            submit(Self.cdb16(0x8A, lba: chunk.offset / 512, blocks: UInt32(chunk.length / 512), flags: fua ? 0x08 : 0), .write,
+                   buffer: pool.buffers[index], length: chunk.length) { [self] c in
+                let e = errno(c)
+                if e != 0 && request.error == 0 { request.error = e }
+                request.remaining -= 1
+                if request.remaining == 0 {
+                    pool.give(taken)
+                    done(request.error)
+                }
+            }
+        }
+        return true
     }
 }

@@ -77,3 +77,15 @@ public protocol NBDBlockDevice: AnyObject {
     func trim(offset: UInt64, length: UInt64) -> UInt32
     func writeZeroes(offset: UInt64, length: UInt64, mayTrim: Bool, fua: Bool) -> UInt32
 }
+
+/// A disk that can keep many requests in flight. The connection hands requests over as they
+/// arrive and answers each when its `done` runs, in completion order.
+public protocol NBDPipelinedDevice: NBDBlockDevice {
+    /// Starts a read. Returns false to have the connection use the synchronous path instead.
+    /// `done` runs once, on any thread, with the error and the data in segments valid until
+    /// `release` is called.
+    func startRead(offset: UInt64, length: Int,
+                   done: @escaping @Sendable (UInt32, [UnsafeRawBufferPointer], @escaping @Sendable () -> Void) -> Void) -> Bool
+    /// Starts a write; `data` is copied before this returns. False: use the synchronous path.
+    func startWrite(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool, done: @escaping @Sendable (UInt32) -> Void) -> Bool
+}

@@ -98,14 +98,100 @@ final class NBDConnection: @unchecked Sendable {
 
     deinit { buffer.deallocate() }
 
+    /// Replies waiting to be sent (pipelined mode), guarded by `replyLock`.
+    private var replies: [(header: [UInt8], data: [UnsafeRawBufferPointer], release: (@Sendable () -> Void)?)] = []
+    private var inFlight = 0
+    private var closing = false
+    private var replyMutex = pthread_mutex_t()
+    private var replyReady = pthread_cond_t()
+
     func run() {
         defer { server.connectionEnded(fd) }
+        pthread_mutex_init(&replyMutex, nil)
+        pthread_cond_init(&replyReady, nil)
+        var sender: pthread_t?
+        if device is any NBDPipelinedDevice {
+            var t = pthread_t()
+            let box = Unmanaged.passRetained(self)
+            pthread_create(&t, nil, { arg in
+                let c = Unmanaged<NBDConnection>.fromOpaque(arg!).takeRetainedValue()
+                c.sendReplies()
+                return nil
+            }, box.toOpaque())
+            sender = t
+        }
         do {
-            guard try handshake() else { return }
-            try transmission()
+            if try handshake() { try transmission() }
         } catch {
             server.logger.debug("nbd: connection closed: \(error)")
         }
+        if let sender {
+            // Let in-flight requests finish, then stop the sender.
+            pthread_mutex_lock(&replyMutex)
+            closing = true
+            pthread_cond_broadcast(&replyReady)
+            pthread_mutex_unlock(&replyMutex)
+            pthread_join(sender, nil)
+        }
+    }
+
+    /// Queues a reply from any thread (pipelined mode).
+    private func enqueue(_ handle: UInt64, _ error: UInt32, data: [UnsafeRawBufferPointer] = [], release: (@Sendable () -> Void)? = nil) {
+        var header = [UInt8](repeating: 0, count: 16)
+        header.putBE(NBD.simpleReplyMagic, at: 0)
+        header.putBE(error, at: 4)
+        header.putBE(handle, at: 8)
+        pthread_mutex_lock(&replyMutex)
+        replies.append((header, data, release))
+        pthread_cond_signal(&replyReady)
+        pthread_mutex_unlock(&replyMutex)
+    }
+
+    /// The sender thread: writes queued replies in order until the connection closes and nothing is in flight.
+    private func sendReplies() {
+        var broken = false
+        while true {
+            pthread_mutex_lock(&replyMutex)
+            while replies.isEmpty && !(closing && inFlight == 0) { pthread_cond_wait(&replyReady, &replyMutex) }
+            if replies.isEmpty {
+                pthread_mutex_unlock(&replyMutex)
+                return
+            }
+            let batch = replies
+            replies.removeAll(keepingCapacity: true)
+            inFlight -= batch.count
+            pthread_mutex_unlock(&replyMutex)
+            for reply in batch {
+                if !broken {
+                    do {
+                        try send(reply.header)
+                        for segment in reply.data { try send(segment) }
+                    } catch { broken = true }
+                }
+                reply.release?()
+            }
+        }
+    }
+
+    private func started() {
+        pthread_mutex_lock(&replyMutex)
+        inFlight += 1
+        pthread_mutex_unlock(&replyMutex)
+    }
+
+    /// A reply from the request thread: direct, or through the sender's queue (pipelined mode) so
+    /// replies never interleave on the socket.
+    private func syncReply(_ handle: UInt64, _ error: UInt32, data: UnsafeRawBufferPointer? = nil) throws(NBDSocketError) {
+        guard device is any NBDPipelinedDevice else { return try simpleReply(handle, error, data: data) }
+        var owned: UnsafeMutableRawBufferPointer?
+        if let data, data.count > 0 {
+            let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: data.count, alignment: 8)
+            copy.copyMemory(from: data)
+            owned = copy
+        }
+        nonisolated(unsafe) let buffer = owned
+        started()
+        enqueue(handle, error, data: buffer.map { [UnsafeRawBufferPointer($0)] } ?? [], release: { buffer?.deallocate() })
     }
 
     // MARK: Handshake
@@ -218,33 +304,53 @@ final class NBDConnection: @unchecked Sendable {
             let inRange = offset <= device.size && UInt64(length) <= device.size - offset
             switch NBD.Command(rawValue: type) {
             case .read?:
-                guard length <= NBD.maximumRequest else { return try simpleReply(handle, NBD.Error.inval) }
+                guard length <= NBD.maximumRequest else { return try syncReply(handle, NBD.Error.inval) }
                 guard inRange else {
-                    try simpleReply(handle, NBD.Error.inval)
+                    try syncReply(handle, NBD.Error.inval)
                     continue
+                }
+                if let pipelined = device as? any NBDPipelinedDevice {
+                    started()
+                    let accepted = pipelined.startRead(offset: offset, length: length) { [self] error, segments, release in
+                        enqueue(handle, error, data: error == 0 ? segments : [], release: release)
+                    }
+                    if accepted { continue }
+                    pthread_mutex_lock(&replyMutex)
+                    inFlight -= 1
+                    pthread_mutex_unlock(&replyMutex)
                 }
                 let out = scratch(length)
                 let error = device.read(offset: offset, into: out)
-                try simpleReply(handle, error, data: error == 0 ? UnsafeRawBufferPointer(out) : nil)
+                try syncReply(handle, error, data: error == 0 ? UnsafeRawBufferPointer(out) : nil)
             case .write?:
                 guard length <= NBD.maximumRequest else { return }
                 let data = scratch(length)
                 try receive(into: data)
+                if inRange, !device.isReadOnly, let pipelined = device as? any NBDPipelinedDevice {
+                    started()
+                    let accepted = pipelined.startWrite(offset: offset, data: UnsafeRawBufferPointer(data), fua: flags & NBD.CommandFlags.fua != 0) {
+                        [self] error in enqueue(handle, error)
+                    }
+                    if accepted { continue }
+                    pthread_mutex_lock(&replyMutex)
+                    inFlight -= 1
+                    pthread_mutex_unlock(&replyMutex)
+                }
                 let error = !inRange ? NBD.Error.nospc : device.isReadOnly ? NBD.Error.perm
                     : device.write(offset: offset, from: UnsafeRawBufferPointer(data), fua: flags & NBD.CommandFlags.fua != 0)
-                try simpleReply(handle, error)
+                try syncReply(handle, error)
             case .flush?:
-                try simpleReply(handle, device.flush())
+                try syncReply(handle, device.flush())
             case .trim?:
-                try simpleReply(handle, !inRange ? NBD.Error.inval : device.isReadOnly ? NBD.Error.perm : device.trim(offset: offset, length: UInt64(length)))
+                try syncReply(handle, !inRange ? NBD.Error.inval : device.isReadOnly ? NBD.Error.perm : device.trim(offset: offset, length: UInt64(length)))
             case .writeZeroes?:
-                try simpleReply(handle, !inRange ? NBD.Error.nospc : device.isReadOnly ? NBD.Error.perm
+                try syncReply(handle, !inRange ? NBD.Error.nospc : device.isReadOnly ? NBD.Error.perm
                     : device.writeZeroes(offset: offset, length: UInt64(length), mayTrim: flags & NBD.CommandFlags.noHole == 0,
                                          fua: flags & NBD.CommandFlags.fua != 0))
             case .disconnect?:
                 return
             default:
-                try simpleReply(handle, NBD.Error.inval)
+                try syncReply(handle, NBD.Error.inval)
             }
         }
     }

@@ -15,6 +15,14 @@ public struct SCSICompletion: Equatable, Sendable {
     public var sense: [UInt8]
     public var transferred: Int
 
+    public init(ntStatus: UInt32, srbStatus: UInt8, scsiStatus: UInt8, sense: [UInt8], transferred: Int) {
+        self.ntStatus = ntStatus
+        self.srbStatus = srbStatus
+        self.scsiStatus = scsiStatus
+        self.sense = sense
+        self.transferred = transferred
+    }
+
     public var isGood: Bool { srbStatus & 0x3F == SRBStatus.success && scsiStatus == 0 }
     /// Sense key, when the host sent autosense.
     public var senseKey: UInt8? { srbStatus & SRBStatus.autosenseValid != 0 && sense.count > 2 ? sense[2] & 0x0F : nil }
