@@ -96,6 +96,8 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     public var timeOffsetMs: Int
     /// Disks (LUN 0, 1, …); nil means the default: one 64 MiB image named after the partition.
     public var disk: [DiskConfiguration]?
+    /// Microseconds the storage VSP keeps polling its ring after it ran dry (0 = sleep at once).
+    public var storagePollMicroseconds: Int = 0
 
     /// The integration services Viridian provides.
     public static let allIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp"]
@@ -125,6 +127,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         case timesyncIntervalMs = "timesync_interval_ms"
         case timeOffsetMs = "time_offset_ms"
         case disk
+        case storagePollMicroseconds = "storage_poll_us"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -141,6 +144,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         timesyncIntervalMs = try c.decodeIfPresent(Int.self, forKey: .timesyncIntervalMs) ?? 5000
         timeOffsetMs = try c.decodeIfPresent(Int.self, forKey: .timeOffsetMs) ?? 0
         disk = try c.decodeIfPresent([DiskConfiguration].self, forKey: .disk)
+        storagePollMicroseconds = try c.decodeIfPresent(Int.self, forKey: .storagePollMicroseconds) ?? 0
     }
 
     /// The disks to serve: the configured ones, or one 64 MiB image in `imageDirectory`.

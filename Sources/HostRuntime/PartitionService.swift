@@ -97,6 +97,7 @@ public final class PartitionService: @unchecked Sendable {
             logger.info("\(configuration.name): LUN \(index) = \(disk.path) (\(backend.sizeBytes >> 20) MiB\(disk.readOnly ? ", read-only" : ""))")
         }
         storage = luns.isEmpty ? nil : StorageVSP(instanceID: instance(5), luns: luns, logger: logger)
+        storage?.pollNanoseconds = UInt64(configuration.storagePollMicroseconds) * 1000
         devices = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 } + [storage].compactMap { $0 }
         listener = try LinkListener(path: socketPath)
         epoll = viridian_epoll_create()

@@ -31,7 +31,8 @@ public enum StorageBenchmark {
         Workload(name: "rand read 4k QD32", rw: "randread", blockSize: "4k", depth: 32, metric: "iops"),
     ]
 
-    public static func run(binDirectory: String, imageMiB: Int, seconds: Int, log: (String) -> Void) throws -> [StorageBenchmarkRow] {
+    public static func run(binDirectory: String, imageMiB: Int, seconds: Int, pollMicroseconds: Int = 0,
+                           log: (String) -> Void) throws -> [StorageBenchmarkRow] {
         let dir = "\(NSTemporaryDirectory())/viridian-bench-storage-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -47,6 +48,7 @@ public enum StorageBenchmark {
             vps = 2
             echo_devices = 0
             integration_services = []
+            storage_poll_us = \(pollMicroseconds)
             [[partition.disk]]
             path = "\(image)"
             """.write(toFile: "\(dir)/host.toml", atomically: true, encoding: .utf8)
