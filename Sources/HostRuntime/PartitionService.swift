@@ -52,11 +52,14 @@ public final class PartitionService: @unchecked Sendable {
         static let channel: UInt64 = 4 << 56
         static let wake: UInt64 = 5 << 56
         static let pending: UInt64 = 6 << 56
+        static let completions: UInt64 = 7 << 56
         static let kindMask: UInt64 = 0xFF << 56
     }
 
     /// The synthetic SCSI controller (nil when the partition has no disks).
     public let storage: StorageVSP?
+    /// I/O threads of the partition's devices.
+    let workers: WorkerPool
 
     public init(configuration: PartitionConfiguration, id: UInt32, socketPath: String, imageDirectory: String, logger: Logger,
                 trace: TraceWriter?) throws {
@@ -98,6 +101,8 @@ public final class PartitionService: @unchecked Sendable {
         }
         storage = luns.isEmpty ? nil : StorageVSP(instanceID: instance(5), luns: luns, logger: logger)
         storage?.pollNanoseconds = UInt64(configuration.storagePollMicroseconds) * 1000
+        workers = try WorkerPool(threads: 4)
+        storage?.executor = workers
         devices = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 } + [storage].compactMap { $0 }
         listener = try LinkListener(path: socketPath)
         epoll = viridian_epoll_create()
@@ -105,6 +110,7 @@ public final class PartitionService: @unchecked Sendable {
         guard epoll >= 0 else { throw LinkError.system(call: "epoll_create", errno: errno) }
         _ = viridian_epoll_add(epoll, listener.fd, Tag.listener)
         _ = viridian_epoll_add(epoll, wake.fd, Tag.wake)
+        _ = viridian_epoll_add(epoll, workers.completions.fd, Tag.completions)
     }
 
     deinit { close(epoll) }
@@ -129,6 +135,7 @@ public final class PartitionService: @unchecked Sendable {
         }
         thread?.join()
         thread = nil
+        workers.stop()
     }
 
     /// Runs `body` on the service thread and returns its result.
@@ -177,6 +184,8 @@ public final class PartitionService: @unchecked Sendable {
                     acceptPeer()
                 case Tag.pending:
                     greet(Int32(truncatingIfNeeded: tag & 0xFFFF_FFFF))
+                case Tag.completions:
+                    workers.drainCompletions()
                 case Tag.wake:
                     var count: UInt64 = 0
                     _ = read(wake.fd, &count, 8)

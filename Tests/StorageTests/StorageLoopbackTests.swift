@@ -173,3 +173,48 @@ struct StorageLoopbackTests {
         #expect(c.isGood)
     }
 }
+
+/// Holds device work until the test runs it, in any order.
+final class DeferredExecutor: DeviceExecutor {
+    var jobs: [(work: @Sendable () -> Void, then: () -> Void)] = []
+    func run(_ work: @escaping @Sendable () -> Void, then completion: @escaping () -> Void) { jobs.append((work, completion)) }
+}
+
+@Suite("Synthetic storage: queue depth")
+struct StorageQueueDepthTests {
+    @Test("100 commands in flight on one channel, completed out of order, each with its own data")
+    func deepQueue() throws {
+        let rw = try TempImage(size: 8 << 20), ro = try TempImage(size: 1 << 20)
+        for block in 0..<100 {
+            // Block b of the image holds the byte b.
+            let fd = open(rw.path, O_WRONLY)
+            var bytes = [UInt8](repeating: UInt8(block), count: 512)
+            _ = pwrite(fd, &bytes, 512, off_t(block * 512))
+            close(fd)
+        }
+        let (machine, vsp, client) = try storageMachine(rw, ro)
+        let executor = DeferredExecutor()
+        vsp.executor = executor
+        var buffers: [GuestBuffer] = []
+        var results: [Int: SCSICompletion] = [:]
+        for i in 0..<100 {
+            let buffer = try GuestBuffer(client: machine.client, bytes: 512)
+            buffers.append(buffer)
+            #expect(client.execute(lun: 0, cdb: rw10(0x28, lba: UInt32(i), blocks: 1), direction: .read, buffer: buffer, length: 512) {
+                results[i] = $0
+            })
+            if i % 10 == 9 { machine.pump() }
+        }
+        machine.pump()
+        #expect(vsp.inFlight == 100 && executor.jobs.count == 100 && results.isEmpty)
+        for job in executor.jobs.reversed() {
+            job.work()
+            job.then()
+        }
+        machine.pump()
+        #expect(results.count == 100 && vsp.inFlight == 0)
+        for i in 0..<100 {
+            #expect(results[i]?.isGood == true && buffers[i].bytes[0..<512].allSatisfy { $0 == UInt8(i) }, "command \(i)")
+        }
+    }
+}

@@ -92,15 +92,12 @@ public struct SCSIData {
 }
 
 /// One disk: 512-byte blocks, write cache on (flush = fsync), thin provisioning via UNMAP.
-public final class SCSIDisk {
+public final class SCSIDisk: @unchecked Sendable {
     public let backend: any BlockBackend
     public let serial: String
     public static let blockSize = 512
     /// Largest transfer accepted in one command (also advertised in VPD B0).
     public static let maximumTransferBlocks = 2048
-
-    public private(set) var commands: UInt64 = 0
-    public private(set) var checkConditions: UInt64 = 0
 
     public init(backend: any BlockBackend, serial: String) {
         self.backend = backend
@@ -109,13 +106,8 @@ public final class SCSIDisk {
 
     public var blockCount: UInt64 { backend.sizeBytes / UInt64(Self.blockSize) }
 
-    /// Executes one CDB against `data`.
-    public func execute(cdb: [UInt8], data: SCSIData) -> SCSIResult {
-        commands &+= 1
-        let result = run(cdb, data)
-        if result.status != 0 { checkConditions &+= 1 }
-        return result
-    }
+    /// Executes one CDB against `data`. Thread-safe: the disk keeps no mutable state of its own.
+    public func execute(cdb: [UInt8], data: SCSIData) -> SCSIResult { run(cdb, data) }
 
     private func run(_ cdb: [UInt8], _ data: SCSIData) -> SCSIResult {
         guard let opcode = cdb.first else { return .check(.invalidOpcode) }

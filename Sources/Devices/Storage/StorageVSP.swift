@@ -26,6 +26,13 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
     public static let supportedVersions: Set<UInt16> = [VStorVersion.win10, VStorVersion.win8_1, VStorVersion.win8, VStorVersion.win7, VStorVersion.win6]
     public static let maximumTransferBytes: UInt32 = 0x40000
 
+    /// Where disk I/O runs; completions come back on the partition thread.
+    public var executor: any DeviceExecutor = InlineExecutor()
+    /// Completions that did not fit the ring yet, in order.
+    private var pendingCompletions: [(transactionID: UInt64, packet: [UInt8])] = []
+    /// Commands handed to the executor and not yet completed.
+    public private(set) var inFlight = 0
+
     public private(set) var requests: UInt64 = 0
     public private(set) var protocolErrors: UInt64 = 0
     public private(set) var refusedPages: UInt64 = 0
@@ -74,9 +81,35 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
     public func close(_ channel: ChannelEndpoint) {
         phase = .idle
         self.channel = nil
+        pendingCompletions.removeAll()
+    }
+
+    /// Writes completions that waited for room. Returns false if some still do not fit.
+    @discardableResult
+    private func flushCompletions(_ channel: ChannelEndpoint) -> Bool {
+        while let next = pendingCompletions.first {
+            guard (try? channel.writer.tryWrite(type: .completion, transactionID: next.transactionID, payload: next.packet)) == true else {
+                _ = channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: next.packet.count))
+                channel.commitWrites()
+                return false
+            }
+            pendingCompletions.removeFirst()
+        }
+        channel.writer.clearSpaceRequest()
+        channel.commitWrites()
+        return true
+    }
+
+    /// Sends a completion from the executor (or queues it until the ring has room).
+    private func complete(_ transactionID: UInt64, _ reply: VStorPacket, on endpoint: ChannelEndpoint) {
+        inFlight -= 1
+        guard let channel, channel === endpoint else { return }  // the channel closed meanwhile
+        pendingCompletions.append((transactionID, reply.encode(size: packetSize)))
+        flushCompletions(channel)
     }
 
     public func channelSignalled(_ channel: ChannelEndpoint) {
+        flushCompletions(channel)
         channel.reader.mask()
         while true {
             var blocked = false
@@ -87,7 +120,7 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
                         channel.commitWrites()
                         blocked = !channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: VStorPacket.size))
                         if blocked { break }
-                    } else {
+                    } else if pendingCompletions.isEmpty {
                         channel.writer.clearSpaceRequest()
                     }
                 }
@@ -152,7 +185,8 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
                 reply.status = NTStatus.invalidDeviceState
                 break
             }
-            reply = execute(request, packet)
+            guard let done = execute(request, packet, channel) else { return true }  // completes later
+            reply = done
         case .resetLUN?, .resetAdapter?, .resetBus?:
             break
         default:
@@ -167,8 +201,9 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
         }
     }
 
-    /// Runs one SRB against its LUN, with data in the packet's GPA-direct pages.
-    private func execute(_ request: VStorPacket, _ packet: IncomingPacket) -> VStorPacket {
+    /// Runs one SRB against its LUN, with data in the packet's GPA-direct pages. Commands that
+    /// touch the image go to the executor and return nil; the completion is sent when they finish.
+    private func execute(_ request: VStorPacket, _ packet: IncomingPacket, _ channel: ChannelEndpoint) -> VStorPacket? {
         var reply = VStorPacket(operation: .completeIO, flags: 0, status: NTStatus.success)
         guard var srb = try? SCSIRequest(decoding: request.body) else {
             protocolErrors &+= 1
@@ -206,9 +241,30 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
             if cdb.first == 0x12 { return finish(SRBStatus.success, transferred: data.fill(absentLUNInquiry(cdb))) }
             return finish(SRBStatus.invalidLUN)
         }
+        if Self.touchesImage(cdb), !(executor is InlineExecutor), let memory {
+            // The image I/O runs on a worker; `memory` stays mapped until it is done.
+            let tid = packet.transactionID
+            nonisolated(unsafe) let job = (disk, cdb, data)
+            nonisolated(unsafe) var result = SCSIResult.good()
+            inFlight += 1
+            executor.run({
+                withExtendedLifetime(memory) { result = job.0.execute(cdb: job.1, data: job.2) }
+            }, then: { [self] in
+                let reply = result.status == 0 ? finish(SRBStatus.success, transferred: result.transferred)
+                    : finish(SRBStatus.error | SRBStatus.autosenseValid, scsi: result.status, sense: result.sense?.bytes ?? [])
+                complete(tid, reply, on: channel)
+            })
+            return nil
+        }
         let result = disk.execute(cdb: cdb, data: data)
         if result.status == 0 { return finish(SRBStatus.success, transferred: result.transferred) }
         return finish(SRBStatus.error | SRBStatus.autosenseValid, scsi: result.status, sense: result.sense?.bytes ?? [])
+    }
+
+    /// READ/WRITE 6–16, SYNCHRONIZE CACHE, UNMAP, WRITE SAME: the commands that block on the image.
+    static func touchesImage(_ cdb: [UInt8]) -> Bool {
+        guard let op = cdb.first else { return false }
+        return [0x08, 0x0A, 0x28, 0x2A, 0xA8, 0xAA, 0x88, 0x8A, 0x35, 0x91, 0x42, 0x93].contains(op)
     }
 
     /// Host views of the first `length` bytes described by the packet's single GPA range, coalescing
