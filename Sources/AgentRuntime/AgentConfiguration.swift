@@ -26,6 +26,7 @@ import VMBusWire
 /// kvp_interfaces_exclude = ["docker*", "veth*", "virbr*", "lo"]
 /// storage = true                           # export the synthetic SCSI LUNs over NBD
 /// export_dir = "/run/viridian/disks"       # NBD sockets: <export_dir>/scsi<relid>-lun<n>.sock
+/// storage_vcpus_per_sub_channel = 4        # Linux's rule: one storage sub-channel per 4 VPs (1 = one per VP)
 /// ```
 public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var link: String
@@ -47,6 +48,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var kvpInterfacesExclude: [String]
     public var storage: Bool
     public var exportDir: String
+    public var storageVCPUsPerSubChannel: Int
 
     public static let defaultPath = "/etc/viridian/agent.toml"
 
@@ -69,6 +71,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         kvpInterfacesInclude = ["*"]
         kvpInterfacesExclude = ["docker*", "veth*", "virbr*", "lo"]
         storage = true
+        storageVCPUsPerSubChannel = 4
         exportDir = getuid() == 0 ? "/run/viridian/disks" : "/tmp/viridian-\(getuid())/disks"
     }
 
@@ -90,6 +93,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         case kvpInterfacesExclude = "kvp_interfaces_exclude"
         case storage
         case exportDir = "export_dir"
+        case storageVCPUsPerSubChannel = "storage_vcpus_per_sub_channel"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -114,6 +118,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         kvpInterfacesExclude = try c.decodeIfPresent([String].self, forKey: .kvpInterfacesExclude) ?? defaults.kvpInterfacesExclude
         storage = try c.decodeIfPresent(Bool.self, forKey: .storage) ?? defaults.storage
         exportDir = try c.decodeIfPresent(String.self, forKey: .exportDir) ?? defaults.exportDir
+        storageVCPUsPerSubChannel = try c.decodeIfPresent(Int.self, forKey: .storageVCPUsPerSubChannel) ?? defaults.storageVCPUsPerSubChannel
     }
 
     /// Reads `path`; a missing file at the default path means defaults, elsewhere it is an error.
@@ -137,6 +142,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         for service in integrationServices where !["heartbeat", "timesync", "shutdown", "kvp"].contains(service) {
             throw AgentError.configuration("unknown integration service '\(service)'")
         }
+        guard storageVCPUsPerSubChannel >= 1 else { throw AgentError.configuration("storage_vcpus_per_sub_channel must be at least 1") }
         guard healthWindowMs >= 100, clockStepThresholdMs >= 1 else {
             throw AgentError.configuration("health_window_ms must be ≥ 100 and clock_step_threshold_ms ≥ 1")
         }

@@ -198,7 +198,11 @@ public final class DiskExporter: @unchecked Sendable {
     /// Rung when the host says the bus changed.
     public let busChanged: EventFD
 
-    public init(session: AgentSession, directory: String, stateDir: String, timeoutMs: Int) throws {
+    /// Sub-channels per controller: Linux's (VPs − 1) / vcpus_per_sub_channel.
+    let subChannels: Int
+
+    public init(session: AgentSession, directory: String, stateDir: String, timeoutMs: Int, vcpusPerSubChannel: Int = 4) throws {
+        subChannels = max(0, (session.link.vpCount - 1) / max(vcpusPerSubChannel, 1))
         self.session = session
         self.directory = directory
         self.stateDir = stateDir
@@ -265,7 +269,7 @@ public final class DiskExporter: @unchecked Sendable {
         else { throw AgentError.protocolFailure("SCSI controller \(channel.relid) did not open") }
         let changed = busChanged
         let storage = session.withBus { _ in
-            let client = StorageClient(channel: channel, logger: logger)
+            let client = StorageClient(channel: channel, subChannels: subChannels, logger: logger)
             client.onBusChange = { changed.ring() }
             return client
         }
@@ -273,6 +277,23 @@ public final class DiskExporter: @unchecked Sendable {
             throw AgentError.protocolFailure("SCSI controller \(channel.relid): \(storage.state)")
         }
         controllers[channel.relid] = storage
+        // The host offers the sub-channels it granted; open each on its own VP.
+        let granted = storage.grantedSubChannels
+        guard granted > 0 else { return }
+        let instance = channel.offer.interfaceInstance
+        func offered(_ client: VMBusClient) -> [ClientChannel] {
+            client.channels.values.filter { $0.offer.interfaceInstance == instance && $0.offer.subChannelIndex > 0 && $0.state == .offered }
+        }
+        // `wait` evaluates its condition with the bus already locked.
+        _ = try session.wait(timeoutMs: timeoutMs) { offered($0).count >= granted }
+        let subs = session.withBus { offered($0) }.sorted { $0.offer.subChannelIndex < $1.offer.subChannelIndex }
+        for sub in subs {
+            let vp = UInt32(Int(sub.offer.subChannelIndex) % session.link.vpCount)
+            try session.withBus { try $0.open(sub, sendPages: 32, receivePages: 32, targetVP: vp) }
+        }
+        _ = try session.wait(timeoutMs: timeoutMs) { _ in subs.allSatisfy { $0.state != .creatingRingGPADL && $0.state != .opening } }
+        session.withBus { _ in for sub in subs where sub.state == .open { storage.addSubChannel(sub) } }
+        logger.info("disk: controller \(channel.relid) uses \(storage.subChannels.count) sub-channel(s)")
     }
 
     /// REPORT LUNS, then capacity and write protection of each.

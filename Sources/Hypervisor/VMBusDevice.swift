@@ -26,6 +26,17 @@ public protocol GuestMemoryClient: AnyObject {
     func attach(memory: GuestPhysicalMemory)
 }
 
+/// Lets a device ask the bus for sub-channels (same class and instance, sub_channel_index ≥ 1).
+public protocol SubChannelOffering: AnyObject {
+    /// Offers `count` more sub-channels of `device`; returns how many it has in all.
+    func offerSubChannels(of device: any VMBusDevice, count: Int) -> Int
+}
+
+/// A device that can use sub-channels; the server introduces itself when it offers the device.
+public protocol SubChannelDevice: AnyObject {
+    func attach(subChannels: any SubChannelOffering)
+}
+
 extension VMBusDevice {
     public var offerUserDefined: [UInt8] { [] }
     public var offerFlags: OfferChannel.Flags { [] }
@@ -61,9 +72,13 @@ public final class ServerChannel {
     var holdSignals = false
     var signalDeferred = false
 
-    init(relid: UInt32, device: any VMBusDevice) {
+    /// 0 for the primary channel, 1… for sub-channels of the same device.
+    public let subChannelIndex: UInt16
+
+    init(relid: UInt32, device: any VMBusDevice, subChannelIndex: UInt16 = 0) {
         self.relid = relid
         self.device = device
+        self.subChannelIndex = subChannelIndex
         connectionID = relid | 0x2000
     }
 }

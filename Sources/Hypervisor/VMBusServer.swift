@@ -36,7 +36,7 @@ public struct VMBusConnection: Sendable {
 /// goes through the partition (messages into SynIC slots, event flags, event ports), so tests can
 /// drive it message by message. Errors the guest causes are logged (rate-limited) and answered
 /// per the protocol; they never stop the server.
-public final class VMBusServer: MessagePort {
+public final class VMBusServer: MessagePort, SubChannelOffering {
     public let partition: Partition
     public var configuration: VMBusServerConfiguration
     var logger: Logger
@@ -76,10 +76,28 @@ public final class VMBusServer: MessagePort {
     /// Registers a device and offers it if a guest is connected. Returns its relid.
     @discardableResult
     public func offer(_ device: any VMBusDevice) -> UInt32 {
+        (device as? any SubChannelDevice)?.attach(subChannels: self)
+        return offer(device, subChannelIndex: 0)
+    }
+
+    /// Most sub-channels one device may have.
+    public static let maximumSubChannels = 64
+
+    public func offerSubChannels(of device: any VMBusDevice, count: Int) -> Int {
+        var existing = channels.values.filter { $0.device === device && $0.subChannelIndex > 0 }.count
+        while count > 0 && existing < min(count, Self.maximumSubChannels) {
+            existing += 1
+            offer(device, subChannelIndex: UInt16(existing))
+        }
+        return existing
+    }
+
+    @discardableResult
+    private func offer(_ device: any VMBusDevice, subChannelIndex: UInt16) -> UInt32 {
         var relid: UInt32 = 1
         while channels[relid] != nil { relid += 1 }
         precondition(relid <= OfferChannel.maximumRelid, "out of relids")
-        let channel = ServerChannel(relid: relid, device: device)
+        let channel = ServerChannel(relid: relid, device: device, subChannelIndex: subChannelIndex)
         channels[relid] = channel
         partition.registerEventPort(connectionID: channel.connectionID) { [unowned self, unowned channel] _ in
             self.channelSignalled(channel)
@@ -208,7 +226,7 @@ public final class VMBusServer: MessagePort {
         let version = connection?.version ?? .win10_v5_3
         send(.offerChannel(OfferChannel(
             interfaceType: device.deviceClass.guid, interfaceInstance: device.instanceID, flags: device.offerFlags,
-            userDefined: device.offerUserDefined, childRelid: channel.relid, monitorID: 0xFF, monitorAllocated: false,
+            userDefined: device.offerUserDefined, subChannelIndex: version.usesPerChannelEventFlags ? channel.subChannelIndex : 0, childRelid: channel.relid, monitorID: 0xFF, monitorAllocated: false,
             isDedicatedInterrupt: version.hasChannelConnectionIDs,
             connectionID: version.hasChannelConnectionIDs ? channel.connectionID : VMBusConnectionID.event)))
     }
@@ -223,7 +241,8 @@ public final class VMBusServer: MessagePort {
     private func resetConnection() {
         for channel in channels.values {
             closeChannel(channel)
-            if channel.state == .rescinded { removeChannel(channel) } else { channel.state = .registered }
+            // Sub-channels exist only for the connection that asked for them.
+            if channel.state == .rescinded || channel.subChannelIndex > 0 { removeChannel(channel) } else { channel.state = .registered }
         }
         gpadls.removeAll()
         connection = nil

@@ -92,7 +92,8 @@ struct Run: ParsableCommand {
             if configuration.storage {
                 do {
                     disks = try DiskExporter(session: session, directory: configuration.exportDir, stateDir: configuration.stateDir,
-                                             timeoutMs: configuration.connectTimeoutMs)
+                                             timeoutMs: configuration.connectTimeoutMs,
+                                             vcpusPerSubChannel: configuration.storageVCPUsPerSubChannel)
                     try disks?.rescan()
                 } catch {
                     logger.error("storage: \(error)")

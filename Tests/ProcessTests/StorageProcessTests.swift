@@ -191,3 +191,37 @@ struct StorageHotPlugTests {
         _ = agent
     }
 }
+
+@Suite("Storage sub-channels between processes", .serialized)
+struct StorageSubChannelProcessTests {
+    @Test("4 VPs, one sub-channel per VP when asked: four SCSI channels open, on distinct VPs, and fio verify passes")
+    func subChannels() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-sc-\(UUID().uuidString.prefix(6))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fixture = try HostFixture(config: """
+            [[partition]]
+            name = "guest1"
+            vps = 4
+            [[partition.disk]]
+            path = "\(dir)/disk.img"
+            size_mib = 64
+            """)
+        let agent = try Child("viridian-agent", ["run", "--config", try agentConfig(fixture, """
+            timesync = "off"
+            export_dir = "\(dir)/exports"
+            storage_vcpus_per_sub_channel = 1
+            """)])
+        #expect(eventually(seconds: 30) { FileManager.default.fileExists(atPath: "\(fixture.directory.path)/state/disks.json") }, "\(agent.text)")
+        let scsi = try fixture.status().partitions[0].channels.filter { $0.device == "Synthetic SCSI Controller" && $0.state == "open" }
+        #expect(scsi.count == 4 && Set(scsi.map(\.targetVP)) == [0, 1, 2, 3], "\(scsi.map { ($0.relid, $0.targetVP) })")
+        let lun0 = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/exports").first { $0.hasSuffix("lun0.sock") })
+        let (code, out) = try sh("""
+            fio --name=verify --ioengine=nbd --uri='nbd+unix:///?socket=\(dir)/exports/\(lun0)' --rw=randwrite --bs=4k \
+                --size=8M --verify=crc32c --do_verify=1 --iodepth=16 --output-format=terse --terse-version=3
+            """)
+        #expect(code == 0, "\(out)")
+        let after = try fixture.status().partitions[0].channels.filter { $0.device == "Synthetic SCSI Controller" }
+        #expect(after.filter { $0.packetsIn > 0 }.count >= 3, "I/O spread over channels: \(after.map(\.packetsIn))")
+    }
+}

@@ -218,3 +218,47 @@ struct StorageQueueDepthTests {
         }
     }
 }
+
+@Suite("Synthetic storage: sub-channels")
+struct StorageSubChannelTests {
+    @Test("CREATE_SUB_CHANNELS: the host offers them, I/O spreads over all channels and their VPs")
+    func subChannels() throws {
+        let rw = try TempImage(size: 4 << 20)
+        let machine = try LoopbackMachine(memoryBytes: 32 << 20, vpCount: 4, logger: quiet)
+        let vsp = StorageVSP(instanceID: GUID(low: 4, high: 4), luns: [0: SCSIDisk(backend: try FileBackend(path: rw.path), serial: "S")], logger: quiet)
+        machine.server.offer(vsp)
+        try machine.connect()
+        let primary = try #require(machine.client.channels.values.first)
+        try machine.client.open(primary, sendPages: 8, receivePages: 8)
+        try machine.run(until: { primary.state == .open }, "open")
+        let client = StorageClient(channel: primary, subChannels: 3, logger: quiet)
+        try machine.run(until: { client.state != .initializing }, "init")
+        #expect(client.state == .ready && client.grantedSubChannels == 3)
+        let subs = machine.client.channels.values.filter { $0.offer.subChannelIndex > 0 }.sorted { $0.offer.subChannelIndex < $1.offer.subChannelIndex }
+        #expect(subs.map(\.offer.subChannelIndex) == [1, 2, 3])
+        #expect(subs.allSatisfy { $0.offer.interfaceInstance == primary.offer.interfaceInstance && $0.offer.interfaceType == DeviceClass.scsi.guid })
+        for sub in subs { try machine.client.open(sub, sendPages: 8, receivePages: 8, targetVP: UInt32(sub.offer.subChannelIndex)) }
+        try machine.run(until: { subs.allSatisfy { $0.state == .open } }, "open subs")
+        for sub in subs { client.addSubChannel(sub) }
+        let before = machine.partition.synics.map(\.eventsSignalled)
+        var done = 0
+        let buffer = try GuestBuffer(client: machine.client, bytes: 4096)
+        for i in 0..<40 {
+            #expect(client.execute(lun: 0, cdb: rw10(0x28, lba: UInt32(i), blocks: 8), direction: .read, buffer: buffer, length: 4096) { c in
+                if c.isGood { done += 1 }
+            })
+            machine.pump()
+        }
+        #expect(done == 40)
+        let after = machine.partition.synics.map(\.eventsSignalled)
+        #expect((0..<4).allSatisfy { after[$0] > before[$0] }, "every VP got completions: \(before) → \(after)")
+        #expect(machine.server.channels.values.filter { $0.device === vsp && $0.state == .open }.count == 4)
+        // Sub-channels carry I/O only.
+        let subEndpoint = try #require(subs[0].endpoint)
+        _ = try subEndpoint.writer.tryWrite(type: .dataInBand, flags: 1, transactionID: 77,
+                                            payload: VStorPacket(operation: .beginInitialization).encode())
+        subEndpoint.commitWrites()
+        machine.pump()
+        #expect(vsp.protocolErrors == 0)
+    }
+}

@@ -67,13 +67,28 @@ public final class StorageClient {
     public private(set) var protocolErrors: UInt64 = 0
     /// Called when the host says LUNs came or went (ENUMERATE_BUS or REMOVE_DEVICE).
     public var onBusChange: (() -> Void)?
+    /// Sub-channels asked for at initialization (if the host supports multi-channel).
+    public let requestedSubChannels: Int
+    /// How many the host agreed to offer.
+    public private(set) var grantedSubChannels = 0
+    /// Open sub-channels that carry I/O beside the primary.
+    public private(set) var subChannels: [ClientChannel] = []
+    private var nextChannel = 0
 
     /// `channel` must be open. Starts the initialization sequence at once.
-    public init(channel: ClientChannel, logger: Logger) {
+    public init(channel: ClientChannel, subChannels: Int = 0, logger: Logger) {
         self.channel = channel
         self.logger = logger
-        channel.onSignal = { [weak self] _ in self?.drain() }
+        requestedSubChannels = subChannels
+        channel.onSignal = { [weak self] in self?.drain($0) }
         step(.beginInitialization)
+    }
+
+    /// Adds an open sub-channel (same class and instance as the primary, index ≥ 1) for I/O.
+    public func addSubChannel(_ sub: ClientChannel) {
+        guard sub.state == .open, sub.offer.interfaceInstance == channel.offer.interfaceInstance, sub.offer.subChannelIndex > 0 else { return }
+        sub.onSignal = { [weak self] in self?.drain($0) }
+        subChannels.append(sub)
     }
 
     deinit { scratch.deallocate() }
@@ -105,13 +120,32 @@ public final class StorageClient {
                 return state = .failed("QUERY_PROPERTIES refused")
             }
             maximumTransferBytes = p.maximumTransferBytes
+            multiChannel = p.supportsMultiChannel
+            maximumChannels = p.maximumChannelCount
             step(.endInitialization)
         case .endInitialization:
-            state = reply.status == NTStatus.success ? .ready : .failed("END_INITIALIZATION refused")
-            if state == .ready { logger.info("storvsc: protocol 0x\(String(protocolVersion, radix: 16)), max transfer \(maximumTransferBytes)") }
+            guard reply.status == NTStatus.success else { return state = .failed("END_INITIALIZATION refused") }
+            if requestedSubChannels > 0 && multiChannel {
+                var body = [UInt8](repeating: 0, count: 4)
+                body.putLE(UInt16(min(requestedSubChannels, Int(maximumChannels))), at: 0)
+                step(.createSubChannels, body: body)
+            } else {
+                becomeReady()
+            }
+        case .createSubChannels:
+            if reply.status == NTStatus.success { grantedSubChannels = min(requestedSubChannels, Int(maximumChannels)) }
+            becomeReady()
         default:
             break
         }
+    }
+
+    private var multiChannel = false
+    private var maximumChannels: UInt16 = 0
+
+    private func becomeReady() {
+        state = .ready
+        logger.info("storvsc: protocol 0x\(String(protocolVersion, radix: 16)), max transfer \(maximumTransferBytes), \(grantedSubChannels) sub-channel(s)")
     }
 
     private func queryVersion() {
@@ -137,7 +171,7 @@ public final class StorageClient {
         srb.dataTransferLength = UInt32(length)
         srb.srbFlags = 0x8 | (direction == .read ? 0x40 : direction == .write ? 0x80 : 0)
         let range = length > 0 ? buffer?.range(length) : nil
-        return send(VStorPacket(operation: .executeSRB, body: srb.encoded), range: range) { reply in
+        return send(VStorPacket(operation: .executeSRB, body: srb.encoded), range: range, on: nextIOChannel()) { reply in
             let r = (try? SCSIRequest(decoding: reply.body)) ?? SCSIRequest()
             completion(SCSICompletion(ntStatus: reply.status, srbStatus: r.srbStatus, scsiStatus: r.scsiStatus,
                                       sense: Array(r.cdbOrSense.prefix(Int(min(r.senseInfoLength, 20)))),
@@ -145,9 +179,17 @@ public final class StorageClient {
         }
     }
 
+    /// Round robin over the primary and its open sub-channels.
+    private func nextIOChannel() -> ClientChannel {
+        let all = [channel] + subChannels.filter { $0.state == .open }
+        nextChannel = (nextChannel + 1) % all.count
+        return all[nextChannel]
+    }
+
     @discardableResult
-    private func send(_ packet: VStorPacket, range: GpaRange? = nil, completion: @escaping (VStorPacket) -> Void) -> Bool {
-        guard let endpoint = channel.endpoint else { return false }
+    private func send(_ packet: VStorPacket, range: GpaRange? = nil, on target: ClientChannel? = nil,
+                      completion: @escaping (VStorPacket) -> Void) -> Bool {
+        guard let endpoint = (target ?? channel).endpoint else { return false }
         let id = nextTransaction
         let bytes = packet.encode()
         let written: Bool
@@ -169,9 +211,9 @@ public final class StorageClient {
         return true
     }
 
-    /// Takes every completion waiting in the inbound ring.
-    public func drain() {
-        guard let endpoint = channel.endpoint else { return }
+    /// Takes every completion waiting in the inbound ring of `source` (default: the primary).
+    public func drain(_ source: ClientChannel? = nil) {
+        guard let endpoint = (source ?? channel).endpoint else { return }
         endpoint.reader.mask()
         repeat {
             do {

@@ -11,7 +11,7 @@ import VMBusWire
 /// A storvsp: one SCSI controller (path 0, target 0) with LUNs backed by image files. Data moves
 /// between the image and the guest's GPA-direct pages with no intermediate copy; every page is
 /// bounds-checked against guest memory first.
-public final class StorageVSP: VMBusDevice, GuestMemoryClient {
+public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice {
     public let deviceClass = DeviceClass.scsi
     public let instanceID: GUID
     public private(set) var luns: [UInt8: SCSIDisk]
@@ -28,8 +28,8 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
 
     /// Where disk I/O runs; completions come back on the partition thread.
     public var executor: any DeviceExecutor = InlineExecutor()
-    /// Completions that did not fit the ring yet, in order.
-    private var pendingCompletions: [(transactionID: UInt64, packet: [UInt8])] = []
+    /// Completions that did not fit their ring yet, per channel, in order.
+    private var pendingCompletions: [UInt32: [(transactionID: UInt64, packet: [UInt8])]] = [:]
     /// Commands handed to the executor and not yet completed.
     public private(set) var inFlight = 0
 
@@ -45,7 +45,14 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
 
     public func attach(memory: GuestPhysicalMemory) { self.memory = memory }
 
+    /// The primary channel (initialization, hot-plug notices) and every open channel by relid.
     private var channel: ChannelEndpoint?
+    private var open: [UInt32: ChannelEndpoint] = [:]
+    private var subChannels: (any SubChannelOffering)?
+    /// Sub-channels a guest may ask for (0 = no multi-channel support advertised).
+    public var maximumSubChannels = 16
+
+    public func attach(subChannels: any SubChannelOffering) { self.subChannels = subChannels }
 
     /// Adds a LUN at the lowest free number and tells the guest to rescan. Returns the LUN.
     public func add(_ disk: SCSIDisk) -> UInt8? {
@@ -71,29 +78,36 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
     }
 
     public func open(_ channel: ChannelEndpoint, userData: [UInt8]) -> UInt32 {
-        self.channel = channel
-        phase = .idle
-        protocolVersion = 0
-        packetSize = VStorPacket.size
+        open[channel.relid] = channel
+        // Sub-channels are offered only while the primary is open; anything else is a new primary.
+        if self.channel == nil {
+            self.channel = channel
+            phase = .idle
+            protocolVersion = 0
+            packetSize = VStorPacket.size
+        }
         return 0
     }
 
     public func close(_ channel: ChannelEndpoint) {
-        phase = .idle
-        self.channel = nil
-        pendingCompletions.removeAll()
+        open[channel.relid] = nil
+        pendingCompletions[channel.relid] = nil
+        if self.channel === channel {
+            phase = .idle
+            self.channel = nil
+        }
     }
 
     /// Writes completions that waited for room. Returns false if some still do not fit.
     @discardableResult
     private func flushCompletions(_ channel: ChannelEndpoint) -> Bool {
-        while let next = pendingCompletions.first {
+        while let next = pendingCompletions[channel.relid]?.first {
             guard (try? channel.writer.tryWrite(type: .completion, transactionID: next.transactionID, payload: next.packet)) == true else {
                 _ = channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: next.packet.count))
                 channel.commitWrites()
                 return false
             }
-            pendingCompletions.removeFirst()
+            pendingCompletions[channel.relid]?.removeFirst()
         }
         channel.writer.clearSpaceRequest()
         channel.commitWrites()
@@ -103,9 +117,9 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
     /// Sends a completion from the executor (or queues it until the ring has room).
     private func complete(_ transactionID: UInt64, _ reply: VStorPacket, on endpoint: ChannelEndpoint) {
         inFlight -= 1
-        guard let channel, channel === endpoint else { return }  // the channel closed meanwhile
-        pendingCompletions.append((transactionID, reply.encode(size: packetSize)))
-        flushCompletions(channel)
+        guard open[endpoint.relid] === endpoint else { return }  // the channel closed meanwhile
+        pendingCompletions[endpoint.relid, default: []].append((transactionID, reply.encode(size: packetSize)))
+        flushCompletions(endpoint)
     }
 
     public func channelSignalled(_ channel: ChannelEndpoint) {
@@ -120,7 +134,7 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
                         channel.commitWrites()
                         blocked = !channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: VStorPacket.size))
                         if blocked { break }
-                    } else if pendingCompletions.isEmpty {
+                    } else if pendingCompletions[channel.relid]?.isEmpty ?? true {
                         channel.writer.clearSpaceRequest()
                     }
                 }
@@ -162,7 +176,19 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
         }
         requests &+= 1
         var reply = VStorPacket(operation: .completeIO, flags: 0, status: NTStatus.success)
+        let isPrimary = self.channel === channel
         switch request.op {
+        case let op? where op != .executeSRB && !isPrimary:
+            reply.status = NTStatus.invalidDeviceRequest  // sub-channels carry I/O only
+        case .createSubChannels?:
+            let wanted = Int(request.body.le(UInt16.self, at: 0))
+            guard phase == .begun || phase == .ready, protocolVersion >= VStorVersion.win8, let subChannels,
+                wanted >= 1, wanted <= maximumSubChannels
+            else {
+                reply.status = NTStatus.invalidParameter
+                break
+            }
+            _ = subChannels.offerSubChannels(of: self, count: wanted)
         case .beginInitialization?:
             phase = .begun
         case .queryProtocolVersion?:
@@ -176,8 +202,10 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient {
             reply.body.replaceSubrange(0..<2, with: request.body[0..<2])
         case .queryProperties?:
             guard phase == .begun, protocolVersion != 0 else { reply.status = NTStatus.invalidDeviceState; break }
+            let multi = subChannels != nil && maximumSubChannels > 0 && protocolVersion >= VStorVersion.win8
             reply.body.replaceSubrange(0..<24, with: VStorChannelProperties(
-                maximumChannelCount: 0, supportsMultiChannel: false, maximumTransferBytes: Self.maximumTransferBytes).encoded)
+                maximumChannelCount: multi ? UInt16(maximumSubChannels) : 0, supportsMultiChannel: multi,
+                maximumTransferBytes: Self.maximumTransferBytes).encoded)
         case .endInitialization?:
             if phase == .begun && protocolVersion != 0 { phase = .ready } else { reply.status = NTStatus.invalidDeviceState }
         case .executeSRB?:
