@@ -31,8 +31,8 @@ public enum StorageBenchmark {
         Workload(name: "rand read 4k QD32", rw: "randread", blockSize: "4k", depth: 32, metric: "iops"),
     ]
 
-    public static func run(binDirectory: String, imageMiB: Int, seconds: Int, pollMicroseconds: Int = 0,
-                           log: (String) -> Void) throws -> [StorageBenchmarkRow] {
+    public static func run(binDirectory: String, imageMiB: Int, seconds: Int, pollMicroseconds: Int = 0, vps: Int = 2,
+                           vcpusPerSubChannel: Int = 4, log: (String) -> Void) throws -> [StorageBenchmarkRow] {
         let dir = "\(NSTemporaryDirectory())/viridian-bench-storage-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -45,7 +45,7 @@ public enum StorageBenchmark {
             [[partition]]
             name = "bench"
             memory_mib = 256
-            vps = 2
+            vps = \(vps)
             echo_devices = 0
             integration_services = []
             storage_poll_us = \(pollMicroseconds)
@@ -57,6 +57,7 @@ public enum StorageBenchmark {
             state_dir = "\(dir)/state"
             export_dir = "\(dir)/exports"
             log_level = "warning"
+            storage_vcpus_per_sub_channel = \(vcpusPerSubChannel)
             """.write(toFile: "\(dir)/agent.toml", atomically: true, encoding: .utf8)
         let host = try spawn("\(binDirectory)/viridian-host", ["run", "--config", "\(dir)/host.toml", "--log-level", "warning"])
         defer { host.terminate(); host.waitUntilExit() }

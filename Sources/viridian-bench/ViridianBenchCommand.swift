@@ -204,11 +204,14 @@ struct Storage: ParsableCommand {
     @Option(help: "Image size in MiB.") var imageMib: Int = 1024
     @Option(help: "Seconds per fio run.") var seconds: Int = 5
     @Option(name: .customLong("poll-us"), help: "storage_poll_us of the host (VSP polling after the ring runs dry).") var pollMicroseconds: Int = 0
+    @Option(help: "Virtual processors of the benchmark partition.") var vps: Int = 2
+    @Option(help: "The agent's storage_vcpus_per_sub_channel (1 = a sub-channel per VP).") var vcpusPerSubChannel: Int = 4
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
-        let rows = try StorageBenchmark.run(binDirectory: bin, imageMiB: imageMib, seconds: seconds, pollMicroseconds: pollMicroseconds) {
+        let rows = try StorageBenchmark.run(binDirectory: bin, imageMiB: imageMib, seconds: seconds, pollMicroseconds: pollMicroseconds,
+                                            vps: vps, vcpusPerSubChannel: vcpusPerSubChannel) {
             FileHandle.standardError.write(Data("… \($0)\n".utf8))
         }
         if json {
