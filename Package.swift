@@ -73,7 +73,7 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "NBD",
-            dependencies: [.product(name: "Logging", package: "swift-log")],
+            dependencies: ["VMBusWire", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .target(
             name: "Loopback",

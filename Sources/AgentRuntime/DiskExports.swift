@@ -306,7 +306,7 @@ public final class DiskExporter: @unchecked Sendable {
         }
         let list = probe.bufferBytes(4096)
         var out: [(UInt8, UInt64, Bool)] = []
-        for i in 0..<min(Int(list.be32(at: 0)) / 8, 255) {
+        for i in 0..<min(Int(list.be(UInt32.self, at: 0)) / 8, 255) {
             let lun = list[8 + 8 * i + 1]
             probe.lunOverride = lun
             guard let capacity = probe.command([0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], .read, length: 32),
@@ -316,7 +316,7 @@ public final class DiskExporter: @unchecked Sendable {
             var lastLBA: UInt64 = 0
             for j in 0..<8 { lastLBA = lastLBA << 8 | UInt64(cap[j]) }
             let mode = probe.command([0x1A, 0, 0x3F, 0, 64, 0], .read, length: 64)
-            out.append((lun, (lastLBA + 1) * UInt64(cap.be32(at: 8)), mode?.isGood == true && probe.bufferBytes(4)[2] & 0x80 != 0))
+            out.append((lun, (lastLBA + 1) * UInt64(cap.be(UInt32.self, at: 8)), mode?.isGood == true && probe.bufferBytes(4)[2] & 0x80 != 0))
         }
         return out
     }
@@ -327,12 +327,6 @@ extension SCSIBlockDevice {
     func bufferBytes(_ n: Int) -> [UInt8] { Array(UnsafeRawBufferPointer(rebasing: bufferView[0..<n])) }
 }
 
-extension Array where Element == UInt8 {
-    func be32(at offset: Int) -> UInt32 {
-        guard offset + 4 <= count else { return 0 }
-        return UInt32(self[offset]) << 24 | UInt32(self[offset + 1]) << 16 | UInt32(self[offset + 2]) << 8 | UInt32(self[offset + 3])
-    }
-}
 
 /// A pool of guest-memory buffers shared by in-flight requests of one device.
 final class GuestBufferPool: @unchecked Sendable {

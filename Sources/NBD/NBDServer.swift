@@ -2,6 +2,7 @@
 
 import Glibc
 import Logging
+import VMBusWire
 
 /// Serves one export on a Unix socket so that nbdfuse, nbdinfo, nbdcopy, qemu-img and the kernel
 /// client use the disk unchanged. One thread per connection; everything a client sends is checked.
@@ -456,20 +457,5 @@ final class NSLockLike: @unchecked Sendable {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         return body()
-    }
-}
-
-extension Array where Element == UInt8 {
-    func be<T: FixedWidthInteger>(_: T.Type = T.self, at offset: Int) -> T {
-        guard offset >= 0, offset + MemoryLayout<T>.size <= count else { return 0 }
-        var v: T = 0
-        for i in 0..<MemoryLayout<T>.size { v = v << 8 | T(self[offset + i]) }
-        return v
-    }
-
-    mutating func putBE<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-        for i in 0..<MemoryLayout<T>.size {
-            self[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * (MemoryLayout<T>.size - 1 - i)))
-        }
     }
 }

@@ -1,4 +1,4 @@
-// Little-endian loads and stores on byte arrays and raw buffers, the one way VMBusWire touches bytes.
+// Byte-order helpers: little-endian for VMBus structures, big-endian for SCSI CDBs and NBD.
 
 extension Array where Element == UInt8 {
     /// Reads a little-endian integer at `offset`. The caller has checked `offset + size <= count`.
@@ -45,5 +45,24 @@ extension UnsafeMutableRawPointer {
     @inlinable
     public func putLE<T: FixedWidthInteger>(_ value: T, at offset: Int) {
         storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Reads a big-endian integer at `offset`; 0 when it does not fit (callers validate lengths).
+    @inlinable
+    public func be<T: FixedWidthInteger>(_: T.Type = T.self, at offset: Int) -> T {
+        guard offset >= 0, offset + MemoryLayout<T>.size <= count else { return 0 }
+        var v: T = 0
+        for i in 0..<MemoryLayout<T>.size { v = v << 8 | T(self[offset + i]) }
+        return v
+    }
+
+    /// Writes `value` big-endian at `offset`.
+    @inlinable
+    public mutating func putBE<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+        for i in 0..<MemoryLayout<T>.size {
+            self[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * (MemoryLayout<T>.size - 1 - i)))
+        }
     }
 }

@@ -319,19 +319,3 @@ public final class SCSIDisk: @unchecked Sendable {
         return .good()
     }
 }
-
-extension Array where Element == UInt8 {
-    /// Big-endian read (SCSI fields); the caller has checked the length.
-    func be<T: FixedWidthInteger>(_: T.Type = T.self, at offset: Int) -> T {
-        guard offset >= 0, offset + MemoryLayout<T>.size <= count else { return 0 }
-        var v: T = 0
-        for i in 0..<MemoryLayout<T>.size { v = v << 8 | T(self[offset + i]) }
-        return v
-    }
-
-    mutating func putBE<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-        for i in 0..<MemoryLayout<T>.size {
-            self[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * (MemoryLayout<T>.size - 1 - i)))
-        }
-    }
-}
