@@ -174,3 +174,18 @@ int viridian_peer_pid(int fd) {
 int viridian_punch_hole(int fd, int64_t offset, int64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
 }
+
+#include <sys/uio.h>
+
+long viridian_pread_nowait(int fd, void *buffer, size_t length, int64_t offset) {
+#ifdef RWF_NOWAIT
+    struct iovec iov = { .iov_base = buffer, .iov_len = length };
+    long r = preadv2(fd, &iov, 1, (off_t)offset, RWF_NOWAIT);
+    if (r < 0 && (errno == EOPNOTSUPP || errno == EINVAL)) errno = EAGAIN;
+    return r;
+#else
+    (void)fd; (void)buffer; (void)length; (void)offset;
+    errno = EAGAIN;
+    return -1;
+#endif
+}

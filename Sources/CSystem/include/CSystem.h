@@ -58,4 +58,9 @@ int viridian_peer_pid(int fd);
 /* Punches a hole (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE). Returns 0 or -1. */
 int viridian_punch_hole(int fd, int64_t offset, int64_t length);
 
+
+/* preadv2 with RWF_NOWAIT: reads only what the page cache already holds. Returns bytes read,
+   or -1 with errno EAGAIN when the read would block (or the kernel lacks RWF_NOWAIT). */
+long viridian_pread_nowait(int fd, void *buffer, size_t length, int64_t offset);
+
 #endif

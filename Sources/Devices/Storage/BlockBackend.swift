@@ -26,6 +26,12 @@ public protocol BlockBackend: AnyObject {
     func flush() throws(BlockError)
     /// Releases the range (reads return zeros afterwards).
     func discard(offset: UInt64, length: UInt64) throws(BlockError)
+    /// Reads only if it cannot block (the data is cached); false means "use `read` elsewhere".
+    func readWithoutBlocking(offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) -> Bool
+}
+
+extension BlockBackend {
+    public func readWithoutBlocking(offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) -> Bool { false }
 }
 
 /// A raw image file (sparse-friendly), through the page cache; flush is fsync.
@@ -99,6 +105,16 @@ public final class FileBackend: BlockBackend, @unchecked Sendable {
             }
             at += UInt64(s.count)
         }
+    }
+
+    public func readWithoutBlocking(offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) -> Bool {
+        var at = offset
+        for s in segments where s.count > 0 {
+            // A short read (cache partly filled) also sends the whole command to a worker.
+            guard viridian_pread_nowait(fd, s.baseAddress!, s.count, Int64(at)) == s.count else { return false }
+            at += UInt64(s.count)
+        }
+        return true
     }
 
     public func flush() throws(BlockError) {

@@ -109,6 +109,37 @@ public final class SCSIDisk: @unchecked Sendable {
     /// Executes one CDB against `data`. Thread-safe: the disk keeps no mutable state of its own.
     public func execute(cdb: [UInt8], data: SCSIData) -> SCSIResult { run(cdb, data) }
 
+    /// A READ served from the page cache without blocking, or nil (not a READ, or not all cached).
+    public func readIfCached(cdb: [UInt8], data: SCSIData) -> SCSIResult? {
+        guard let op = cdb.first, [0x08, 0x28, 0xA8, 0x88].contains(op) else { return nil }
+        let lba: UInt64, blocks: UInt64
+        switch op {
+        case 0x08:
+            guard cdb.count >= 6 else { return nil }
+            lba = UInt64(cdb[1] & 0x1F) << 16 | UInt64(cdb[2]) << 8 | UInt64(cdb[3])
+            blocks = cdb[4] == 0 ? 256 : UInt64(cdb[4])
+        case 0x28:
+            guard cdb.count >= 10 else { return nil }
+            lba = UInt64(cdb.be(UInt32.self, at: 2))
+            blocks = UInt64(cdb.be(UInt16.self, at: 7))
+        case 0xA8:
+            guard cdb.count >= 12 else { return nil }
+            lba = UInt64(cdb.be(UInt32.self, at: 2))
+            blocks = UInt64(cdb.be(UInt32.self, at: 6))
+        default:
+            guard cdb.count >= 16 else { return nil }
+            lba = cdb.be(UInt64.self, at: 2)
+            blocks = UInt64(cdb.be(UInt32.self, at: 10))
+        }
+        // Anything unusual (errors, bounds) takes the ordinary path.
+        guard lba <= blockCount, blocks <= blockCount - lba, blocks > 0 else { return nil }
+        let bytes = Int(blocks) * Self.blockSize
+        guard bytes <= data.count, backend.readWithoutBlocking(offset: lba * UInt64(Self.blockSize), into: data.mutablePrefix(bytes)) else {
+            return nil
+        }
+        return .good(bytes)
+    }
+
     private func run(_ cdb: [UInt8], _ data: SCSIData) -> SCSIResult {
         guard let opcode = cdb.first else { return .check(.invalidOpcode) }
         func need(_ n: Int) -> Bool { cdb.count >= n }

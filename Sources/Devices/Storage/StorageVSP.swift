@@ -34,6 +34,8 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
     public private(set) var inFlight = 0
 
     public private(set) var requests: UInt64 = 0
+    /// READs answered from the page cache without a worker.
+    public private(set) var cachedReads: UInt64 = 0
     public private(set) var protocolErrors: UInt64 = 0
     public private(set) var refusedPages: UInt64 = 0
 
@@ -268,6 +270,11 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
         guard let disk = luns[srb.lun] else {
             if cdb.first == 0x12 { return finish(SRBStatus.success, transferred: data.fill(absentLUNInquiry(cdb))) }
             return finish(SRBStatus.invalidLUN)
+        }
+        if Self.touchesImage(cdb), !(executor is InlineExecutor), let cached = disk.readIfCached(cdb: cdb, data: data) {
+            // Cached data needs no worker: answer at once.
+            cachedReads &+= 1
+            return finish(SRBStatus.success, transferred: cached.transferred)
         }
         if Self.touchesImage(cdb), !(executor is InlineExecutor), let memory {
             // The image I/O runs on a worker; `memory` stays mapped until it is done.
