@@ -397,13 +397,34 @@ final class NBDConnection: @unchecked Sendable {
         return out
     }
 
+    /// Bytes received but not yet consumed (one recv often brings many requests).
+    private var inbox = [UInt8](repeating: 0, count: 65536)
+    private var inboxStart = 0, inboxEnd = 0
+
     private func receive(into buffer: UnsafeMutableRawBufferPointer) throws(NBDSocketError) {
         var got = 0
         while got < buffer.count {
-            let n = recv(fd, buffer.baseAddress! + got, buffer.count - got, 0)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw .closed }
-            got += n
+            if inboxStart < inboxEnd {
+                let n = min(inboxEnd - inboxStart, buffer.count - got)
+                inbox.withUnsafeBytes { (buffer.baseAddress! + got).copyMemory(from: $0.baseAddress! + inboxStart, byteCount: n) }
+                inboxStart += n
+                got += n
+                continue
+            }
+            let want = buffer.count - got
+            if want >= inbox.count {
+                // Large payloads go straight to their destination.
+                let n = recv(fd, buffer.baseAddress! + got, want, 0)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw .closed }
+                got += n
+            } else {
+                let n = inbox.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw .closed }
+                inboxStart = 0
+                inboxEnd = n
+            }
         }
     }
 
