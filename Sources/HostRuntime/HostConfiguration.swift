@@ -24,6 +24,7 @@ import VMBusWire
 /// path = "/var/lib/viridian/images/guest1-disk0.img"   # raw image; created sparse if missing
 /// size_mib = 64                      # size of a created image
 /// read_only = false
+/// controller = 0                     # synthetic SCSI controller number (one VMBus channel each)
 /// ```
 public struct HostConfiguration: Codable, Sendable, Equatable {
     public var runtimeDir: String?
@@ -165,6 +166,9 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         for service in integrationServices where !Self.allIntegrationServices.contains(service) {
             throw ConfigurationError.invalid("\(name): unknown integration service '\(service)' (known: \(Self.allIntegrationServices.joined(separator: ", ")))")
         }
+        for d in disk ?? [] where !(0...15).contains(d.controller) || d.sizeMiB < 1 {
+            throw ConfigurationError.invalid("\(name): disk \(d.path): controller must be 0…15 and size_mib at least 1")
+        }
         guard heartbeatIntervalMs >= 50, timesyncIntervalMs >= 50 else {
             throw ConfigurationError.invalid("\(name): heartbeat_interval_ms and timesync_interval_ms must be at least 50")
         }
@@ -198,15 +202,18 @@ public struct DiskConfiguration: Codable, Sendable, Equatable {
     public var path: String
     public var sizeMiB: Int
     public var readOnly: Bool
+    /// Which synthetic SCSI controller of the partition serves the disk (0 …).
+    public var controller: Int
 
-    public init(path: String, sizeMiB: Int = 64, readOnly: Bool = false) {
+    public init(path: String, sizeMiB: Int = 64, readOnly: Bool = false, controller: Int = 0) {
         self.path = path
         self.sizeMiB = sizeMiB
         self.readOnly = readOnly
+        self.controller = controller
     }
 
     enum CodingKeys: String, CodingKey {
-        case path
+        case path, controller
         case sizeMiB = "size_mib"
         case readOnly = "read_only"
     }
@@ -216,5 +223,6 @@ public struct DiskConfiguration: Codable, Sendable, Equatable {
         path = try c.decode(String.self, forKey: .path)
         sizeMiB = try c.decodeIfPresent(Int.self, forKey: .sizeMiB) ?? 64
         readOnly = try c.decodeIfPresent(Bool.self, forKey: .readOnly) ?? false
+        controller = try c.decodeIfPresent(Int.self, forKey: .controller) ?? 0
     }
 }

@@ -56,8 +56,10 @@ public final class PartitionService: @unchecked Sendable {
         static let kindMask: UInt64 = 0xFF << 56
     }
 
-    /// The synthetic SCSI controller (nil when the partition has no disks).
-    public let storage: StorageVSP?
+    /// Synthetic SCSI controllers, by controller number (disks name theirs; default 0).
+    public let controllers: [Int: StorageVSP]
+    /// Controller 0, or the lowest-numbered one (hot plug targets it by default).
+    public var storage: StorageVSP? { controllers.keys.min().flatMap { controllers[$0] } }
     /// I/O threads of the partition's devices.
     let workers: WorkerPool
 
@@ -90,20 +92,29 @@ public final class PartitionService: @unchecked Sendable {
                                source: SystemTimeSource(offsetNs: Int64(configuration.timeOffsetMs) * 1_000_000), logger: logger, now: clock) : nil
         shutdownService = services.contains("shutdown") ? ShutdownProvider(instanceID: instance(3), logger: logger, now: clock) : nil
         kvp = services.contains("kvp") ? KVPProvider(instanceID: instance(4), logger: logger, now: clock) : nil
-        var luns: [UInt8: SCSIDisk] = [:]
-        for (index, disk) in configuration.disks(imageDirectory: imageDirectory).enumerated() where index < 255 {
+        // LUNs are numbered in configuration order within each controller.
+        var luns: [Int: [UInt8: SCSIDisk]] = [:]
+        for disk in configuration.disks(imageDirectory: imageDirectory) {
+            let lun = UInt8(luns[disk.controller, default: [:]].count)
+            guard lun < 255 else { continue }
             let directory = (disk.path as NSString).deletingLastPathComponent
             if !disk.readOnly { try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
             let backend = try FileBackend(path: disk.path, readOnly: disk.readOnly,
                                           createSize: disk.readOnly ? nil : UInt64(disk.sizeMiB) << 20)
-            luns[UInt8(index)] = SCSIDisk(backend: backend, serial: "\(configuration.name.prefix(12))-\(index)")
-            logger.info("\(configuration.name): LUN \(index) = \(disk.path) (\(backend.sizeBytes >> 20) MiB\(disk.readOnly ? ", read-only" : ""))")
+            luns[disk.controller, default: [:]][lun] = SCSIDisk(backend: backend, serial: "\(configuration.name.prefix(10))-\(disk.controller)-\(lun)")
+            logger.info("\(configuration.name): controller \(disk.controller) LUN \(lun) = \(disk.path) (\(backend.sizeBytes >> 20) MiB\(disk.readOnly ? ", read-only" : ""))")
         }
-        storage = luns.isEmpty ? nil : StorageVSP(instanceID: instance(5), luns: luns, logger: logger)
-        storage?.pollNanoseconds = UInt64(configuration.storagePollMicroseconds) * 1000
         workers = try WorkerPool(threads: 4)
-        storage?.executor = workers
-        devices = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 } + [storage].compactMap { $0 }
+        var controllers: [Int: StorageVSP] = [:]
+        for (number, set) in luns {
+            let vsp = StorageVSP(instanceID: instance(0x100 + UInt64(number)), luns: set, logger: logger)
+            vsp.pollNanoseconds = UInt64(configuration.storagePollMicroseconds) * 1000
+            vsp.executor = workers
+            controllers[number] = vsp
+        }
+        self.controllers = controllers
+        devices = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 }
+            + controllers.keys.sorted().map { controllers[$0]! }
         listener = try LinkListener(path: socketPath)
         epoll = viridian_epoll_create()
         wake = try EventFD()

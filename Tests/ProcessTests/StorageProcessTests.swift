@@ -225,3 +225,43 @@ struct StorageSubChannelProcessTests {
         #expect(after.filter { $0.packetsIn > 0 }.count >= 3, "I/O spread over channels: \(after.map(\.packetsIn))")
     }
 }
+
+@Suite("Storage controllers", .serialized)
+struct StorageControllerTests {
+    @Test("Disks on two controllers: two SCSI channels, LUNs numbered per controller, all exported")
+    func twoControllers() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-ctl-\(UUID().uuidString.prefix(6))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fixture = try HostFixture(config: """
+            [[partition]]
+            name = "guest1"
+            [[partition.disk]]
+            path = "\(dir)/a.img"
+            size_mib = 8
+            [[partition.disk]]
+            path = "\(dir)/b.img"
+            size_mib = 16
+            controller = 1
+            [[partition.disk]]
+            path = "\(dir)/c.img"
+            size_mib = 24
+            controller = 1
+            """)
+        let agent = try Child("viridian-agent", ["run", "--config", try agentConfig(fixture, "timesync = \"off\"\nexport_dir = \"\(dir)/exports\"")])
+        let state = "\(fixture.directory.path)/state/disks.json"
+        #expect(eventually(seconds: 30) { FileManager.default.fileExists(atPath: state) }, "\(agent.text)")
+        let exports = try JSONDecoder().decode([DiskExportRecord].self, from: Data(contentsOf: URL(fileURLWithPath: state)))
+        #expect(Set(exports.map(\.controller)).count == 2)
+        #expect(exports.map { "\($0.lun):\($0.sizeBytes >> 20)" }.sorted() == ["0:16", "0:8", "1:24"])
+        let scsi = try fixture.status().partitions[0].channels.filter { $0.device == "Synthetic SCSI Controller" }
+        #expect(scsi.count == 2 && scsi.allSatisfy { $0.state == "open" })
+    }
+}
+
+/// The fields of `disks.json` the test reads.
+struct DiskExportRecord: Decodable {
+    var controller: UInt32
+    var lun: UInt8
+    var sizeBytes: UInt64
+}
