@@ -105,7 +105,7 @@ struct StorageProcessTests {
         let lun0 = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/exports").first { $0.hasSuffix("lun0.sock") })
         let (code, out) = try sh("""
             fio --name=verify --ioengine=nbd --uri='nbd+unix:///?socket=\(dir)/exports/\(lun0)' --rw=randwrite --bs=4k \
-                --size=16M --verify=crc32c --do_verify=1 --iodepth=4 --output-format=terse --terse-version=3
+                --size=16M --verify=crc32c --do_verify=1 --verify_state_save=0 --iodepth=4 --output-format=terse --terse-version=3
             """)
         #expect(code == 0, "\(out)")
         #expect(!out.contains("verify:") && !out.lowercased().contains("bad magic"), "\(out)")
@@ -218,7 +218,7 @@ struct StorageSubChannelProcessTests {
         let lun0 = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/exports").first { $0.hasSuffix("lun0.sock") })
         let (code, out) = try sh("""
             fio --name=verify --ioengine=nbd --uri='nbd+unix:///?socket=\(dir)/exports/\(lun0)' --rw=randwrite --bs=4k \
-                --size=8M --verify=crc32c --do_verify=1 --iodepth=16 --output-format=terse --terse-version=3
+                --size=8M --verify=crc32c --do_verify=1 --verify_state_save=0 --iodepth=16 --output-format=terse --terse-version=3
             """)
         #expect(code == 0, "\(out)")
         let after = try fixture.status().partitions[0].channels.filter { $0.device == "Synthetic SCSI Controller" }
