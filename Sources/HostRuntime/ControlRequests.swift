@@ -114,7 +114,7 @@ extension PartitionService {
                 return status == ICStatus.ok ? ControlReply(ok: true, guestStatus: "0x0")
                     : ControlReply(ok: false, error: action == "delete" ? "no such key in the guest's external pool" : "the guest refused (0x\(String(status, radix: 16)))",
                                    guestStatus: "0x" + String(status, radix: 16))
-            default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?) \(String(describing: outcome))")
+            default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?)")
             }
         case "get", "list":
             let pool: KVPPool = action == "get" ? .auto : .external
@@ -127,7 +127,7 @@ extension PartitionService {
             case .success(let all)?: items = key.map { k in all.filter { $0.key == k } } ?? all
             case .failure(.status(let status))?: return .failure("the guest refused the enumeration (0x\(String(status, radix: 16)))")
             case .failure(.malformed)?: return .failure("the guest's answer was malformed")
-            default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?) \(String(describing: outcome))")
+            default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?)")
             }
             if let key, items.isEmpty { return .failure("the guest has no item '\(key)'") }
             return ControlReply(ok: true, items: items.map { [$0.key, $0.value] })

@@ -109,28 +109,29 @@ public final class SCSIDisk: @unchecked Sendable {
     /// Executes one CDB against `data`. Thread-safe: the disk keeps no mutable state of its own.
     public func execute(cdb: [UInt8], data: SCSIData) -> SCSIResult { run(cdb, data) }
 
+    /// LBA and block count of a READ/WRITE 6/10/12/16 CDB; nil if it is not one or is too short.
+    static func transfer(_ cdb: [UInt8]) -> (lba: UInt64, blocks: UInt64)? {
+        switch cdb.first {
+        case 0x08?, 0x0A?:
+            guard cdb.count >= 6 else { return nil }
+            return (UInt64(cdb[1] & 0x1F) << 16 | UInt64(cdb[2]) << 8 | UInt64(cdb[3]), cdb[4] == 0 ? 256 : UInt64(cdb[4]))
+        case 0x28?, 0x2A?:
+            guard cdb.count >= 10 else { return nil }
+            return (UInt64(cdb.be(UInt32.self, at: 2)), UInt64(cdb.be(UInt16.self, at: 7)))
+        case 0xA8?, 0xAA?:
+            guard cdb.count >= 12 else { return nil }
+            return (UInt64(cdb.be(UInt32.self, at: 2)), UInt64(cdb.be(UInt32.self, at: 6)))
+        case 0x88?, 0x8A?:
+            guard cdb.count >= 16 else { return nil }
+            return (cdb.be(UInt64.self, at: 2), UInt64(cdb.be(UInt32.self, at: 10)))
+        default:
+            return nil
+        }
+    }
+
     /// A READ served from the page cache without blocking, or nil (not a READ, or not all cached).
     public func readIfCached(cdb: [UInt8], data: SCSIData) -> SCSIResult? {
-        guard let op = cdb.first, [0x08, 0x28, 0xA8, 0x88].contains(op) else { return nil }
-        let lba: UInt64, blocks: UInt64
-        switch op {
-        case 0x08:
-            guard cdb.count >= 6 else { return nil }
-            lba = UInt64(cdb[1] & 0x1F) << 16 | UInt64(cdb[2]) << 8 | UInt64(cdb[3])
-            blocks = cdb[4] == 0 ? 256 : UInt64(cdb[4])
-        case 0x28:
-            guard cdb.count >= 10 else { return nil }
-            lba = UInt64(cdb.be(UInt32.self, at: 2))
-            blocks = UInt64(cdb.be(UInt16.self, at: 7))
-        case 0xA8:
-            guard cdb.count >= 12 else { return nil }
-            lba = UInt64(cdb.be(UInt32.self, at: 2))
-            blocks = UInt64(cdb.be(UInt32.self, at: 6))
-        default:
-            guard cdb.count >= 16 else { return nil }
-            lba = cdb.be(UInt64.self, at: 2)
-            blocks = UInt64(cdb.be(UInt32.self, at: 10))
-        }
+        guard let op = cdb.first, [0x08, 0x28, 0xA8, 0x88].contains(op), let (lba, blocks) = Self.transfer(cdb) else { return nil }
         // Anything unusual (errors, bounds) takes the ordinary path.
         guard lba <= blockCount, blocks <= blockCount - lba, blocks > 0 else { return nil }
         let bytes = Int(blocks) * Self.blockSize
@@ -267,25 +268,7 @@ public final class SCSIDisk: @unchecked Sendable {
 
     private func readWrite(_ cdb: [UInt8], _ data: SCSIData) -> SCSIResult {
         let op = cdb[0]
-        let lba: UInt64, blocks: UInt64
-        switch op {
-        case 0x08, 0x0A:
-            guard cdb.count >= 6 else { return .check(.invalidField) }
-            lba = UInt64(cdb[1] & 0x1F) << 16 | UInt64(cdb[2]) << 8 | UInt64(cdb[3])
-            blocks = cdb[4] == 0 ? 256 : UInt64(cdb[4])
-        case 0x28, 0x2A:
-            guard cdb.count >= 10 else { return .check(.invalidField) }
-            lba = UInt64(cdb.be(UInt32.self, at: 2))
-            blocks = UInt64(cdb.be(UInt16.self, at: 7))
-        case 0xA8, 0xAA:
-            guard cdb.count >= 12 else { return .check(.invalidField) }
-            lba = UInt64(cdb.be(UInt32.self, at: 2))
-            blocks = UInt64(cdb.be(UInt32.self, at: 6))
-        default:
-            guard cdb.count >= 16 else { return .check(.invalidField) }
-            lba = cdb.be(UInt64.self, at: 2)
-            blocks = UInt64(cdb.be(UInt32.self, at: 10))
-        }
+        guard let (lba, blocks) = Self.transfer(cdb) else { return .check(.invalidField) }
         let isWrite = op == 0x0A || op == 0x2A || op == 0xAA || op == 0x8A
         if isWrite && backend.isReadOnly { return .check(.writeProtected) }
         guard lba <= blockCount, blocks <= blockCount - lba else { return .check(.lbaOutOfRange) }
