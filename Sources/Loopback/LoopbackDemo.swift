@@ -9,6 +9,7 @@ import VMBusWire
 
 /// What the demo did, for printing or JSON.
 public struct LoopbackDemoReport: Codable, Sendable {
+    /// One offered device as the guest saw it.
     public struct Offer: Codable, Sendable {
         public var relid: UInt32
         public var deviceClass: String

@@ -11,10 +11,12 @@ public enum NBD {
     public static let flagFixedNewstyle: UInt16 = 1
     public static let flagNoZeroes: UInt16 = 2
 
+    /// Options of the handshake phase (NBD_OPT_*).
     public enum Option: UInt32 {
         case exportName = 1, abort = 2, list = 3, startTLS = 5, info = 6, go = 7, structuredReply = 8
     }
 
+    /// Option reply types (NBD_REP_*), errors with bit 31 set.
     public enum Reply {
         public static let ack: UInt32 = 1
         public static let server: UInt32 = 2
@@ -26,6 +28,7 @@ public enum NBD {
         public static let errTooBig: UInt32 = 0x8000_0009
     }
 
+    /// Information types of NBD_REP_INFO.
     public enum Info {
         public static let export: UInt16 = 0
         public static let blockSize: UInt16 = 3
@@ -41,15 +44,18 @@ public enum NBD {
         public static let sendWriteZeroes: UInt16 = 0x40
     }
 
+    /// Request types of the transmission phase (NBD_CMD_*).
     public enum Command: UInt16 {
         case read = 0, write = 1, disconnect = 2, flush = 3, trim = 4, cache = 5, writeZeroes = 6, blockStatus = 7
     }
 
+    /// Request flags (NBD_CMD_FLAG_*).
     public enum CommandFlags {
         public static let fua: UInt16 = 1
         public static let noHole: UInt16 = 2
     }
 
+    /// Error numbers in simple replies (Linux errno values).
     public enum Error {
         public static let ok: UInt32 = 0
         public static let perm: UInt32 = 1

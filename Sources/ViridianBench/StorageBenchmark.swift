@@ -17,6 +17,7 @@ public struct StorageBenchmarkRow: Codable, Sendable {
 /// then runs the same fio jobs against the export (fio's nbd engine) and against the image file
 /// directly through the page cache, which is the caching mode the VSP uses.
 public enum StorageBenchmark {
+    /// One fio job shape, run on both paths.
     public struct Workload: Sendable {
         public var name: String
         public var rw: String

@@ -49,6 +49,7 @@ public final class GuestBuffer {
 
 /// storvsc in user space: initializes the controller, then sends SRBs and matches completions.
 public final class StorageClient {
+    /// Where the controller's initialization is.
     public enum State: Equatable, Sendable {
         case initializing
         case ready
