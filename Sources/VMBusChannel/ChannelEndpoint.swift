@@ -54,3 +54,23 @@ public protocol PacketObserver: AnyObject {
     /// `outgoing`: written by this end; otherwise read by it. `packet` is valid during the call.
     func observe(relid: UInt32, outgoing: Bool, packet: IncomingPacket)
 }
+
+extension ChannelEndpoint {
+    /// Drains the inbound ring under the interrupt-mask protocol: mask, hand every packet to `body`,
+    /// publish the read index (signalling a blocked writer if due), unmask, and go again if more
+    /// arrived meanwhile. A corrupt ring stops the drain with the interrupt still masked (the
+    /// channel is abandoned) and the error is returned.
+    @discardableResult
+    public func drainInbound(_ body: (IncomingPacket) -> Void) -> RingError? {
+        reader.mask()
+        repeat {
+            do throws(RingError) {
+                while let packet = try reader.next() { body(packet) }
+            } catch {
+                return error
+            }
+            commitReads()
+        } while reader.unmask()
+        return nil
+    }
+}

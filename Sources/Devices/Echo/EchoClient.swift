@@ -37,24 +37,16 @@ public final class EchoClient {
     /// Reads every completion waiting in the inbound ring.
     public func drain() {
         guard let endpoint = channel.endpoint else { return }
-        endpoint.reader.mask()
-        repeat {
-            do {
-                while let packet = try endpoint.reader.next() {
-                    guard packet.type == .completion, packet.payloadLength <= scratch.count else {
-                        protocolErrors &+= 1
-                        continue
-                    }
-                    let n = packet.copyPayload(into: scratch)
-                    completions &+= 1
-                    onCompletion?(packet.transactionID, UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
-                }
-            } catch {
+        let failure = endpoint.drainInbound { packet in
+            guard packet.type == .completion, packet.payloadLength <= scratch.count else {
                 protocolErrors &+= 1
-                break
+                return
             }
-            endpoint.commitReads()
-        } while endpoint.reader.unmask()
+            let n = packet.copyPayload(into: scratch)
+            completions &+= 1
+            onCompletion?(packet.transactionID, UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+        }
+        if failure != nil { protocolErrors &+= 1 }
     }
 }
 

@@ -44,26 +44,20 @@ public final class ICClient {
     /// Reads and answers every waiting request.
     public func drain() {
         guard let endpoint = channel.endpoint else { return }
-        endpoint.reader.mask()
-        repeat {
-            do {
-                while let packet = try endpoint.reader.next() {
-                    guard packet.type == .dataInBand, packet.payloadLength <= scratch.count else {
-                        protocolErrors &+= 1
-                        continue
-                    }
-                    let n = packet.copyPayload(into: scratch)
-                    // Free the slot before answering: the host may send its next request at once.
-                    endpoint.commitReads()
-                    handle(Array(UnsafeRawBufferPointer(rebasing: scratch[0..<n])), transactionID: packet.transactionID)
-                }
-            } catch {
+        let failure = endpoint.drainInbound { packet in
+            guard packet.type == .dataInBand, packet.payloadLength <= scratch.count else {
                 protocolErrors &+= 1
-                logger.warning("\(service.serviceType): corrupt ring from the host: \(error)")
-                break
+                return
             }
+            let n = packet.copyPayload(into: scratch)
+            // Free the slot before answering: the host may send its next request at once.
             endpoint.commitReads()
-        } while endpoint.reader.unmask()
+            handle(Array(UnsafeRawBufferPointer(rebasing: scratch[0..<n])), transactionID: packet.transactionID)
+        }
+        if let failure {
+            protocolErrors &+= 1
+            logger.warning("\(service.serviceType): corrupt ring from the host: \(failure)")
+        }
     }
 
     private func handle(_ bytes: [UInt8], transactionID: UInt64) {

@@ -79,25 +79,19 @@ open class ICProvider: VMBusDevice {
     }
 
     public func channelSignalled(_ channel: ChannelEndpoint) {
-        channel.reader.mask()
-        repeat {
-            do {
-                while let packet = try channel.reader.next() {
-                    guard packet.type == .dataInBand, packet.payloadLength <= scratch.count else {
-                        protocolErrors &+= 1
-                        continue
-                    }
-                    let n = packet.copyPayload(into: scratch)
-                    channel.commitReads()
-                    received(Array(UnsafeRawBufferPointer(rebasing: scratch[0..<n])))
-                }
-            } catch {
+        let failure = channel.drainInbound { packet in
+            guard packet.type == .dataInBand, packet.payloadLength <= scratch.count else {
                 protocolErrors &+= 1
-                logger.warning("\(deviceClass.name): corrupt ring: \(error)")
-                break
+                return
             }
+            let n = packet.copyPayload(into: scratch)
             channel.commitReads()
-        } while channel.reader.unmask()
+            received(Array(UnsafeRawBufferPointer(rebasing: scratch[0..<n])))
+        }
+        if let failure {
+            protocolErrors &+= 1
+            logger.warning("\(deviceClass.name): corrupt ring: \(failure)")
+        }
         pump()
     }
 

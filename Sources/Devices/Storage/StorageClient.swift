@@ -215,30 +215,22 @@ public final class StorageClient {
     /// Takes every completion waiting in the inbound ring of `source` (default: the primary).
     public func drain(_ source: ClientChannel? = nil) {
         guard let endpoint = (source ?? channel).endpoint else { return }
-        endpoint.reader.mask()
-        repeat {
-            do {
-                while let packet = try endpoint.reader.next() {
-                    let n = packet.copyPayload(into: scratch)
-                    if packet.transactionID == 0, packet.type == .dataInBand, n >= 4 {
-                        // Unsolicited: the host changed the bus.
-                        let op = scratch.load(as: UInt32.self)
-                        if op == VStorOperation.enumerateBus.rawValue || op == VStorOperation.removeDevice.rawValue { onBusChange?() }
-                        continue
-                    }
-                    guard packet.type == .completion, let handler = pending.removeValue(forKey: packet.transactionID),
-                        let reply = try? VStorPacket(decoding: Array(scratch[0..<n]), minimumSize: VStorPacket.legacySize)
-                    else {
-                        protocolErrors &+= 1
-                        continue
-                    }
-                    handler(reply)
-                }
-            } catch {
-                protocolErrors &+= 1
-                break
+        let failure = endpoint.drainInbound { packet in
+            let n = packet.copyPayload(into: scratch)
+            if packet.transactionID == 0, packet.type == .dataInBand, n >= 4 {
+                // Unsolicited: the host changed the bus.
+                let op = scratch.load(as: UInt32.self)
+                if op == VStorOperation.enumerateBus.rawValue || op == VStorOperation.removeDevice.rawValue { onBusChange?() }
+                return
             }
-            endpoint.commitReads()
-        } while endpoint.reader.unmask()
+            guard packet.type == .completion, let handler = pending.removeValue(forKey: packet.transactionID),
+                let reply = try? VStorPacket(decoding: Array(scratch[0..<n]), minimumSize: VStorPacket.legacySize)
+            else {
+                protocolErrors &+= 1
+                return
+            }
+            handler(reply)
+        }
+        if failure != nil { protocolErrors &+= 1 }
     }
 }
