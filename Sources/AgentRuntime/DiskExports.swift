@@ -63,15 +63,9 @@ final class SCSIBlockDevice: NBDBlockDevice, @unchecked Sendable {
 
     /// Runs one command and waits for it; nil if the host never answers.
     func command(_ cdb: [UInt8], _ direction: SCSIDataDirection, length: Int) -> SCSICompletion? {
-        for _ in 0..<1000 {
-            let submitted = session.withBus { _ in
-                storage.execute(lun: lunOverride ?? lun, cdb: cdb, direction: direction, buffer: buffer, length: length) { [self] c in
-                    result = c
-                    done.ring()
-                }
-            }
-            if submitted { break }
-            usleep(1000)
+        submit(cdb, direction, buffer: buffer, length: length) { [self] c in
+            result = c
+            done.ring()
         }
         var fd = pollfd(fd: done.fd, events: Int16(POLLIN), revents: 0)
         guard poll(&fd, 1, 60_000) > 0 else { return nil }
@@ -381,10 +375,11 @@ extension SCSIBlockDevice: NBDPipelinedDevice {
         return chunks.count <= pool.buffers.count ? chunks : nil
     }
 
-    /// Submits one chunk, retrying while the ring is full.
+    /// Submits one command, retrying while the ring is full; completes with an error if the host goes away.
     private func submit(_ cdb: [UInt8], _ direction: SCSIDataDirection, buffer: GuestBuffer, length: Int,
                         completion: @escaping (SCSICompletion) -> Void) {
-        while !session.withBus({ _ in storage.execute(lun: lun, cdb: cdb, direction: direction, buffer: buffer, length: length, completion: completion) }) {
+        let target = lunOverride ?? lun
+        while !session.withBus({ _ in storage.execute(lun: target, cdb: cdb, direction: direction, buffer: buffer, length: length, completion: completion) }) {
             if session.hostLost != nil {
                 completion(SCSICompletion(ntStatus: 0xC000_0185, srbStatus: SRBStatus.error, scsiStatus: 0, sense: [], transferred: 0))
                 return
