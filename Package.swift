@@ -72,6 +72,14 @@ let package = Package(
             path: "Sources/Devices/Storage",
             swiftSettings: strict),
         .target(
+            name: "SyntheticNetwork",
+            dependencies: [
+                "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "Hypervisor", "VMBusClient", "GuestMemory",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Devices/Network",
+            swiftSettings: strict),
+        .target(
             name: "NBD",
             dependencies: ["VMBusWire", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
@@ -89,7 +97,7 @@ let package = Package(
             name: "HostRuntime",
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "EchoDevice",
-                "IntegrationServices", "SyntheticStorage",
+                "IntegrationServices", "SyntheticStorage", "SyntheticNetwork",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -97,7 +105,7 @@ let package = Package(
             name: "AgentRuntime",
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "GuestMemory", "VMBusClient", "PartitionLink", "EchoDevice",
-                "IntegrationServices", "SyntheticStorage", "NBD",
+                "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "NBD",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -143,6 +151,13 @@ let package = Package(
             name: "StorageTests",
             dependencies: [
                 "SyntheticStorage", "Loopback", "Hypervisor", "VMBusClient", "VMBusRing", "GuestMemory", "VMBusWire",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "NetworkTests",
+            dependencies: [
+                "SyntheticNetwork", "Loopback", "Hypervisor", "VMBusClient", "VMBusRing", "GuestMemory", "VMBusWire",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),

@@ -189,3 +189,108 @@ long viridian_pread_nowait(int fd, void *buffer, size_t length, int64_t offset) 
     return -1;
 #endif
 }
+
+#include <stdio.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <sys/ioctl.h>
+
+#ifndef TUNSETCARRIER
+#define TUNSETCARRIER _IOW('T', 226, int)
+#endif
+
+int viridian_tap_open(const char *name, int multi_queue, char *actual) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (multi_queue ? IFF_MULTI_QUEUE : 0);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    if (actual) memcpy(actual, ifr.ifr_name, IFNAMSIZ);
+    return fd;
+}
+
+int viridian_tap_set_offload(int fd, unsigned flags) { return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags); }
+
+int viridian_tap_set_carrier(int fd, int on) { return ioctl(fd, TUNSETCARRIER, &on); }
+
+int viridian_netif_configure(const char *name, const uint8_t *mac, int mtu, int up) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq ifr;
+    int rc = 0;
+    if (mac) {
+        memset(&ifr, 0, sizeof ifr);
+        strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+        ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+        memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+        if (ioctl(s, SIOCSIFHWADDR, &ifr) != 0) rc = -1;
+    }
+    if (rc == 0 && mtu > 0) {
+        memset(&ifr, 0, sizeof ifr);
+        strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+        ifr.ifr_mtu = mtu;
+        if (ioctl(s, SIOCSIFMTU, &ifr) != 0) rc = -1;
+    }
+    if (rc == 0 && up >= 0) {
+        memset(&ifr, 0, sizeof ifr);
+        strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+        if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) rc = -1;
+        else {
+            if (up) ifr.ifr_flags |= IFF_UP; else ifr.ifr_flags &= ~IFF_UP;
+            if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) rc = -1;
+        }
+    }
+    int e = errno;
+    close(s);
+    errno = e;
+    return rc;
+}
+
+int viridian_netif_query(const char *name, uint8_t *mac, int *mtu, unsigned *flags) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    struct ifreq ifr;
+    int rc = 0;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(s, SIOCGIFHWADDR, &ifr) == 0) memcpy(mac, ifr.ifr_hwaddr.sa_data, 6); else rc = -1;
+    if (ioctl(s, SIOCGIFMTU, &ifr) == 0) *mtu = ifr.ifr_mtu; else rc = -1;
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) *flags = (unsigned short)ifr.ifr_flags; else rc = -1;
+    int e = errno;
+    close(s);
+    errno = e;
+    return rc;
+}
+
+int viridian_netns_enter(const char *name) {
+    char path[300];
+    snprintf(path, sizeof path, "/run/netns/%s", name);
+    int target = open(path, O_RDONLY | O_CLOEXEC);
+    if (target < 0) return -1;
+    int saved = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (saved < 0 || setns(target, CLONE_NEWNET) != 0) {
+        int e = errno;
+        close(target);
+        if (saved >= 0) close(saved);
+        errno = e;
+        return -1;
+    }
+    close(target);
+    return saved;
+}
+
+int viridian_netns_restore(int saved) {
+    int rc = setns(saved, CLONE_NEWNET);
+    close(saved);
+    return rc;
+}
+
+long viridian_readv(int fd, const void *iov, int count) { return readv(fd, (const struct iovec *)iov, count); }
+long viridian_writev(int fd, const void *iov, int count) { return writev(fd, (const struct iovec *)iov, count); }

@@ -37,6 +37,29 @@ public protocol SubChannelDevice: AnyObject {
     func attach(subChannels: any SubChannelOffering)
 }
 
+/// Lets a device map the guest buffers it is handed by GPADL handle (netvsc's receive and send buffers).
+public protocol GpadlMapper: AnyObject {
+    /// Maps the complete GPADL `handle` of channel `relid` as one contiguous view of its pages
+    /// (whole pages only). Throws when the handle is unknown, foreign, incomplete or not page-aligned.
+    func mapGPADL(_ handle: UInt32, relid: UInt32) throws -> PageMapping
+}
+
+/// A device that uses GPADL buffers beyond its rings; the server introduces itself when it offers the device.
+public protocol GpadlClient: AnyObject {
+    func attach(gpadls: any GpadlMapper)
+}
+
+/// The partition's service loop, as a device sees it: it can watch a descriptor (a TAP) for input.
+public protocol DescriptorWatcher: AnyObject {
+    /// Starts (`wanted`) or stops watching `fd` for input; `handler` runs on the partition's thread.
+    func watch(_ fd: Int32, wanted: Bool, handler: @escaping () -> Void)
+}
+
+/// A device fed by a host descriptor; the service loop introduces itself before any guest attaches.
+public protocol DescriptorDevice: AnyObject {
+    func attach(watcher: any DescriptorWatcher)
+}
+
 extension VMBusDevice {
     public var offerUserDefined: [UInt8] { [] }
     public var offerFlags: OfferChannel.Flags { [] }

@@ -36,7 +36,7 @@ public struct VMBusConnection: Sendable {
 /// goes through the partition (messages into SynIC slots, event flags, event ports), so tests can
 /// drive it message by message. Errors the guest causes are logged (rate-limited) and answered
 /// per the protocol; they never stop the server.
-public final class VMBusServer: MessagePort, SubChannelOffering {
+public final class VMBusServer: MessagePort, SubChannelOffering, GpadlMapper {
     public let partition: Partition
     public var configuration: VMBusServerConfiguration
     var logger: Logger
@@ -77,6 +77,7 @@ public final class VMBusServer: MessagePort, SubChannelOffering {
     @discardableResult
     public func offer(_ device: any VMBusDevice) -> UInt32 {
         (device as? any SubChannelDevice)?.attach(subChannels: self)
+        (device as? any GpadlClient)?.attach(gpadls: self)
         return offer(device, subChannelIndex: 0)
     }
 
@@ -121,6 +122,13 @@ public final class VMBusServer: MessagePort, SubChannelOffering {
         case .rescinded:
             break
         }
+    }
+
+    public func mapGPADL(_ handle: UInt32, relid: UInt32) throws -> PageMapping {
+        let gpadl = try gpadls.lookup(handle, relid: relid)
+        guard let ranges = gpadl.ranges, ranges.allSatisfy({ $0.byteOffset == 0 && Int($0.byteCount) == $0.pfns.count * GpaRange.pageSize })
+        else { throw GpadlError.badLength(gpadl.rangeBufferLength) }
+        return try partition.memory.mapPages(ranges.flatMap(\.pfns))
     }
 
     /// Forgets the guest without messages (it is gone): closes every channel, drops all GPADLs.

@@ -41,6 +41,12 @@ extension UnsafeRawPointer {
 }
 
 extension UnsafeMutableRawPointer {
+    /// Reads a little-endian integer at `offset` from this pointer.
+    @inlinable
+    public func le<T: FixedWidthInteger>(_: T.Type = T.self, at offset: Int) -> T {
+        T(littleEndian: loadUnaligned(fromByteOffset: offset, as: T.self))
+    }
+
     /// Writes `value` little-endian at `offset` from this pointer.
     @inlinable
     public func putLE<T: FixedWidthInteger>(_ value: T, at offset: Int) {

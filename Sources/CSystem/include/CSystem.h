@@ -63,4 +63,25 @@ int viridian_punch_hole(int fd, int64_t offset, int64_t length);
    or -1 with errno EAGAIN when the read would block (or the kernel lacks RWF_NOWAIT). */
 long viridian_pread_nowait(int fd, void *buffer, size_t length, int64_t offset);
 
+/* TAP devices. Opens (creating if missing) TAP `name` with IFF_NO_PI | IFF_VNET_HDR (10-byte
+   virtio_net_hdr before every frame), IFF_MULTI_QUEUE if `multi_queue`. The kernel's name is
+   written to `actual` (16 bytes). Returns the descriptor (non-blocking, close-on-exec) or -1. */
+int viridian_tap_open(const char *name, int multi_queue, char *actual);
+/* TUNSETOFFLOAD: which offloads (TUN_F_CSUM 1, TSO4 2, TSO6 4, TSO_ECN 8, UFO 16) the reader accepts. */
+int viridian_tap_set_offload(int fd, unsigned flags);
+/* TUNSETCARRIER: the TAP's carrier on or off. */
+int viridian_tap_set_carrier(int fd, int on);
+/* Sets an interface's MAC (6 bytes, NULL keeps it), MTU (0 keeps it) and IFF_UP (-1 keeps it). */
+int viridian_netif_configure(const char *name, const uint8_t *mac, int mtu, int up);
+/* Reads an interface's MAC (6 bytes), MTU and flags (IFF_UP 0x1, IFF_RUNNING 0x40, IFF_LOWER_UP 0x10000). */
+int viridian_netif_query(const char *name, uint8_t *mac, int *mtu, unsigned *flags);
+/* Moves the calling thread into network namespace `name` (/run/netns/NAME, as `ip netns` makes
+   them). Returns a descriptor of the previous namespace for viridian_netns_restore, or -1. */
+int viridian_netns_enter(const char *name);
+/* Returns the calling thread to the namespace `saved` (closing it). */
+int viridian_netns_restore(int saved);
+/* readv / writev on a descriptor; -1 with errno on failure. */
+long viridian_readv(int fd, const void *iov, int count);
+long viridian_writev(int fd, const void *iov, int count);
+
 #endif

@@ -1,0 +1,570 @@
+// The synthetic network adapter, host end: NVSP, receive and send buffers, RNDIS over them, frames to a FramePort.
+
+import GuestMemory
+import Hypervisor
+import Logging
+import VMBusChannel
+import VMBusRing
+import VMBusWire
+import Glibc
+
+/// A netvsp: one synthetic NIC bridged to a `FramePort` (a host TAP). Guest frames arrive as RNDIS
+/// PACKETs in send-buffer sections or GPA-direct pages and leave by one gathered write straight
+/// from guest memory; host frames are read straight into a receive-buffer sub-allocation and
+/// handed to the guest by transfer-page packets. Everything runs on the partition's thread.
+public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, DescriptorDevice {
+    public let deviceClass = DeviceClass.network
+    public let instanceID: GUID
+    public let port: any FramePort
+    let logger: Logger
+    public static let supportedVersions: [UInt32] = [NVSPVersion.v61, NVSPVersion.v6, NVSPVersion.v5, NVSPVersion.v4, NVSPVersion.v2, NVSPVersion.v1]
+    /// Receive sub-allocation: room for a 64 KiB coalesced frame plus its RNDIS header and PPIs,
+    /// so a TSO frame from the host crosses VMBus once.
+    public static let subAllocationSize = 66_560
+    /// Where a frame starts in its sub-allocation: RNDIS header (8 + 36) and one checksum PPI (16).
+    static let frameOffset = RNDIS.headerSize + RNDIS.packetBody + PerPacketInfo.entrySize
+    /// Most frames read from the port per pass before the writes are published.
+    static let receiveBatch = 64
+    static let maximumPendingControl = 64
+
+    private var memory: GuestPhysicalMemory?
+    private var gpadls: (any GpadlMapper)?
+    private var watcher: (any DescriptorWatcher)?
+    private var channel: ChannelEndpoint?
+    public private(set) var version: UInt32 = 0
+    public private(set) var rndis: RNDISResponder
+
+    private var receiveBuffer: PageMapping?
+    private var receiveSlots = 0
+    private var freeSlots: [UInt32] = []
+    private var slotBusy: [Bool] = []
+    private var sendBuffer: PageMapping?
+    private var sendSections = 0
+    /// RNDIS replies and indications waiting for a free sub-allocation.
+    private var pendingControl: [[UInt8]] = []
+    /// A frame in a sub-allocation whose transfer-page packet did not fit the ring yet.
+    private var stalled: (slot: UInt32, length: Int, control: Bool)?
+    /// Completions that did not fit the ring yet (the inbound ring is not read meanwhile).
+    private var pendingCompletions: [(UInt64, [UInt8])] = []
+    private var watching = false
+
+    public private(set) var counters = NetworkCounters()
+
+    // Scratch space, allocated once.
+    private let scatter = ScatterList()
+    private let iov = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 80)
+    private let vnet = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
+    private let headers = UnsafeMutableRawBufferPointer.allocate(byteCount: OffloadTranslation.headerBytes, alignment: 8)
+    private let small = UnsafeMutableRawPointer.allocate(byteCount: 512, alignment: 8)
+    private var transferExtension = [UInt8](repeating: 0, count: 16)
+
+    public init(instanceID: GUID, port: any FramePort, mac: [UInt8], mtu: Int, logger: Logger) {
+        self.instanceID = instanceID
+        self.port = port
+        self.logger = logger
+        rndis = RNDISResponder(mac: mac, mtu: mtu)
+        transferExtension.putLE(NVSPMessage.receiveBufferID, at: 0)
+        transferExtension.putLE(UInt32(1), at: 4)
+    }
+
+    deinit {
+        iov.deallocate()
+        vnet.deallocate()
+        headers.deallocate()
+        small.deallocate()
+    }
+
+    public func attach(memory: GuestPhysicalMemory) { self.memory = memory }
+    public func attach(gpadls: any GpadlMapper) { self.gpadls = gpadls }
+    public func attach(watcher: any DescriptorWatcher) { self.watcher = watcher }
+
+    public var mac: [UInt8] { rndis.mac }
+    public var mtu: Int { rndis.mtu }
+    public var linkUp: Bool { rndis.linkUp }
+
+    // MARK: Channel life
+
+    public func open(_ channel: ChannelEndpoint, userData: [UInt8]) -> UInt32 {
+        guard self.channel == nil else { return 0xC000_0001 }  // one channel: no multi-queue offered
+        self.channel = channel
+        reset()
+        return 0
+    }
+
+    public func close(_ channel: ChannelEndpoint) {
+        guard self.channel === channel else { return }
+        self.channel = nil
+        reset()
+    }
+
+    private func reset() {
+        version = 0
+        receiveBuffer = nil
+        receiveSlots = 0
+        freeSlots = []
+        slotBusy = []
+        sendBuffer = nil
+        sendSections = 0
+        pendingControl = []
+        pendingCompletions = []
+        stalled = nil
+        let link = rndis.linkUp
+        rndis = RNDISResponder(mac: rndis.mac, mtu: rndis.mtu)
+        rndis.linkUp = link
+        port.setOffload(0)
+        updateWatch()
+    }
+
+    /// Whether host frames are wanted now.
+    private var receiving: Bool {
+        channel != nil && receiveBuffer != nil && rndis.initialized && rndis.packetFilter != 0 && rndis.linkUp
+    }
+
+    private func updateWatch() {
+        let wanted = receiving && stalled == nil && !freeSlots.isEmpty && port.descriptor >= 0
+        guard wanted != watching, let watcher else { return }
+        watching = wanted
+        watcher.watch(port.descriptor, wanted: wanted) { [unowned self] in self.receiveFrames() }
+    }
+
+    // MARK: Link
+
+    /// Sets the link state: the port's carrier follows, and the guest is told (MEDIA_CONNECT/DISCONNECT).
+    public func setLink(up: Bool) {
+        guard up != rndis.linkUp else { return }
+        rndis.linkUp = up
+        port.setCarrier(up)
+        if channel != nil, rndis.initialized { sendControl(rndis.linkIndication) }
+        channel?.commitWrites()
+        updateWatch()
+    }
+
+    // MARK: Guest → host
+
+    public func channelSignalled(_ channel: ChannelEndpoint) {
+        guard self.channel === channel else { return }
+        guard flushCompletions(channel) else { return }
+        retryStalled(channel)
+        channel.reader.mask()
+        while true {
+            var blocked = false
+            do {
+                while let packet = try channel.reader.next() {
+                    serve(packet, channel)
+                    if !pendingCompletions.isEmpty {
+                        blocked = true
+                        break
+                    }
+                }
+            } catch {
+                counters.protocolErrors &+= 1
+                logger.warning("netvsp: corrupt ring: \(error); channel abandoned")
+                _ = channel.reader.unmask()
+                return
+            }
+            channel.commitWrites()
+            channel.commitReads()
+            if blocked {
+                _ = channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: NVSPMessage.size))
+                channel.commitWrites()
+                return
+            }
+            if !channel.reader.unmask() { break }
+        }
+        retryStalled(channel)
+        channel.commitWrites()
+        updateWatch()
+    }
+
+    private func serve(_ packet: IncomingPacket, _ channel: ChannelEndpoint) {
+        if packet.type == .completion {
+            // The guest is done with a receive sub-allocation (transaction id = its index).
+            let slot = packet.transactionID
+            guard slot < UInt64(receiveSlots), slotBusy[Int(slot)] else {
+                counters.protocolErrors &+= 1
+                return
+            }
+            slotBusy[Int(slot)] = false
+            freeSlots.append(UInt32(slot))
+            return
+        }
+        guard packet.type == .dataInBand || packet.type == .dataUsingGPADirect else {
+            counters.protocolErrors &+= 1
+            return
+        }
+        let n = packet.copyPayload(into: UnsafeMutableRawBufferPointer(start: small, count: NVSPMessage.size))
+        guard let message = try? NVSPMessage(decoding: UnsafeRawBufferPointer(start: small, count: n)) else {
+            counters.protocolErrors &+= 1
+            return
+        }
+        let wantsCompletion = packet.descriptor.completionRequested
+        switch message.type {
+        case .sendRNDISPacket:
+            let status = transmit(message, packet)
+            if wantsCompletion { complete(packet.transactionID, NVSPMessage.rndisPacketComplete(status), channel) }
+        case .initialize:
+            let low = message.u32(NVSPField.minVersion), high = message.u32(NVSPField.maxVersion)
+            var reply = NVSPMessage(.initializeComplete)
+            if let chosen = Self.supportedVersions.first(where: { $0 >= low && $0 <= high }), version == 0 || chosen == version {
+                version = chosen
+                rndis.nvspVersion = chosen
+                reply.set(NVSPField.negotiatedVersion, chosen == NVSPVersion.v1 ? 2 : 0xFFFF_FFFF)
+                reply.set(NVSPField.maxMDLChainLength, 34)
+                reply.set(NVSPField.initStatus, NVSPStatus.success)
+            } else {
+                reply.set(NVSPField.initStatus, NVSPStatus.failure)
+            }
+            complete(packet.transactionID, reply, channel)
+        case .sendNDISConfig, .sendNDISVersion, .switchDataPath:
+            if wantsCompletion { complete(packet.transactionID, nil, channel) }
+        case .sendReceiveBuffer:
+            complete(packet.transactionID, attachReceiveBuffer(message, channel), channel)
+        case .sendSendBuffer:
+            complete(packet.transactionID, attachSendBuffer(message, channel), channel)
+        case .revokeReceiveBuffer:
+            receiveBuffer = nil
+            receiveSlots = 0
+            freeSlots = []
+            slotBusy = []
+            stalled = nil
+            pendingControl = []
+        case .revokeSendBuffer:
+            sendBuffer = nil
+            sendSections = 0
+        case .subChannel:
+            var reply = NVSPMessage(.subChannel)
+            reply.set(NVSPField.status, NVSPStatus.failure)
+            complete(packet.transactionID, reply, channel)
+        default:
+            counters.protocolErrors &+= 1
+            if wantsCompletion { complete(packet.transactionID, nil, channel) }
+        }
+    }
+
+    private func attachReceiveBuffer(_ m: NVSPMessage, _ channel: ChannelEndpoint) -> NVSPMessage {
+        var reply = NVSPMessage(.sendReceiveBufferComplete)
+        reply.set(NVSPField.status, NVSPStatus.failure)
+        guard version != 0, receiveBuffer == nil, m.u16(NVSPField.bufferID) == NVSPMessage.receiveBufferID,
+            let mapping = try? gpadls?.mapGPADL(m.u32(NVSPField.gpadlHandle), relid: channel.relid),
+            mapping.count >= Self.subAllocationSize
+        else {
+            counters.protocolErrors &+= 1
+            return reply
+        }
+        receiveBuffer = mapping
+        receiveSlots = mapping.count / Self.subAllocationSize
+        slotBusy = [Bool](repeating: false, count: receiveSlots)
+        freeSlots = (0..<UInt32(receiveSlots)).reversed()
+        reply.set(NVSPField.status, NVSPStatus.success)
+        reply.set(NVSPField.sectionCount, 1)
+        reply.set(NVSPField.sectionOffset, 0)
+        reply.set(NVSPField.subAllocationSize, UInt32(Self.subAllocationSize))
+        reply.set(NVSPField.subAllocationCount, UInt32(receiveSlots))
+        reply.set(NVSPField.sectionEnd, UInt32(receiveSlots * Self.subAllocationSize))
+        return reply
+    }
+
+    private func attachSendBuffer(_ m: NVSPMessage, _ channel: ChannelEndpoint) -> NVSPMessage {
+        var reply = NVSPMessage(.sendSendBufferComplete)
+        reply.set(NVSPField.status, NVSPStatus.failure)
+        guard version != 0, sendBuffer == nil,
+            let mapping = try? gpadls?.mapGPADL(m.u32(NVSPField.gpadlHandle), relid: channel.relid),
+            mapping.count >= Int(NVSPMessage.sendSectionSize)
+        else {
+            counters.protocolErrors &+= 1
+            return reply
+        }
+        sendBuffer = mapping
+        sendSections = mapping.count / Int(NVSPMessage.sendSectionSize)
+        reply.set(NVSPField.status, NVSPStatus.success)
+        reply.set(NVSPField.sendSectionSize, NVSPMessage.sendSectionSize)
+        return reply
+    }
+
+    /// Collects the RNDIS bytes of a SEND_RNDIS_PKT (section, then GPA pages) and handles each
+    /// RNDIS message in them. Returns the NVSP status for the completion.
+    private func transmit(_ m: NVSPMessage, _ packet: IncomingPacket) -> UInt32 {
+        scatter.reset()
+        let section = m.u32(NVSPField.sendSectionIndex)
+        if section != NVSPMessage.noSection {
+            let size = Int(m.u32(NVSPField.sendSectionSize2))
+            guard let sendBuffer, Int(section) < sendSections, size <= Int(NVSPMessage.sendSectionSize) else {
+                counters.protocolErrors &+= 1
+                return NVSPStatus.invalidRNDISPacket
+            }
+            scatter.append(sendBuffer.base + Int(section) * Int(NVSPMessage.sendSectionSize), size)
+        }
+        if packet.type == .dataUsingGPADirect {
+            guard appendPages(packet) else {
+                counters.refusedPages &+= 1
+                return NVSPStatus.invalidRNDISPacket
+            }
+        }
+        var offset = 0
+        var status = NVSPStatus.success
+        while scatter.total - offset >= RNDIS.headerSize {
+            guard scatter.copy(at: offset, length: 8, into: small) else { break }
+            let type = small.le(UInt32.self, at: 0)
+            let length = Int(small.le(UInt32.self, at: 4))
+            if type == 0 && length == 0 { break }  // padding after the last message
+            guard length >= RNDIS.headerSize, length <= scatter.total - offset else {
+                counters.protocolErrors &+= 1
+                return NVSPStatus.invalidRNDISPacket
+            }
+            if type == RNDISMessageType.packet {
+                if !forward(at: offset, length: length) { status = NVSPStatus.invalidRNDISPacket }
+            } else {
+                guard length <= RNDIS.maximumControlMessage else {
+                    counters.protocolErrors &+= 1
+                    return NVSPStatus.invalidRNDISPacket
+                }
+                var bytes = [UInt8](repeating: 0, count: length)
+                _ = bytes.withUnsafeMutableBytes { scatter.copy(at: offset, length: length, into: $0.baseAddress!) }
+                control(bytes)
+            }
+            offset += length
+        }
+        return status
+    }
+
+    /// Adds the GPA-direct ranges of `packet` to the scatter list, each page checked against guest memory.
+    private func appendPages(_ packet: IncomingPacket) -> Bool {
+        guard let memory, packet.extensionLength >= 8, packet.extensionLength <= 8 + 8 * 2 * 64 else { return false }
+        let ext = UnsafeMutableRawBufferPointer.allocate(byteCount: packet.extensionLength, alignment: 8)
+        defer { ext.deallocate() }
+        guard packet.copy(fromPacketOffset: PacketDescriptor.size, count: ext.count, into: ext.baseAddress!),
+            let ranges = try? GpaDirectHeader.parse(extension: UnsafeRawBufferPointer(ext))
+        else { return false }
+        for range in ranges {
+            var remaining = Int(range.byteCount)
+            var offset = Int(range.byteOffset)
+            for pfn in range.pfns where remaining > 0 {
+                let n = min(GpaRange.pageSize - offset, remaining)
+                guard n > 0, let p = try? memory.pointer(gpa: pfn << 12 + UInt64(offset), count: n), scatter.append(p, n) else { return false }
+                remaining -= n
+                offset = 0
+            }
+            guard remaining == 0 else { return false }
+        }
+        return true
+    }
+
+    /// Sends one RNDIS PACKET's frame to the port. False when the message is malformed.
+    private func forward(at offset: Int, length: Int) -> Bool {
+        guard length >= RNDIS.headerSize + RNDIS.packetBody,
+            scatter.copy(at: offset + RNDIS.headerSize, length: RNDIS.packetBody, into: small)
+        else {
+            counters.protocolErrors &+= 1
+            return false
+        }
+        let h = RNDISPacketHeader(body: small)
+        let bodyLength = length - RNDIS.headerSize
+        let dataOffset = Int(h.dataOffset), dataLength = Int(h.dataLength)
+        guard dataOffset >= RNDIS.packetBody, dataOffset <= bodyLength, dataLength <= bodyLength - dataOffset, dataLength >= 14 else {
+            counters.protocolErrors &+= 1
+            return false
+        }
+        var info = PacketInfo()
+        let ppiOffset = Int(h.perPacketInfoOffset), ppiLength = Int(h.perPacketInfoLength)
+        if ppiLength > 0 {
+            guard ppiLength <= 256, ppiOffset >= RNDIS.packetBody, ppiOffset <= bodyLength, ppiLength <= bodyLength - ppiOffset,
+                scatter.copy(at: offset + RNDIS.headerSize + ppiOffset, length: ppiLength, into: small),
+                let parsed = PerPacketInfo.parse(small, length: ppiLength)
+            else {
+                counters.protocolErrors &+= 1
+                return false
+            }
+            info = parsed
+        }
+        guard rndis.linkUp else {
+            counters.drops &+= 1
+            return true
+        }
+        let frame = offset + RNDIS.headerSize + dataOffset
+        let head = min(dataLength, headers.count)
+        _ = scatter.copy(at: frame, length: head, into: headers.baseAddress!)
+        guard let v = OffloadTranslation.virtioHeader(transmit: info, headers: UnsafeMutableRawBufferPointer(rebasing: headers[0..<head]),
+                                                      frameLength: dataLength)
+        else {
+            counters.drops &+= 1
+            counters.badOffloads &+= 1
+            return true
+        }
+        v.store(to: vnet)
+        iov[0] = iovec(iov_base: vnet, iov_len: VirtioNetHeader.size)
+        iov[1] = iovec(iov_base: headers.baseAddress, iov_len: head)
+        guard let count = scatter.gather(at: frame + head, length: dataLength - head, into: iov, first: 2) else {
+            counters.drops &+= 1
+            return true
+        }
+        if port.send(UnsafeBufferPointer(rebasing: iov[0..<count])) {
+            counters.txFrames &+= 1
+            counters.txBytes &+= UInt64(dataLength)
+        } else {
+            counters.drops &+= 1
+        }
+        return true
+    }
+
+    private func control(_ bytes: [UInt8]) {
+        guard let message = try? RNDISControlMessage(decoding: bytes) else {
+            counters.protocolErrors &+= 1
+            return
+        }
+        let (reply, effect) = rndis.handle(message)
+        switch effect {
+        case .offloadChanged:
+            // Checksums the guest verifies itself are computed by the kernel unless the guest takes
+            // them unverified; coalesced frames only when it accepts receive coalescing.
+            let o = rndis.offload
+            var flags: UInt32 = 0
+            if o.receiveChecksum {
+                flags = TunOffload.checksum
+                if o.rscIPv4 == NDISOffloadParameters.enabled { flags |= TunOffload.tso4 | TunOffload.tsoECN }
+                if o.rscIPv6 == NDISOffloadParameters.enabled { flags |= TunOffload.tso6 }
+            }
+            port.setOffload(flags)
+        case .initialized:
+            logger.info("netvsp: RNDIS initialized (NVSP 0x\(String(version, radix: 16)), \(receiveSlots) receive sub-allocations)")
+        default:
+            break
+        }
+        if let reply { sendControl(reply) }
+        if effect == .initialized && !rndis.linkUp { sendControl(rndis.linkIndication) }
+    }
+
+    // MARK: Host → guest
+
+    /// Reads frames from the port into free sub-allocations and offers them to the guest.
+    public func receiveFrames() {
+        guard let channel, let receiveBuffer else { return updateWatch() }
+        var batch = 0
+        while receiving, stalled == nil, let slot = freeSlots.popLast() {
+            let base = receiveBuffer.base + Int(slot) * Self.subAllocationSize
+            iov[0] = iovec(iov_base: vnet, iov_len: VirtioNetHeader.size)
+            iov[1] = iovec(iov_base: base + Self.frameOffset, iov_len: Self.subAllocationSize - Self.frameOffset)
+            guard let n = port.receive(UnsafeBufferPointer(rebasing: iov[0..<2])) else {
+                freeSlots.append(slot)
+                break
+            }
+            guard n >= VirtioNetHeader.size + 14 else {
+                freeSlots.append(slot)
+                counters.drops &+= 1
+                continue
+            }
+            let length = n - VirtioNetHeader.size
+            let info = OffloadTranslation.receiveInfo(VirtioNetHeader(loading: vnet),
+                                                      headers: UnsafeRawBufferPointer(start: base + Self.frameOffset, count: min(length, 128)))
+            RNDISPacketHeader.store(to: base, ppiLength: PerPacketInfo.entrySize, dataLength: length)
+            PacketInfo(checksum: info.checksum ?? 0).store(to: base + RNDIS.headerSize + RNDIS.packetBody)
+            slotBusy[Int(slot)] = true
+            counters.rxFrames &+= 1
+            counters.rxBytes &+= UInt64(length)
+            if !offer(slot: slot, length: Self.frameOffset + length, control: false, channel) {
+                stalled = (slot, Self.frameOffset + length, false)
+                break
+            }
+            batch += 1
+            if batch == Self.receiveBatch {
+                channel.commitWrites()
+                batch = 0
+            }
+        }
+        channel.commitWrites()
+        updateWatch()
+    }
+
+    /// Queues an RNDIS message (reply or indication) for the guest through the receive buffer.
+    private func sendControl(_ bytes: [UInt8]) {
+        guard pendingControl.count < Self.maximumPendingControl else {
+            counters.protocolErrors &+= 1
+            return
+        }
+        pendingControl.append(bytes)
+        if let channel { flushControl(channel) }
+    }
+
+    private func flushControl(_ channel: ChannelEndpoint) {
+        guard let receiveBuffer else { return }
+        while stalled == nil, let bytes = pendingControl.first, bytes.count <= Self.subAllocationSize, let slot = freeSlots.popLast() {
+            pendingControl.removeFirst()
+            bytes.withUnsafeBytes { (receiveBuffer.base + Int(slot) * Self.subAllocationSize).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            slotBusy[Int(slot)] = true
+            if !offer(slot: slot, length: bytes.count, control: true, channel) {
+                stalled = (slot, bytes.count, true)
+            }
+        }
+        channel.commitWrites()
+    }
+
+    /// Writes the transfer-page packet for one sub-allocation. False when the ring is full.
+    private func offer(slot: UInt32, length: Int, control: Bool, _ channel: ChannelEndpoint) -> Bool {
+        transferExtension.putLE(UInt32(length), at: 8)
+        transferExtension.putLE(slot * UInt32(Self.subAllocationSize), at: 12)
+        let message = NVSPMessage.rndisPacket(control: control)
+        let size = version >= NVSPVersion.v61 ? NVSPMessage.size : 28
+        let written = transferExtension.withUnsafeBytes { ext in
+            message.bytes.withUnsafeBytes { payload in
+                (try? channel.writer.tryWrite(type: .dataUsingTransferPages, flags: PacketDescriptor.flagCompletionRequested,
+                                              transactionID: UInt64(slot), extension: ext,
+                                              payload: UnsafeRawBufferPointer(rebasing: payload[0..<size]))) ?? false
+            }
+        }
+        if !written {
+            counters.ringFull &+= 1
+            _ = channel.writer.requestSpace(RingWriter.space(extensionSize: 16, payloadSize: NVSPMessage.size))
+        }
+        return written
+    }
+
+    /// Offers the stalled sub-allocation and waiting control messages once the ring has room.
+    private func retryStalled(_ channel: ChannelEndpoint) {
+        if let s = stalled {
+            guard offer(slot: s.slot, length: s.length, control: s.control, channel) else { return }
+            stalled = nil
+            channel.writer.clearSpaceRequest()
+        }
+        flushControl(channel)
+    }
+
+    // MARK: Completions
+
+    /// Completes a guest request with `reply` (nil: an empty completion).
+    private func complete(_ transactionID: UInt64, _ reply: NVSPMessage?, _ channel: ChannelEndpoint) {
+        let size = reply == nil ? 0 : version >= NVSPVersion.v61 || version == 0 ? NVSPMessage.size : 28
+        let bytes = reply.map { Array($0.bytes[0..<size]) } ?? []
+        if pendingCompletions.isEmpty,
+            (try? channel.writer.tryWrite(type: .completion, transactionID: transactionID, payload: bytes)) == true { return }
+        counters.ringFull &+= 1
+        pendingCompletions.append((transactionID, bytes))
+    }
+
+    /// Writes completions that waited for room; false while some still do not fit.
+    private func flushCompletions(_ channel: ChannelEndpoint) -> Bool {
+        while let (id, bytes) = pendingCompletions.first {
+            guard (try? channel.writer.tryWrite(type: .completion, transactionID: id, payload: bytes)) == true else {
+                _ = channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: bytes.count))
+                channel.commitWrites()
+                return false
+            }
+            pendingCompletions.removeFirst()
+        }
+        channel.writer.clearSpaceRequest()
+        channel.commitWrites()
+        return true
+    }
+}
+
+/// Per-adapter counters (`viridian-host status`). rx = host → guest, tx = guest → host.
+public struct NetworkCounters: Codable, Equatable, Sendable {
+    public var rxFrames: UInt64 = 0
+    public var rxBytes: UInt64 = 0
+    public var txFrames: UInt64 = 0
+    public var txBytes: UInt64 = 0
+    public var drops: UInt64 = 0
+    public var ringFull: UInt64 = 0
+    public var protocolErrors: UInt64 = 0
+    public var refusedPages: UInt64 = 0
+    public var badOffloads: UInt64 = 0
+    public init() {}
+}
