@@ -1,6 +1,6 @@
 # Common loops for Viridian. `make help` lists them.
 SWIFT ?= swift
-APT_PACKAGES := libudev-dev libdrm-dev pkg-config chrony iproute2 libnbd-bin fuse3 fio e2fsprogs
+APT_PACKAGES := libudev-dev libdrm-dev pkg-config chrony iproute2 libnbd-bin fuse3 fio e2fsprogs iperf3 socat iputils-ping
 
 .PHONY: help deps build demo test bench clean
 

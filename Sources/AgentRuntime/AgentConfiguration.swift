@@ -27,6 +27,9 @@ import VMBusWire
 /// storage = true                           # export the synthetic SCSI LUNs over NBD
 /// export_dir = "/run/viridian/disks"       # NBD sockets: <export_dir>/scsi<relid>-lun<n>.sock
 /// storage_vcpus_per_sub_channel = 4        # Linux's rule: one storage sub-channel per 4 VPs (1 = one per VP)
+/// network = true                           # bridge each synthetic NIC to a guest TAP device (needs root)
+/// nic_tap = "viridian%d"                   # guest TAP name per NIC; %d is the NIC's index
+/// nic_netns = "guestside"                  # `ip netns` namespace for the guest TAPs (default: the agent's own)
 /// ```
 public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var link: String
@@ -49,6 +52,9 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var storage: Bool
     public var exportDir: String
     public var storageVCPUsPerSubChannel: Int
+    public var network: Bool
+    public var nicTap: String
+    public var nicNetns: String?
 
     public static let defaultPath = "/etc/viridian/agent.toml"
 
@@ -72,6 +78,9 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         kvpInterfacesExclude = ["docker*", "veth*", "virbr*", "lo"]
         storage = true
         storageVCPUsPerSubChannel = 4
+        network = true
+        nicTap = "viridian%d"
+        nicNetns = nil
         exportDir = getuid() == 0 ? "/run/viridian/disks" : "/tmp/viridian-\(getuid())/disks"
     }
 
@@ -94,6 +103,9 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         case storage
         case exportDir = "export_dir"
         case storageVCPUsPerSubChannel = "storage_vcpus_per_sub_channel"
+        case network
+        case nicTap = "nic_tap"
+        case nicNetns = "nic_netns"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -119,6 +131,9 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         storage = try c.decodeIfPresent(Bool.self, forKey: .storage) ?? defaults.storage
         exportDir = try c.decodeIfPresent(String.self, forKey: .exportDir) ?? defaults.exportDir
         storageVCPUsPerSubChannel = try c.decodeIfPresent(Int.self, forKey: .storageVCPUsPerSubChannel) ?? defaults.storageVCPUsPerSubChannel
+        network = try c.decodeIfPresent(Bool.self, forKey: .network) ?? defaults.network
+        nicTap = try c.decodeIfPresent(String.self, forKey: .nicTap) ?? defaults.nicTap
+        nicNetns = try c.decodeIfPresent(String.self, forKey: .nicNetns)
     }
 
     /// Reads `path`; a missing file at the default path means defaults, elsewhere it is an error.

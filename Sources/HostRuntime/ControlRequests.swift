@@ -25,10 +25,15 @@ public struct ControlRequest: Codable, Sendable {
     public var readOnly: Bool?
     public var sizeMiB: Int?
     public var lun: Int?
+    /// nic link: the adapter (index or TAP name) and the state wanted.
+    public var nic: String?
+    public var up: Bool?
 
     public init(op: String, partition: String? = nil, kind: String? = nil, force: Bool? = nil, reason: String? = nil,
                 action: String? = nil, key: String? = nil, value: String? = nil, path: String? = nil, readOnly: Bool? = nil,
-                sizeMiB: Int? = nil, lun: Int? = nil) {
+                sizeMiB: Int? = nil, lun: Int? = nil, nic: String? = nil, up: Bool? = nil) {
+        self.nic = nic
+        self.up = up
         self.path = path
         self.readOnly = readOnly
         self.sizeMiB = sizeMiB
@@ -158,6 +163,8 @@ extension ViridianHostService {
             reply = partition.kvp(action: request.action ?? "", key: request.key, value: request.value)
         case "disk":
             reply = partition.disk(request)
+        case "nic":
+            reply = partition.nic(request)
         default:
             reply = .failure("unknown request '\(request.op)'")
         }
@@ -208,5 +215,20 @@ extension PartitionService {
         default:
             return .failure("unknown disk action '\(request.action ?? "")' (add, remove)")
         }
+    }
+}
+
+extension PartitionService {
+    /// `nic link`: sets an adapter's link state; the guest sees MEDIA_CONNECT or MEDIA_DISCONNECT.
+    func nic(_ request: ControlRequest) -> ControlReply {
+        guard request.action == "link" else { return .failure("unknown nic action '\(request.action ?? "")' (link)") }
+        guard let up = request.up else { return .failure("nic link needs up or down") }
+        let name = request.nic ?? ""
+        let index = Int(name) ?? configuration.nic.firstIndex { $0.tap == name }
+        guard let index, nics.indices.contains(index) else {
+            return .failure("partition \(configuration.name) has no NIC '\(name)' (\(nics.count) configured; give an index or a TAP name)")
+        }
+        perform { self.nics[index].setLink(up: up) }
+        return ControlReply(ok: true)
     }
 }

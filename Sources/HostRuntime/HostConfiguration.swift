@@ -1,6 +1,7 @@
 // viridian-host's configuration: partitions, their devices and where the sockets live (TOML).
 
 import Foundation
+import SyntheticNetwork
 import TOMLKit
 import VMBusWire
 
@@ -25,6 +26,11 @@ import VMBusWire
 /// size_mib = 64                      # size of a created image
 /// read_only = false
 /// controller = 0                     # synthetic SCSI controller number (one VMBus channel each)
+/// [[partition.nic]]                  # synthetic network adapters, in order (NIC 0, 1, …); none by default
+/// tap = "vh0"                        # host TAP the adapter is bridged to (created if missing; needs CAP_NET_ADMIN)
+/// netns = "hostside"                 # `ip netns` namespace of the TAP (default: the host's own)
+/// mac = "00:15:5d:00:01:00"          # the guest's MAC (default: 00:15:5d, partition id, NIC index)
+/// mtu = 1500                         # 576…9000
 /// ```
 public struct HostConfiguration: Codable, Sendable, Equatable {
     public var runtimeDir: String?
@@ -99,6 +105,8 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     public var disk: [DiskConfiguration]?
     /// Microseconds the storage VSP keeps polling its ring after it ran dry (0 = sleep at once).
     public var storagePollMicroseconds: Int = 0
+    /// Synthetic network adapters (none by default).
+    public var nic: [NICConfiguration] = []
 
     /// The integration services Viridian provides.
     public static let allIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp"]
@@ -129,6 +137,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         case timeOffsetMs = "time_offset_ms"
         case disk
         case storagePollMicroseconds = "storage_poll_us"
+        case nic
     }
 
     public init(from decoder: any Decoder) throws {
@@ -146,6 +155,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         timeOffsetMs = try c.decodeIfPresent(Int.self, forKey: .timeOffsetMs) ?? 0
         disk = try c.decodeIfPresent([DiskConfiguration].self, forKey: .disk)
         storagePollMicroseconds = try c.decodeIfPresent(Int.self, forKey: .storagePollMicroseconds) ?? 0
+        nic = try c.decodeIfPresent([NICConfiguration].self, forKey: .nic) ?? []
     }
 
     /// The disks to serve: the configured ones, or one 64 MiB image in `imageDirectory`.
@@ -168,6 +178,16 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         }
         for d in disk ?? [] where !(0...15).contains(d.controller) || d.sizeMiB < 1 {
             throw ConfigurationError.invalid("\(name): disk \(d.path): controller must be 0…15 and size_mib at least 1")
+        }
+        var taps = Set<String>()
+        for n in nic {
+            guard !n.tap.isEmpty, n.tap.utf8.count < 16, taps.insert((n.netns ?? "") + "/" + n.tap).inserted else {
+                throw ConfigurationError.invalid("\(name): nic tap '\(n.tap)' must be 1–15 bytes and unique")
+            }
+            guard (576...9000).contains(n.mtu) else { throw ConfigurationError.invalid("\(name): nic \(n.tap): mtu must be 576…9000") }
+            if let mac = n.mac, MACAddress.parse(mac) == nil {
+                throw ConfigurationError.invalid("\(name): nic \(n.tap): mac '\(mac)' is not six hex pairs like 00:15:5d:00:01:00")
+            }
         }
         guard heartbeatIntervalMs >= 50, timesyncIntervalMs >= 50 else {
             throw ConfigurationError.invalid("\(name): heartbeat_interval_ms and timesync_interval_ms must be at least 50")
@@ -194,6 +214,37 @@ public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .invalid(let why): "configuration: \(why)"
         }
+    }
+}
+
+/// One synthetic network adapter and the host TAP behind it.
+public struct NICConfiguration: Codable, Sendable, Equatable {
+    public var tap: String
+    public var netns: String?
+    public var mac: String?
+    public var mtu: Int
+
+    public init(tap: String, netns: String? = nil, mac: String? = nil, mtu: Int = 1500) {
+        self.tap = tap
+        self.netns = netns
+        self.mac = mac
+        self.mtu = mtu
+    }
+
+    enum CodingKeys: String, CodingKey { case tap, netns, mac, mtu }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        tap = try c.decode(String.self, forKey: .tap)
+        netns = try c.decodeIfPresent(String.self, forKey: .netns)
+        mac = try c.decodeIfPresent(String.self, forKey: .mac)
+        mtu = try c.decodeIfPresent(Int.self, forKey: .mtu) ?? 1500
+    }
+
+    /// The configured MAC, or 00:15:5d (Hyper-V's prefix), the partition id and the NIC index.
+    public func macAddress(partitionID: UInt32, index: Int) -> [UInt8] {
+        if let mac, let bytes = MACAddress.parse(mac) { return bytes }
+        return [0x00, 0x15, 0x5D, UInt8(truncatingIfNeeded: partitionID >> 8), UInt8(truncatingIfNeeded: partitionID), UInt8(truncatingIfNeeded: index)]
     }
 }
 

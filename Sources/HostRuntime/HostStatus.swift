@@ -2,6 +2,7 @@
 
 import Foundation
 import Hypervisor
+import SyntheticNetwork
 import VMBusWire
 
 /// The whole host.
@@ -31,6 +32,24 @@ public struct PartitionStatus: Codable, Sendable {
     public var heartbeat: String?
     public var vps: [VPStatus]
     public var channels: [ChannelStatus]
+    /// Synthetic network adapters (absent when the partition has none).
+    public var nics: [NICStatus]?
+}
+
+/// One synthetic network adapter. rx = host → guest, tx = guest → host.
+public struct NICStatus: Codable, Sendable {
+    public var index: Int
+    public var tap: String
+    public var mac: String
+    public var mtu: Int
+    public var link: Bool
+    public var rxFrames: UInt64
+    public var rxBytes: UInt64
+    public var txFrames: UInt64
+    public var txBytes: UInt64
+    public var drops: UInt64
+    public var ringFull: UInt64
+    public var protocolErrors: UInt64
 }
 
 /// One virtual processor's SynIC counters.
@@ -94,7 +113,12 @@ extension PartitionService {
                 hypercalls: runtime?.partition.hypercalls ?? 0, signals: runtime?.partition.signalsDelivered ?? 0,
                 messagesIn: runtime?.server.messagesReceived ?? 0, messagesOut: runtime?.server.messagesSent ?? 0,
                 malformedMessages: runtime?.server.malformedMessages ?? 0, heartbeat: heartbeat?.state.rawValue, vps: vps,
-                channels: channels)
+                channels: channels, nics: nics.isEmpty ? nil : nics.enumerated().map { i, n in
+                    NICStatus(index: i, tap: (n.port as? TapDevice)?.name ?? "", mac: MACAddress.format(n.mac), mtu: n.mtu, link: n.linkUp,
+                              rxFrames: n.counters.rxFrames, rxBytes: n.counters.rxBytes, txFrames: n.counters.txFrames,
+                              txBytes: n.counters.txBytes, drops: n.counters.drops, ringFull: n.counters.ringFull,
+                              protocolErrors: n.counters.protocolErrors)
+                })
         }
     }
 }
@@ -117,6 +141,9 @@ extension HostStatus {
                                          pad(v.eventsSignalled, 6), pad(v.eoms, 5)].joined(separator: "  "))
                 }
                 lines.append("  relid  device               state     VP  in-fill/size     out-fill/size    pkts-in   pkts-out  sig-in  sig-out  full")
+                for n in p.nics ?? [] {
+                    lines.append("  NIC \(n.index) \(n.tap) \(n.mac) MTU \(n.mtu) link \(n.link ? "up" : "down"): rx \(n.rxFrames) frames / \(n.rxBytes) B, tx \(n.txFrames) frames / \(n.txBytes) B, drops \(n.drops), ring full \(n.ringFull), errors \(n.protocolErrors)")
+                }
                 for c in p.channels {
                     lines.append("  " + [pad(c.relid, 5), c.device.padding(toLength: 19, withPad: " ", startingAt: 0), c.state.padding(toLength: 8, withPad: " ", startingAt: 0),
                                          pad(c.targetVP, 2), "\(c.inboundFill)/\(c.inboundSize)".padding(toLength: 15, withPad: " ", startingAt: 0),

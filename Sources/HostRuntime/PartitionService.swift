@@ -4,6 +4,7 @@ import CSystem
 import Foundation
 import EchoDevice
 import IntegrationServices
+import SyntheticNetwork
 import SyntheticStorage
 import Glibc
 import GuestMemory
@@ -53,6 +54,7 @@ public final class PartitionService: @unchecked Sendable {
         static let wake: UInt64 = 5 << 56
         static let pending: UInt64 = 6 << 56
         static let completions: UInt64 = 7 << 56
+        static let device: UInt64 = 8 << 56
         static let kindMask: UInt64 = 0xFF << 56
     }
 
@@ -62,6 +64,10 @@ public final class PartitionService: @unchecked Sendable {
     public var storage: StorageVSP? { controllers.keys.min().flatMap { controllers[$0] } }
     /// I/O threads of the partition's devices.
     let workers: WorkerPool
+    /// Synthetic network adapters, in configuration order.
+    public let nics: [NetworkVSP]
+    /// Handlers of descriptors devices asked the loop to watch.
+    var watched: [Int32: () -> Void] = [:]
 
     public init(configuration: PartitionConfiguration, id: UInt32, socketPath: String, imageDirectory: String, logger: Logger,
                 trace: TraceWriter?) throws {
@@ -113,8 +119,23 @@ public final class PartitionService: @unchecked Sendable {
             controllers[number] = vsp
         }
         self.controllers = controllers
+        var nics: [NetworkVSP] = []
+        for (index, nic) in configuration.nic.enumerated() {
+            let tap: TapDevice
+            do {
+                tap = try TapDevice(name: nic.tap, namespace: nic.netns)
+                try tap.configure(mtu: nic.mtu, up: true)
+            } catch {
+                throw ConfigurationError.invalid("\(configuration.name): nic \(index) (TAP \(nic.tap)\(nic.netns.map { " in netns \($0)" } ?? "")): \(error)"
+                    + (getuid() != 0 ? " (TAP devices need root or CAP_NET_ADMIN)" : ""))
+            }
+            let mac = nic.macAddress(partitionID: id, index: index)
+            nics.append(NetworkVSP(instanceID: instance(0x200 + UInt64(index)), port: tap, mac: mac, mtu: nic.mtu, logger: logger))
+            logger.info("\(configuration.name): NIC \(index) = TAP \(tap.name)\(nic.netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(mac)), MTU \(nic.mtu)")
+        }
+        self.nics = nics
         devices = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 }
-            + controllers.keys.sorted().map { controllers[$0]! }
+            + controllers.keys.sorted().map { controllers[$0]! } + nics
         listener = try LinkListener(path: socketPath)
         epoll = viridian_epoll_create()
         wake = try EventFD()
@@ -122,6 +143,7 @@ public final class PartitionService: @unchecked Sendable {
         _ = viridian_epoll_add(epoll, listener.fd, Tag.listener)
         _ = viridian_epoll_add(epoll, wake.fd, Tag.wake)
         _ = viridian_epoll_add(epoll, workers.completions.fd, Tag.completions)
+        for nic in nics { nic.attach(watcher: self) }
     }
 
     deinit { close(epoll) }
@@ -197,6 +219,8 @@ public final class PartitionService: @unchecked Sendable {
                     greet(Int32(truncatingIfNeeded: tag & 0xFFFF_FFFF))
                 case Tag.completions:
                     workers.drainCompletions()
+                case Tag.device:
+                    watched[Int32(truncatingIfNeeded: tag & 0xFFFF_FFFF)]?()
                 case Tag.wake:
                     var count: UInt64 = 0
                     _ = read(wake.fd, &count, 8)
@@ -321,5 +345,17 @@ public final class PartitionService: @unchecked Sendable {
         runtime.socket.close()
         self.runtime = nil
         logger.notice("\(configuration.name): \(reason); partition reset, waiting for an agent")
+    }
+}
+
+extension PartitionService: DescriptorWatcher {
+    /// Devices call this on the service thread to start or stop input from a descriptor.
+    public func watch(_ fd: Int32, wanted: Bool, handler: @escaping () -> Void) {
+        if wanted {
+            watched[fd] = handler
+            _ = viridian_epoll_add(epoll, fd, Tag.device | UInt64(UInt32(bitPattern: fd)))
+        } else if watched.removeValue(forKey: fd) != nil {
+            _ = viridian_epoll_remove(epoll, fd)
+        }
     }
 }

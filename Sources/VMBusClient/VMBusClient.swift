@@ -87,6 +87,9 @@ public final class VMBusClient {
 
     public func releasePages(_ first: UInt64, count: Int) { allocator.release(firstPage: first, pages: count) }
 
+    /// Guest pages not yet handed out.
+    public var freePages: Int { allocator.freePages }
+
     // MARK: Connect
 
     /// Programs every VP's SynIC and sends INITIATE_CONTACT for the newest version.

@@ -15,7 +15,7 @@ struct ViridianAgent: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-agent",
         abstract: "Viridian's guest agent: joins a partition and runs its VMBus clients.",
-        subcommands: [Run.self, List.self, Echo.self, KVPCommand.self, DiskCommand.self],
+        subcommands: [Run.self, List.self, Echo.self, KVPCommand.self, DiskCommand.self, NICCommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -100,6 +100,13 @@ struct Run: ParsableCommand {
                 }
             }
             defer { disks?.stop() }
+            var network: NetworkAttachments?
+            if configuration.network {
+                network = NetworkAttachments(session: session, tapPattern: configuration.nicTap, netns: configuration.nicNetns,
+                                             stateDir: configuration.stateDir, timeoutMs: configuration.connectTimeoutMs)
+                do { try network?.attach() } catch { logger.error("network: \(error)") }
+            }
+            defer { network?.stop() }
             systemdNotify("READY=1")
             let watchdog = getenv("WATCHDOG_USEC").flatMap { UInt64(String(cString: $0)) }
             var lastWatchdog: UInt64 = 0
@@ -107,6 +114,7 @@ struct Run: ParsableCommand {
             while !waitOrStop(stop, ms: 200) {
                 if session.hostLost != nil { break }
                 session.pet()
+                try? network?.record()
                 if let disks, waitOrStop(disks.busChanged, ms: 0) {
                     disks.busChanged.wait()
                     do { try disks.rescan() } catch { logger.error("storage: rescan failed: \(error)") }
@@ -302,6 +310,43 @@ struct DiskCommand: ParsableCommand {
             let size = "\(e.sizeBytes >> 20) MiB".padding(toLength: 12, withPad: " ", startingAt: 0)
             print(String(e.controller).padding(toLength: 12, withPad: " ", startingAt: 0) + String(e.lun).padding(toLength: 5, withPad: " ", startingAt: 0)
                   + size + (e.readOnly ? "ro      " : "rw      ") + "nbd+unix:///?socket=\(e.export)")
+        }
+    }
+}
+
+struct NICCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nic",
+        abstract: "List the synthetic NICs the running agent bridges to guest TAP devices.",
+        discussion: "Each NIC is a TAP (nic_tap, default viridian%d) with the MAC and MTU the host gives; its carrier follows the host's link state.")
+
+    @Argument(help: "list") var action: String = "list"
+    @Option(help: "Configuration file (for state_dir).") var config: String?
+    @Option(help: "State directory (overrides state_dir).") var stateDir: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        guard action == "list" else { throw ValidationError("the only action is list") }
+    }
+
+    func run() throws {
+        let configuration = try AgentConfiguration.load(path: config)
+        let file = NetworkAttachments.statePath(stateDir ?? configuration.stateDir)
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ValidationError("no NICs (is viridian-agent run active with network = true? \(file) is missing)")
+        }
+        let nics = try JSONDecoder().decode([NICInfo].self, from: data)
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(nics), as: UTF8.self))
+            return
+        }
+        print("nic  tap              mac                mtu   carrier  nvsp")
+        for n in nics {
+            print(String(n.index).padding(toLength: 5, withPad: " ", startingAt: 0) + n.tap.padding(toLength: 17, withPad: " ", startingAt: 0)
+                  + n.mac.padding(toLength: 19, withPad: " ", startingAt: 0) + String(n.mtu).padding(toLength: 6, withPad: " ", startingAt: 0)
+                  + (n.carrier ? "up       " : "down     ") + n.nvspVersion)
         }
     }
 }

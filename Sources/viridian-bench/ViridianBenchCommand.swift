@@ -9,7 +9,7 @@ struct ViridianBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-bench",
         abstract: "Measure Viridian against baselines taken in the same run.",
-        subcommands: [Ring.self, Link.self, Storage.self, Peer.self])
+        subcommands: [Ring.self, Link.self, Storage.self, NetworkBench.self, Peer.self])
 }
 
 struct Ring: ParsableCommand {
@@ -225,6 +225,59 @@ struct Storage: ParsableCommand {
             let d = String(format: "%8.0f MB/s %8.0f IOPS", r.directMBps, r.directIOPS)
             let e = String(format: "%8.0f MB/s %8.0f IOPS", r.enlightenedMBps, r.enlightenedIOPS)
             print(r.workload.padding(toLength: 22, withPad: " ", startingAt: 0) + d + "  " + e + String(format: "  %.2f", r.ratio))
+        }
+    }
+}
+
+struct NetworkBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "network",
+        abstract: "iperf3 TCP through host TAP, VMBus and guest TAP, beside a minimal TAP relay and a veth pair.",
+        discussion: """
+            Two network namespaces stand for the host and the guest; three paths join them: viridian \
+            (viridian-host's TAP, VMBus, viridian-agent's TAP; 10.78.0.0/24), taprelay (bench/taprelay.c, \
+            two threads copying frames between two TAPs with read/write: the least a user-space path \
+            costs; 10.79.0.0/24) and veth (the kernel's ceiling; 10.80.0.0/24). Each path is measured \
+            both ways (guest→host: the iperf3 client in the guest namespace sends; host→guest: -R), \
+            --repeat times, interleaved; medians are shown. Needs root, iperf3, a C compiler, and \
+            viridian-host and viridian-agent built next to viridian-bench: \
+            swift build -c release && sudo .build/release/viridian-bench network
+            """)
+
+    @Option(help: "Seconds per iperf3 run.") var seconds: Int = 5
+    @Option(name: .customLong("repeat"), help: "Runs per path and direction; the median is reported.") var repetitions: Int = 3
+    @Option(help: "MTU of every path (576 … 9000).") var mtu: Int = 1500
+    @Option(name: .customLong("taprelay-source"), help: "taprelay.c to build the baseline from (default: bench/taprelay.c of the source tree).")
+    var taprelaySource: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        guard seconds >= 1 else { throw ValidationError("--seconds must be at least 1") }
+        guard repetitions >= 1 else { throw ValidationError("--repeat must be at least 1") }
+        guard (576...9000).contains(mtu) else { throw ValidationError("--mtu must be within 576 … 9000") }
+    }
+
+    func run() throws {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+        let report = try NetworkBenchmark.run(binDirectory: bin, seconds: seconds, repetitions: repetitions, mtu: mtu,
+                                              taprelaySource: taprelaySource) {
+            FileHandle.standardError.write(Data("… \($0)\n".utf8))
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            return
+        }
+        func arrow(_ direction: String) -> String { direction == "guest-to-host" ? "guest→host" : "host→guest" }
+        print("iperf3 TCP, MTU \(report.mtu), \(report.seconds) s per run, median of \(report.repetitions)")
+        print("path       direction    Gbit/s median (min–max)")
+        for r in report.rows {
+            print(pad(r.path, 10), pad(arrow(r.direction), 12), String(format: "%7.2f (%.2f–%.2f)", r.medianGbps, r.minGbps, r.maxGbps))
+        }
+        for r in report.ratios {
+            print("viridian / taprelay \(arrow(r.direction)): " + String(format: "%.2f", r.viridianOverTaprelay)
+                  + "   viridian / veth: " + String(format: "%.2f", r.viridianOverVeth))
         }
     }
 }

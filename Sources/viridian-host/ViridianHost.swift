@@ -12,7 +12,7 @@ struct ViridianHost: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-host",
         abstract: "Viridian's VMM: partitions, SynIC, hypercalls, the VMBus server and its devices.",
-        subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Disk.self, Demo.self])
+        subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Disk.self, NIC.self, Demo.self])
 }
 
 struct Run: ParsableCommand {
@@ -330,5 +330,36 @@ struct Disk: ParsableCommand {
             throw ExitCode.failure
         }
         print(action == "add" ? "\(partition): \(target) is LUN \(reply.lun ?? -1)" : "\(partition): LUN \(target) removed")
+    }
+}
+
+struct NIC: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nic",
+        abstract: "Change a partition's synthetic network adapter.",
+        discussion: """
+            link PARTITION NIC up|down   set the adapter's link; NIC is its index (0, 1, …) or its host TAP name
+            The guest is told (RNDIS MEDIA_CONNECT / MEDIA_DISCONNECT) and its TAP's carrier follows;
+            while the link is down no frames pass either way. `viridian-host status` shows the state.
+            """)
+
+    @Argument(help: "link.") var action: String
+    @Argument(help: "Partition name.") var partition: String
+    @Argument(help: "The adapter: index or host TAP name.") var nic: String
+    @Argument(help: "up or down.") var state: String
+    @OptionGroup var address: HostAddress
+
+    func validate() throws {
+        guard action == "link" else { throw ValidationError("action must be link") }
+        guard state == "up" || state == "down" else { throw ValidationError("state must be up or down") }
+    }
+
+    func run() throws {
+        let reply = try address.send(ControlRequest(op: "nic", partition: partition, action: action, nic: nic, up: state == "up"))
+        guard reply.ok else {
+            FileHandleStandardError.write("viridian-host nic link: \(reply.error ?? "failed")\n")
+            throw ExitCode.failure
+        }
+        print("\(partition): NIC \(nic) link \(state)")
     }
 }

@@ -160,21 +160,27 @@ public enum OffloadTranslation {
         return PacketInfo(checksum: bits)
     }
 
-    /// Guest receive: the virtio header for writing a received frame to the guest's TAP. Frames
-    /// the host coalesced beyond the MTU go back to the kernel as a TCP GSO packet.
+    /// Guest receive: the virtio header for writing a received frame to the guest's TAP. A TAP has
+    /// no way to say "checksum verified" (tun ignores DATA_VALID), so a frame the host vouched for
+    /// goes in as CHECKSUM_PARTIAL, which the kernel also accepts without checking — the same
+    /// trust Linux's netvsc gives the host (CHECKSUM_UNNECESSARY). Frames the host coalesced beyond
+    /// the MTU go back to the kernel as a TCP GSO packet.
     public static func virtioHeader(receive info: PacketInfo, headers h: UnsafeRawBufferPointer, frameLength: Int, mtu: Int) -> VirtioNetHeader {
         var v = VirtioNetHeader()
-        let verified = (info.checksum ?? 0) & (ChecksumInfo.tcpSucceeded | ChecksumInfo.udpSucceeded) != 0
-        if verified { v.flags = VirtioNetHeader.dataValid }
-        guard let l = layout(h), frameLength > l.ipOffset + mtu, l.protocolNumber == 6, h.count >= l.transportOffset + 20 else { return v }
+        let bits = info.checksum ?? 0
+        guard let l = layout(h) else { return v }
+        let tcp = l.protocolNumber == 6 && bits & ChecksumInfo.tcpSucceeded != 0 && h.count >= l.transportOffset + 20
+        let udp = l.protocolNumber == 17 && bits & ChecksumInfo.udpSucceeded != 0 && h.count >= l.transportOffset + 8
+        guard tcp || udp else { return v }
+        v.flags = VirtioNetHeader.needsChecksum
+        v.checksumStart = UInt16(l.transportOffset)
+        v.checksumOffset = tcp ? 16 : 6
+        guard tcp, frameLength > l.ipOffset + mtu else { return v }
         let tcpHeader = Int(h[l.transportOffset + 12] >> 4) * 4
         let mss = mtu - (l.transportOffset - l.ipOffset) - tcpHeader
         guard tcpHeader >= 20, mss > 0 else { return v }
-        v.flags = VirtioNetHeader.needsChecksum
         v.gsoType = l.ipv6 ? VirtioNetHeader.gsoTCPv6 : VirtioNetHeader.gsoTCPv4
         v.gsoSize = UInt16(mss)
-        v.checksumStart = UInt16(l.transportOffset)
-        v.checksumOffset = 16
         v.headerLength = UInt16(l.transportOffset + tcpHeader)
         return v
     }

@@ -1,0 +1,238 @@
+// Binds synthetic NICs to guest TAP devices: netvsc below, the guest's network stack above.
+
+import Atomics
+import CSystem
+import Foundation
+import Glibc
+import Logging
+import PartitionLink
+import SyntheticNetwork
+import VMBusClient
+import VMBusWire
+
+/// One guest NIC, as `viridian-agent nic list` shows it.
+public struct NICInfo: Codable, Sendable, Equatable {
+    public var index: Int
+    public var relid: UInt32
+    public var tap: String
+    public var netns: String?
+    public var mac: String
+    public var mtu: Int
+    public var carrier: Bool
+    public var nvspVersion: String
+}
+
+/// A synthetic NIC bridged to a guest TAP. Frames from the TAP are read straight into transmit
+/// slots in guest memory by one thread and sent in batches (one bus lock and at most one signal
+/// per batch); frames from the host are written to the TAP from the receive buffer by the VP
+/// thread that handles the channel's interrupt, with no copy.
+final class GuestNIC: @unchecked Sendable {
+    let index: Int
+    let session: AgentSession
+    let client: NetworkClient
+    let tap: TapDevice
+    let logger: Logger
+    private var thread: OSThread?
+    private let stopping = ManagedAtomic<Bool>(false)
+    /// Rung when slots come back while the transmit thread waits for them (or to stop it).
+    private let room: EventFD
+    private let waitingForRoom = ManagedAtomic<Bool>(false)
+    private let receiveHeader = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
+    private let receiveIOV = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2)
+    static let batch = 32
+
+    init(index: Int, session: AgentSession, client: NetworkClient, tap: TapDevice, logger: Logger) throws {
+        self.index = index
+        self.session = session
+        self.client = client
+        self.tap = tap
+        self.logger = logger
+        room = try EventFD()
+    }
+
+    deinit {
+        receiveHeader.deallocate()
+        receiveIOV.deallocate()
+    }
+
+    /// Hooks the client's callbacks (called with the bus locked) and starts the transmit thread.
+    func start() {
+        let mtu = client.mtu
+        client.onFrame = { [unowned self] frame, info in
+            let head = UnsafeRawBufferPointer(rebasing: frame[0..<min(frame.count, OffloadTranslation.headerBytes)])
+            OffloadTranslation.virtioHeader(receive: info, headers: head, frameLength: frame.count, mtu: mtu).store(to: receiveHeader)
+            receiveIOV[0] = iovec(iov_base: receiveHeader, iov_len: VirtioNetHeader.size)
+            receiveIOV[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: frame.baseAddress), iov_len: frame.count)
+            _ = tap.send(UnsafeBufferPointer(receiveIOV))
+        }
+        client.onLinkChange = { [unowned self] up in tap.setCarrier(up) }
+        client.onTransmitRoom = { [unowned self] in
+            if waitingForRoom.load(ordering: .relaxed) { room.ring() }
+        }
+        tap.setCarrier(client.linkUp)
+        thread = OSThread { [self] in transmitLoop() }
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+        room.ring()
+        thread?.join()
+        thread = nil
+        session.withBus { _ in
+            client.onFrame = nil
+            client.onTransmitRoom = nil
+            client.onLinkChange = nil
+        }
+    }
+
+    /// Reads frames from the TAP into slots and sends them, a batch per bus lock.
+    private func transmitLoop() {
+        var slots: [(index: Int, frame: UnsafeMutableRawBufferPointer)] = []
+        var ready: [(slot: Int, length: Int, info: PacketInfo)] = []
+        slots.reserveCapacity(Self.batch)
+        ready.reserveCapacity(Self.batch)
+        let header = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
+        let iov = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2)
+        defer {
+            header.deallocate()
+            iov.deallocate()
+        }
+        var fds = [pollfd(fd: tap.descriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: room.fd, events: Int16(POLLIN), revents: 0)]
+        while !stopping.load(ordering: .relaxed) {
+            // Read while there are slots and frames.
+            var drained = false
+            while let slot = slots.last, ready.count < Self.batch {
+                iov[0] = iovec(iov_base: header, iov_len: VirtioNetHeader.size)
+                iov[1] = iovec(iov_base: slot.frame.baseAddress, iov_len: slot.frame.count)
+                guard let n = tap.receive(UnsafeBufferPointer(iov)) else {
+                    drained = true
+                    break
+                }
+                let length = n - VirtioNetHeader.size
+                guard length >= 14 else { continue }
+                let head = UnsafeMutableRawBufferPointer(rebasing: slot.frame[0..<min(length, OffloadTranslation.headerBytes)])
+                guard let info = OffloadTranslation.packetInfo(transmit: VirtioNetHeader(loading: header), headers: head, frameLength: length) else {
+                    continue  // an offload NDIS cannot express: dropped
+                }
+                slots.removeLast()
+                ready.append((slot.index, length, info))
+            }
+            // Send what was read and refill the slots, under one lock.
+            session.withBus { _ in
+                var sent = 0
+                for r in ready {
+                    guard client.send(slot: r.slot, length: r.length, info: r.info) else { break }
+                    sent += 1
+                }
+                ready.removeFirst(sent)
+                client.flush()
+                while slots.count < Self.batch, let s = client.takeSlot() { slots.append(s) }
+                waitingForRoom.store(!ready.isEmpty || slots.isEmpty, ordering: .relaxed)
+            }
+            if waitingForRoom.load(ordering: .relaxed) {
+                // Ring full or no slots: wait for completions (bounded, in case one was missed).
+                var fd = fds[1]
+                if poll(&fd, 1, 10) > 0 { room.wait() }
+                waitingForRoom.store(false, ordering: .relaxed)
+            } else if drained && ready.isEmpty {
+                fds[0].revents = 0
+                fds[1].revents = 0
+                if poll(&fds, 2, 1000) > 0, fds[1].revents != 0 { room.wait() }
+            }
+        }
+        session.withBus { _ in for s in slots { client.returnSlot(s.index) } }
+    }
+}
+
+/// The agent's NICs: opens each synthetic network adapter, initializes netvsc, and bridges it
+/// to a guest TAP named by `tapPattern` (%d = index) in `netns`, with the MAC, MTU and link the
+/// host gives.
+public final class NetworkAttachments: @unchecked Sendable {
+    let session: AgentSession
+    let tapPattern: String
+    let netns: String?
+    let stateDir: String
+    let timeoutMs: Int
+    let logger: Logger
+    private var nics: [GuestNIC] = []
+
+    public init(session: AgentSession, tapPattern: String, netns: String?, stateDir: String, timeoutMs: Int) {
+        self.session = session
+        self.tapPattern = tapPattern
+        self.netns = netns?.isEmpty == true ? nil : netns
+        self.stateDir = stateDir
+        self.timeoutMs = timeoutMs
+        logger = session.logger
+    }
+
+    public static func statePath(_ stateDir: String) -> String { stateDir + "/nics.json" }
+
+    /// Brings up every NIC on the bus. A NIC that fails is logged and skipped.
+    public func attach() throws {
+        let offered = session.withBus {
+            $0.channels.values.filter { $0.deviceClass == .network && $0.offer.subChannelIndex == 0 && $0.state == .offered }.sorted { $0.relid < $1.relid }
+        }
+        for channel in offered {
+            let index = nics.count
+            do { nics.append(try bringUp(channel, index: index)) } catch { logger.error("network: NIC \(index) (relid \(channel.relid)): \(error)") }
+        }
+        try record()
+    }
+
+    private func bringUp(_ channel: ClientChannel, index: Int) throws -> GuestNIC {
+        // netvsc's ring: 128 pages of payload each way, plus the control page.
+        try session.withBus { try $0.open(channel, sendPages: 129, receivePages: 129) }
+        guard try session.wait(timeoutMs: timeoutMs, until: { _ in channel.state != .creatingRingGPADL && channel.state != .opening }),
+            channel.state == .open
+        else { throw AgentError.protocolFailure("the channel did not open") }
+        let logger = self.logger
+        let client = try session.withBus { bus in
+            // As much of Linux's 16 MiB receive buffer as guest memory allows (at least 2 MiB).
+            var size = 16 << 20
+            while size > 2 << 20 && bus.freePages * 4096 < size + (6 << 20) { size /= 2 }
+            return try NetworkClient(channel: channel, bus: bus, receiveBufferBytes: size, logger: logger)
+        }
+        guard try session.wait(timeoutMs: timeoutMs, until: { _ in client.state != .initializing }), client.state == .ready else {
+            throw AgentError.protocolFailure("netvsc: \(session.withBus { _ in client.state })")
+        }
+        let name = tapPattern.replacingOccurrences(of: "%d", with: "\(index)")
+        let tap = try TapDevice(name: name, namespace: netns)
+        try tap.configure(mac: client.mac, mtu: client.mtu, up: true)
+        tap.setOffload(TunOffload.checksum | TunOffload.tso4 | TunOffload.tso6 | TunOffload.tsoECN)
+        let nic = try GuestNIC(index: index, session: session, client: client, tap: tap, logger: logger)
+        session.withBus { _ in nic.start() }
+        logger.info("network: NIC \(index) = TAP \(tap.name)\(netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(client.mac)), MTU \(client.mtu), link \(client.linkUp ? "up" : "down")")
+        return nic
+    }
+
+    /// The NICs now, as `nic list` shows them.
+    public var list: [NICInfo] {
+        session.withBus { _ in
+            nics.map { n in
+                NICInfo(index: n.index, relid: n.client.channel.relid, tap: n.tap.name, netns: netns, mac: MACAddress.format(n.client.mac),
+                        mtu: n.client.mtu, carrier: n.client.linkUp, nvspVersion: "0x" + String(n.client.version, radix: 16))
+            }
+        }
+    }
+
+    /// Stops every NIC (their TAPs go away) and forgets the state file.
+    public func stop() {
+        for nic in nics { nic.stop() }
+        nics.removeAll()
+        unlink(Self.statePath(stateDir))
+    }
+
+    private var recorded: [NICInfo]?
+
+    /// Writes the list for `viridian-agent nic list` when it changed (link state, new NICs).
+    public func record() throws {
+        let now = list
+        guard now != recorded else { return }
+        recorded = now
+        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
+        let data = try JSONEncoder().encode(now)
+        let temporary = Self.statePath(stateDir) + ".tmp"
+        try data.write(to: URL(fileURLWithPath: temporary))
+        guard rename(temporary, Self.statePath(stateDir)) == 0 else { throw AgentError.protocolFailure("cannot record NICs") }
+    }
+}
