@@ -20,6 +20,8 @@ public struct NICInfo: Codable, Sendable, Equatable {
     public var mtu: Int
     public var carrier: Bool
     public var nvspVersion: String
+    /// Channels (and TAP queues): the primary plus sub-channels.
+    public var queues: Int
 }
 
 /// A synthetic NIC bridged to a guest TAP. Frames from the TAP are read straight into transmit
@@ -30,9 +32,11 @@ final class GuestNIC: @unchecked Sendable {
     let index: Int
     let session: AgentSession
     let client: NetworkClient
-    let tap: TapDevice
+    /// One TAP queue per channel (a multi-queue TAP when the host granted sub-channels).
+    let taps: [TapDevice]
+    var tap: TapDevice { taps[0] }
     let logger: Logger
-    private var thread: OSThread?
+    private var threads: [OSThread] = []
     private let stopping = ManagedAtomic<Bool>(false)
     /// Rung when slots come back while the transmit thread waits for them (or to stop it).
     private let room: EventFD
@@ -41,11 +45,11 @@ final class GuestNIC: @unchecked Sendable {
     private let receiveIOV = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2)
     static let batch = 32
 
-    init(index: Int, session: AgentSession, client: NetworkClient, tap: TapDevice, logger: Logger) throws {
+    init(index: Int, session: AgentSession, client: NetworkClient, taps: [TapDevice], logger: Logger) throws {
         self.index = index
         self.session = session
         self.client = client
-        self.tap = tap
+        self.taps = taps
         self.logger = logger
         room = try EventFD()
     }
@@ -55,29 +59,29 @@ final class GuestNIC: @unchecked Sendable {
         receiveIOV.deallocate()
     }
 
-    /// Hooks the client's callbacks (called with the bus locked) and starts the transmit thread.
+    /// Hooks the client's callbacks (called with the bus locked) and starts a transmit thread per queue.
     func start() {
         let mtu = client.mtu
-        client.onFrame = { [unowned self] frame, info in
+        client.onFrame = { [unowned self] frame, info, queue in
             let head = UnsafeRawBufferPointer(rebasing: frame[0..<min(frame.count, OffloadTranslation.headerBytes)])
             OffloadTranslation.virtioHeader(receive: info, headers: head, frameLength: frame.count, mtu: mtu).store(to: receiveHeader)
             receiveIOV[0] = iovec(iov_base: receiveHeader, iov_len: VirtioNetHeader.size)
             receiveIOV[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: frame.baseAddress), iov_len: frame.count)
-            _ = tap.send(UnsafeBufferPointer(receiveIOV))
+            _ = taps[min(queue, taps.count - 1)].send(UnsafeBufferPointer(receiveIOV))
         }
         client.onLinkChange = { [unowned self] up in tap.setCarrier(up) }
         client.onTransmitRoom = { [unowned self] in
             if waitingForRoom.load(ordering: .relaxed) { room.ring() }
         }
         tap.setCarrier(client.linkUp)
-        thread = OSThread { [self] in transmitLoop() }
+        for queue in 0..<taps.count { threads.append(OSThread { [self] in transmitLoop(queue: queue) }) }
     }
 
     func stop() {
         stopping.store(true, ordering: .relaxed)
         room.ring()
-        thread?.join()
-        thread = nil
+        for t in threads { t.join() }
+        threads.removeAll()
         session.withBus { _ in
             client.onFrame = nil
             client.onTransmitRoom = nil
@@ -85,8 +89,9 @@ final class GuestNIC: @unchecked Sendable {
         }
     }
 
-    /// Reads frames from the TAP into slots and sends them, a batch per bus lock.
-    private func transmitLoop() {
+    /// Reads frames from one TAP queue into slots and sends them on that queue's channel, a batch per bus lock.
+    private func transmitLoop(queue: Int) {
+        let tap = taps[queue]
         var slots: [(index: Int, frame: UnsafeMutableRawBufferPointer)] = []
         var ready: [(slot: Int, length: Int, info: PacketInfo)] = []
         slots.reserveCapacity(Self.batch)
@@ -121,23 +126,23 @@ final class GuestNIC: @unchecked Sendable {
             session.withBus { _ in
                 var sent = 0
                 for r in ready {
-                    guard client.send(slot: r.slot, length: r.length, info: r.info) else { break }
+                    guard client.send(slot: r.slot, length: r.length, info: r.info, queue: queue) else { break }
                     sent += 1
                 }
                 ready.removeFirst(sent)
-                client.flush()
+                client.flush(queue: queue)
                 while slots.count < Self.batch, let s = client.takeSlot() { slots.append(s) }
                 waitingForRoom.store(!ready.isEmpty || slots.isEmpty, ordering: .relaxed)
             }
             if waitingForRoom.load(ordering: .relaxed) {
                 // Ring full or no slots: wait for completions (bounded, in case one was missed).
                 var fd = fds[1]
-                if poll(&fd, 1, 10) > 0 { room.wait() }
+                if poll(&fd, 1, 10) > 0, !stopping.load(ordering: .relaxed) { room.wait() }
                 waitingForRoom.store(false, ordering: .relaxed)
             } else if drained && ready.isEmpty {
                 fds[0].revents = 0
                 fds[1].revents = 0
-                if poll(&fds, 2, 1000) > 0, fds[1].revents != 0 { room.wait() }
+                if poll(&fds, 2, 1000) > 0, fds[1].revents != 0, !stopping.load(ordering: .relaxed) { room.wait() }
             }
         }
         session.withBus { _ in for s in slots { client.returnSlot(s.index) } }
@@ -190,19 +195,46 @@ public final class NetworkAttachments: @unchecked Sendable {
             // As much of Linux's 16 MiB receive buffer as guest memory allows (at least 2 MiB).
             var size = 16 << 20
             while size > 2 << 20 && bus.freePages * 4096 < size + (6 << 20) { size /= 2 }
-            return try NetworkClient(channel: channel, bus: bus, receiveBufferBytes: size, logger: logger)
+            // One queue per VP, as Linux asks.
+            return try NetworkClient(channel: channel, bus: bus, receiveBufferBytes: size, queues: session.link.vpCount, logger: logger)
         }
         guard try session.wait(timeoutMs: timeoutMs, until: { _ in client.state != .initializing }), client.state == .ready else {
             throw AgentError.protocolFailure("netvsc: \(session.withBus { _ in client.state })")
         }
+        try openSubChannels(of: client)
         let name = tapPattern.replacingOccurrences(of: "%d", with: "\(index)")
-        let tap = try TapDevice(name: name, namespace: netns)
+        let queues = session.withBus { _ in client.queueCount }
+        var taps = [try TapDevice(name: name, namespace: netns, multiQueue: queues > 1)]
+        for _ in 1..<queues { taps.append(try TapDevice(name: taps[0].name, namespace: netns, multiQueue: true)) }
+        let tap = taps[0]
         try tap.configure(mac: client.mac, mtu: client.mtu, up: true)
-        tap.setOffload(TunOffload.checksum | TunOffload.tso4 | TunOffload.tso6 | TunOffload.tsoECN)
-        let nic = try GuestNIC(index: index, session: session, client: client, tap: tap, logger: logger)
+        for t in taps { t.setOffload(TunOffload.checksum | TunOffload.tso4 | TunOffload.tso6 | TunOffload.tsoECN) }
+        let nic = try GuestNIC(index: index, session: session, client: client, taps: taps, logger: logger)
         session.withBus { _ in nic.start() }
         logger.info("network: NIC \(index) = TAP \(tap.name)\(netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(client.mac)), MTU \(client.mtu), link \(client.linkUp ? "up" : "down")")
         return nic
+    }
+
+    /// Opens the sub-channels the host granted, each on its own VP, and turns receive scaling on.
+    private func openSubChannels(of client: NetworkClient) throws {
+        let granted = session.withBus { _ in client.grantedSubChannels }
+        guard granted > 0 else { return }
+        let instance = client.channel.offer.interfaceInstance
+        func offered(_ bus: VMBusClient) -> [ClientChannel] {
+            bus.channels.values.filter { $0.offer.interfaceInstance == instance && $0.offer.subChannelIndex > 0 && $0.state == .offered }
+        }
+        // `wait` evaluates its condition with the bus already locked.
+        _ = try session.wait(timeoutMs: timeoutMs) { offered($0).count >= granted }
+        let subs = session.withBus { offered($0) }.sorted { $0.offer.subChannelIndex < $1.offer.subChannelIndex }
+        for sub in subs {
+            let vp = UInt32(Int(sub.offer.subChannelIndex) % session.link.vpCount)
+            try session.withBus { try $0.open(sub, sendPages: 129, receivePages: 129, targetVP: vp) }
+        }
+        _ = try session.wait(timeoutMs: timeoutMs) { _ in subs.allSatisfy { $0.state != .creatingRingGPADL && $0.state != .opening } }
+        session.withBus { _ in
+            for sub in subs where sub.state == .open { client.addSubChannel(sub) }
+            client.enableReceiveScaling()
+        }
     }
 
     /// The NICs now, as `nic list` shows them.
@@ -210,7 +242,8 @@ public final class NetworkAttachments: @unchecked Sendable {
         session.withBus { _ in
             nics.map { n in
                 NICInfo(index: n.index, relid: n.client.channel.relid, tap: n.tap.name, netns: netns, mac: MACAddress.format(n.client.mac),
-                        mtu: n.client.mtu, carrier: n.client.linkUp, nvspVersion: "0x" + String(n.client.version, radix: 16))
+                        mtu: n.client.mtu, carrier: n.client.linkUp, nvspVersion: "0x" + String(n.client.version, radix: 16),
+                        queues: n.taps.count)
             }
         }
     }

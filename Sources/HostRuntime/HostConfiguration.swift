@@ -31,6 +31,7 @@ import VMBusWire
 /// netns = "hostside"                 # `ip netns` namespace of the TAP (default: the host's own)
 /// mac = "00:15:5d:00:01:00"          # the guest's MAC (default: 00:15:5d, partition id, NIC index)
 /// mtu = 1500                         # 576…9000
+/// queues = 2                         # channels and TAP queues the guest may use (default: VPs, at most 8)
 /// ```
 public struct HostConfiguration: Codable, Sendable, Equatable {
     public var runtimeDir: String?
@@ -184,6 +185,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
             guard !n.tap.isEmpty, n.tap.utf8.count < 16, taps.insert((n.netns ?? "") + "/" + n.tap).inserted else {
                 throw ConfigurationError.invalid("\(name): nic tap '\(n.tap)' must be 1–15 bytes and unique")
             }
+            if let q = n.queues, !(1...64).contains(q) { throw ConfigurationError.invalid("\(name): nic \(n.tap): queues must be 1…64") }
             guard (576...9000).contains(n.mtu) else { throw ConfigurationError.invalid("\(name): nic \(n.tap): mtu must be 576…9000") }
             if let mac = n.mac, MACAddress.parse(mac) == nil {
                 throw ConfigurationError.invalid("\(name): nic \(n.tap): mac '\(mac)' is not six hex pairs like 00:15:5d:00:01:00")
@@ -223,15 +225,17 @@ public struct NICConfiguration: Codable, Sendable, Equatable {
     public var netns: String?
     public var mac: String?
     public var mtu: Int
+    public var queues: Int?
 
-    public init(tap: String, netns: String? = nil, mac: String? = nil, mtu: Int = 1500) {
+    public init(tap: String, netns: String? = nil, mac: String? = nil, mtu: Int = 1500, queues: Int? = nil) {
+        self.queues = queues
         self.tap = tap
         self.netns = netns
         self.mac = mac
         self.mtu = mtu
     }
 
-    enum CodingKeys: String, CodingKey { case tap, netns, mac, mtu }
+    enum CodingKeys: String, CodingKey { case tap, netns, mac, mtu, queues }
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -239,6 +243,7 @@ public struct NICConfiguration: Codable, Sendable, Equatable {
         netns = try c.decodeIfPresent(String.self, forKey: .netns)
         mac = try c.decodeIfPresent(String.self, forKey: .mac)
         mtu = try c.decodeIfPresent(Int.self, forKey: .mtu) ?? 1500
+        queues = try c.decodeIfPresent(Int.self, forKey: .queues)
     }
 
     /// The configured MAC, or 00:15:5d (Hyper-V's prefix), the partition id and the NIC index.

@@ -122,15 +122,25 @@ public final class PartitionService: @unchecked Sendable {
         var nics: [NetworkVSP] = []
         for (index, nic) in configuration.nic.enumerated() {
             let tap: TapDevice
+            let queues = nic.queues ?? min(configuration.vps, 8)
             do {
-                tap = try TapDevice(name: nic.tap, namespace: nic.netns)
+                tap = try TapDevice(name: nic.tap, namespace: nic.netns, multiQueue: queues > 1)
                 try tap.configure(mtu: nic.mtu, up: true)
             } catch {
                 throw ConfigurationError.invalid("\(configuration.name): nic \(index) (TAP \(nic.tap)\(nic.netns.map { " in netns \($0)" } ?? "")): \(error)"
                     + (getuid() != 0 ? " (TAP devices need root or CAP_NET_ADMIN)" : ""))
             }
             let mac = nic.macAddress(partitionID: id, index: index)
-            nics.append(NetworkVSP(instanceID: instance(0x200 + UInt64(index)), port: tap, mac: mac, mtu: nic.mtu, logger: logger))
+            let vsp = NetworkVSP(instanceID: instance(0x200 + UInt64(index)), port: tap, mac: mac, mtu: nic.mtu, logger: logger)
+            vsp.maximumQueues = queues
+            let (name, netns) = (tap.name, nic.netns)
+            vsp.openQueuePort = { [logger] _ in
+                do { return try TapDevice(name: name, namespace: netns, multiQueue: true) } catch {
+                    logger.warning("TAP \(name): no further queue: \(error)")
+                    return nil
+                }
+            }
+            nics.append(vsp)
             logger.info("\(configuration.name): NIC \(index) = TAP \(tap.name)\(nic.netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(mac)), MTU \(nic.mtu)")
         }
         self.nics = nics

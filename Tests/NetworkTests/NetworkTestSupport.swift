@@ -119,22 +119,46 @@ final class NICMachine {
     var received: [(frame: [UInt8], info: PacketInfo)] = []
     var linkChanges: [Bool] = []
 
-    init(mtu: Int = 1500, versions: [UInt32]? = nil) throws {
-        machine = try LoopbackMachine(memoryBytes: 64 << 20, logger: quiet)
+    /// Ports of the sub-channel queues (index 1, 2, …).
+    var queuePorts: [QueuePort] = []
+    var receivedQueues: [Int] = []
+
+    init(mtu: Int = 1500, queues: Int = 1) throws {
+        machine = try LoopbackMachine(memoryBytes: 64 << 20, vpCount: queues, logger: quiet)
         vsp = NetworkVSP(instanceID: GUID(low: 7, high: 7), port: port, mac: [0x00, 0x15, 0x5D, 0x0A, 0x0B, 0x0C], mtu: mtu, logger: quiet)
+        vsp.maximumQueues = queues
         machine.server.offer(vsp)
         try machine.connect()
         let channel = try #require(machine.client.channels.values.first)
         try machine.client.open(channel, sendPages: 130, receivePages: 130)
         try machine.run(until: { channel.state == .open }, "open")
-        client = try NetworkClient(channel: channel, bus: machine.client, logger: quiet)
-        client.onFrame = { [unowned self] frame, info in received.append((Array(frame), info)) }
+        client = try NetworkClient(channel: channel, bus: machine.client, queues: queues, logger: quiet)
+        client.onFrame = { [unowned self] frame, info, queue in
+            received.append((Array(frame), info))
+            receivedQueues.append(queue)
+        }
         client.onLinkChange = { [unowned self] up in linkChanges.append(up) }
+        vsp.openQueuePort = { [unowned self] _ in
+            let p = QueuePort()
+            queuePorts.append(p)
+            return p
+        }
         try machine.run(until: { [client] in client.state != .initializing }, "netvsc init")
+        if client.grantedSubChannels > 0 {
+            let bus = machine.client!
+            try machine.run(until: { bus.channels.values.filter { $0.offer.subChannelIndex > 0 }.count == client.grantedSubChannels }, "sub-channel offers")
+            for sub in bus.channels.values.filter({ $0.offer.subChannelIndex > 0 }).sorted(by: { $0.offer.subChannelIndex < $1.offer.subChannelIndex }) {
+                try bus.open(sub, sendPages: 130, receivePages: 130, targetVP: UInt32(sub.offer.subChannelIndex) % UInt32(queues))
+                try machine.run(until: { sub.state == .open }, "sub-channel open")
+                client.addSubChannel(sub)
+            }
+            client.enableReceiveScaling()
+            _ = machine.pump()
+        }
     }
 
     /// Sends `frame` from the guest as if read from its TAP with virtio header `v`.
-    func transmit(_ frame: [UInt8], _ v: VirtioNetHeader = VirtioNetHeader()) throws -> Bool {
+    func transmit(_ frame: [UInt8], _ v: VirtioNetHeader = VirtioNetHeader(), queue: Int = 0) throws -> Bool {
         let slot = try #require(client.takeSlot())
         frame.withUnsafeBytes { slot.frame.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
         let head = UnsafeMutableRawBufferPointer(rebasing: slot.frame[0..<min(frame.count, OffloadTranslation.headerBytes)])
@@ -142,8 +166,8 @@ final class NICMachine {
             client.returnSlot(slot.index)
             return false
         }
-        let ok = client.send(slot: slot.index, length: frame.count, info: info)
-        client.flush()
+        let ok = client.send(slot: slot.index, length: frame.count, info: info, queue: queue)
+        client.flush(queue: queue)
         _ = machine.pump()
         return ok
     }

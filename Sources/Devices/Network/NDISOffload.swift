@@ -106,3 +106,46 @@ public struct NDISOffloadParameters: Equatable, Sendable {
     /// Receive checksum offload is on for TCP (RX or both).
     public var receiveChecksum: Bool { tcp4Checksum == 3 || tcp4Checksum == 4 || tcp6Checksum == 3 || tcp6Checksum == 4 }
 }
+
+/// Receive-side scaling structures: the capabilities a multi-queue device reports and the header
+/// of the parameters netvsc sets (the indirection table itself is not used: the TAP's own queue
+/// selection spreads the flows).
+public enum NDISReceiveScale {
+    public static let capabilitiesType: UInt8 = 0x88
+    public static let parametersType: UInt8 = 0x89
+    /// Toeplitz hashing of IPv4, TCP/IPv4, IPv6 and TCP/IPv6.
+    public static let hashInfo: UInt32 = 0x1701
+
+    /// NDIS_RECEIVE_SCALE_CAPABILITIES (18 bytes, revision 2).
+    public static func capabilities(queues: Int) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: 18)
+        b[0] = capabilitiesType
+        b[1] = 2
+        b.putLE(UInt16(18), at: 2)
+        b.putLE(UInt32(0x0100 | 0x0200 | 0x0400), at: 4)  // TCP over IPv4, IPv6, IPv6 with extensions
+        b.putLE(UInt32(queues), at: 8)
+        b.putLE(UInt32(queues), at: 12)
+        b.putLE(UInt16(128), at: 16)
+        return b
+    }
+
+    /// NDIS_RECEIVE_SCALE_PARAMETERS as netvsc sets it: 40-byte header, 128 u32 queue numbers, 40-byte key.
+    public static func parameters(queues: Int, disable: Bool) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: 592)
+        b[0] = parametersType
+        b[1] = 2
+        b.putLE(UInt16(40), at: 2)
+        b.putLE(UInt16(disable ? 0x0010 : 0), at: 4)
+        b.putLE(hashInfo, at: 8)
+        b.putLE(UInt16(512), at: 12)
+        b.putLE(UInt32(40), at: 16)
+        b.putLE(UInt16(40), at: 20)
+        b.putLE(UInt32(552), at: 24)
+        for i in 0..<128 { b.putLE(UInt32(i % max(queues, 1)), at: 40 + 4 * i) }
+        let key: [UInt8] = [0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca,
+                            0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b,
+                            0xbe, 0xac, 0x01, 0xfa]
+        b.replaceSubrange(552..<592, with: key)
+        return b
+    }
+}

@@ -31,10 +31,18 @@ public final class NetworkClient {
     public private(set) var offloadCapabilities: [UInt8] = []
     /// Link changes the host indicated.
     public var onLinkChange: ((Bool) -> Void)?
-    /// A received frame, valid during the call, with its per-packet info.
-    public var onFrame: ((UnsafeRawBufferPointer, PacketInfo) -> Void)?
+    /// A received frame, valid during the call, with its per-packet info and the queue it came on.
+    public var onFrame: ((UnsafeRawBufferPointer, PacketInfo, Int) -> Void)?
     /// A transmit slot or send section came back: room to send again.
     public var onTransmitRoom: (() -> Void)?
+
+    /// Queues wanted (primary + sub-channels), as Linux asks for one per VP.
+    public let requestedQueues: Int
+    /// Sub-channels the host granted (offered after the SUBCHANNEL completion).
+    public private(set) var grantedSubChannels = 0
+    /// Open sub-channels carrying data beside the primary, queue 1, 2, ….
+    public private(set) var subChannels: [ClientChannel] = []
+    public var queueCount: Int { 1 + subChannels.count }
 
     private var versionsToTry = NVSPVersion.linuxPreference
     private var pendingRequests: [UInt32: (RNDISControlMessage) -> Void] = [:]
@@ -75,8 +83,9 @@ public final class NetworkClient {
 
     /// `channel` must be open. Allocates the buffers and starts initialization at once.
     public init(channel: ClientChannel, bus: VMBusClient, receiveBufferBytes: Int = 16 << 20, sendBufferBytes: Int = 170 * 6144,
-                transmitSlots: Int = 64, logger: Logger) throws(ClientError) {
+                transmitSlots: Int = 64, queues: Int = 1, logger: Logger) throws(ClientError) {
         self.channel = channel
+        requestedQueues = max(1, queues)
         self.bus = bus
         self.logger = logger
         receivePages = (receiveBufferBytes + 4095) / 4096
@@ -95,7 +104,7 @@ public final class NetworkClient {
         slotMemory = try map(slotFirstPage, slotPages * transmitSlots)
         freeSlotList = Array((0..<transmitSlots).reversed())
         slotBusy = [Bool](repeating: false, count: transmitSlots)
-        channel.onSignal = { [weak self] _ in self?.drain() }
+        channel.onSignal = { [weak self] in self?.drain($0) }
         negotiate()
     }
 
@@ -236,12 +245,58 @@ public final class NetworkClient {
                     set(OID.currentPacketFilter, RNDIS.words([0x0D])) { [weak self] ok in
                         guard let self else { return }
                         guard ok else { return fail("packet filter refused") }
-                        state = .ready
-                        logger.info("netvsc: NVSP 0x\(String(version, radix: 16)), MAC \(MACAddress.format(mac)), MTU \(mtu), link \(linkUp ? "up" : "down")")
+                        askForSubChannels()
                     }
                 }
             }
         }
+    }
+
+    /// Multi-queue (NVSP ≥ 5): RSS capabilities, then SUBCHANNEL ALLOCATE for one queue per VP.
+    private func askForSubChannels() {
+        guard version >= NVSPVersion.v5, requestedQueues > 1 else { return becomeReady() }
+        query(OID.receiveScaleCapabilities) { [weak self] info in
+            guard let self else { return }
+            guard let info, info.count >= 18, info[0] == NDISReceiveScale.capabilitiesType else { return becomeReady() }
+            let offered = Int(info.le(UInt32.self, at: 12))
+            let wanted = min(requestedQueues, offered) - 1
+            guard wanted >= 1 else { return becomeReady() }
+            var m = NVSPMessage(.subChannel)
+            m.set(NVSPField.subChannelOperation, 1)
+            m.set(NVSPField.subChannelCount, UInt32(wanted))
+            sendNVSP(m) { [weak self] reply in
+                guard let self else { return }
+                if let reply, reply.type == .subChannel, reply.u32(NVSPField.status) == NVSPStatus.success {
+                    grantedSubChannels = min(Int(reply.u32(NVSPField.subChannelCount)), wanted)
+                }
+                becomeReady()
+            }
+        }
+    }
+
+    private func becomeReady() {
+        state = .ready
+        logger.info("netvsc: NVSP 0x\(String(version, radix: 16)), MAC \(MACAddress.format(mac)), MTU \(mtu), link \(linkUp ? "up" : "down"), \(grantedSubChannels) sub-channel(s)")
+    }
+
+    /// Adds an open sub-channel (same instance, index ≥ 1) as the next queue.
+    public func addSubChannel(_ sub: ClientChannel) {
+        guard sub.state == .open, sub.offer.interfaceInstance == channel.offer.interfaceInstance, sub.offer.subChannelIndex > 0 else { return }
+        sub.onSignal = { [weak self] in self?.drain($0) }
+        subChannels.append(sub)
+    }
+
+    /// Spreads receive traffic over every queue (Linux sends RSS disabled, then enabled).
+    public func enableReceiveScaling() {
+        guard !subChannels.isEmpty else { return }
+        set(OID.receiveScaleParameters, NDISReceiveScale.parameters(queues: queueCount, disable: true)) { [weak self] _ in
+            guard let self else { return }
+            set(OID.receiveScaleParameters, NDISReceiveScale.parameters(queues: queueCount, disable: false)) { _ in }
+        }
+    }
+
+    private func endpoint(queue: Int) -> ChannelEndpoint? {
+        queue == 0 ? channel.endpoint : queue <= subChannels.count ? subChannels[queue - 1].endpoint : nil
     }
 
     private func query(_ oid: UInt32, _ done: @escaping ([UInt8]?) -> Void) {
@@ -300,8 +355,8 @@ public final class NetworkClient {
     /// frames are copied into a send section (the slot is free again at once); large ones go by
     /// GPA-direct pages and the slot stays busy until the host completes it. False when the ring
     /// is full (the slot is still the caller's).
-    public func send(slot index: Int, length: Int, info: PacketInfo) -> Bool {
-        guard state == .ready, let endpoint = channel.endpoint else { return false }
+    public func send(slot index: Int, length: Int, info: PacketInfo, queue: Int = 0) -> Bool {
+        guard state == .ready, let endpoint = endpoint(queue: queue) else { return false }
         let header = RNDIS.headerSize + RNDIS.packetBody + info.storedSize
         let frame = slotFrame(index)
         let start = frame.baseAddress! - header
@@ -349,20 +404,24 @@ public final class NetworkClient {
     }
 
     /// Publishes sent frames (one signal for a batch, if the host wants one).
-    public func flush() { channel.endpoint?.commitWrites() }
+    public func flush(queue: Int = 0) { endpoint(queue: queue)?.commitWrites() }
 
     // MARK: Receive
 
-    /// Takes every packet waiting from the host.
-    public func drain() {
-        guard let endpoint = channel.endpoint else { return }
-        var completions: [UInt64] = []
+    /// Transfer-page packets of one drain, completed after it.
+    private var completions: [UInt64] = []
+
+    /// Takes every packet waiting from the host on `source` (default: the primary).
+    public func drain(_ source: ClientChannel? = nil) {
+        guard let endpoint = (source ?? channel).endpoint else { return }
+        let queue = source.flatMap { s in subChannels.firstIndex { $0 === s }.map { $0 + 1 } } ?? 0
+        completions.removeAll(keepingCapacity: true)
         let failure = endpoint.drainInbound { packet in
             switch packet.type {
             case .completion:
                 completed(packet)
             case .dataUsingTransferPages:
-                receive(packet)
+                receive(packet, queue: queue)
                 completions.append(packet.transactionID)
             case .dataInBand:
                 break  // indirection table, VF association: nothing to do without multi-queue or VFs
@@ -404,7 +463,7 @@ public final class NetworkClient {
     }
 
     /// One transfer-page packet: each range is one RNDIS message in the receive buffer.
-    private func receive(_ packet: IncomingPacket) {
+    private func receive(_ packet: IncomingPacket, queue: Int) {
         guard packet.extensionLength >= 8, packet.extensionLength <= scratch.count,
             packet.copy(fromPacketOffset: PacketDescriptor.size, count: packet.extensionLength, into: scratch.baseAddress!),
             let (pageSet, ranges) = try? TransferPageHeader.parse(extension: UnsafeRawBufferPointer(rebasing: scratch[0..<packet.extensionLength])),
@@ -416,12 +475,12 @@ public final class NetworkClient {
                 counters.protocolErrors &+= 1
                 continue
             }
-            message(UnsafeRawBufferPointer(rebasing: receiveBuffer[offset..<(offset + count)]))
+            message(UnsafeRawBufferPointer(rebasing: receiveBuffer[offset..<(offset + count)]), queue: queue)
         }
     }
 
     /// One RNDIS message from the host, bounds-checked against its range.
-    private func message(_ m: UnsafeRawBufferPointer) {
+    private func message(_ m: UnsafeRawBufferPointer, queue: Int) {
         let type = m.le(UInt32.self, at: 0)
         let length = Int(m.le(UInt32.self, at: 4))
         guard length >= RNDIS.headerSize, length <= m.count else { return counters.protocolErrors &+= 1 }
@@ -441,7 +500,7 @@ public final class NetworkClient {
             }
             counters.rxFrames &+= 1
             counters.rxBytes &+= UInt64(dataLength)
-            onFrame?(UnsafeRawBufferPointer(rebasing: m[(RNDIS.headerSize + dataOffset)..<(RNDIS.headerSize + dataOffset + dataLength)]), info)
+            onFrame?(UnsafeRawBufferPointer(rebasing: m[(RNDIS.headerSize + dataOffset)..<(RNDIS.headerSize + dataOffset + dataLength)]), info, queue)
             return
         }
         let bytes = Array(m[0..<length])

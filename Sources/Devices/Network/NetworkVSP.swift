@@ -12,7 +12,7 @@ import Glibc
 /// PACKETs in send-buffer sections or GPA-direct pages and leave by one gathered write straight
 /// from guest memory; host frames are read straight into a receive-buffer sub-allocation and
 /// handed to the guest by transfer-page packets. Everything runs on the partition's thread.
-public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, DescriptorDevice {
+public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, DescriptorDevice, SubChannelDevice {
     public let deviceClass = DeviceClass.network
     public let instanceID: GUID
     public let port: any FramePort
@@ -30,7 +30,17 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     private var memory: GuestPhysicalMemory?
     private var gpadls: (any GpadlMapper)?
     private var watcher: (any DescriptorWatcher)?
-    private var channel: ChannelEndpoint?
+    private var subChannels: (any SubChannelOffering)?
+    /// The primary channel's queue (control and data), and every open channel's by relid.
+    private var primary: NetworkQueue?
+    private var queues: [UInt32: NetworkQueue] = [:]
+    /// Queues (channels) the device offers: more than one enables RSS and sub-channels.
+    public var maximumQueues = 1 {
+        didSet { rndis.receiveQueues = maximumQueues }
+    }
+    /// Opens the port of receive queue `index` ≥ 1 (another queue of a multi-queue TAP); nil: the
+    /// sub-channel sends through the primary port and receives nothing of its own.
+    public var openQueuePort: ((Int) -> (any FramePort)?)?
     public private(set) var version: UInt32 = 0
     public private(set) var rndis: RNDISResponder
 
@@ -42,11 +52,6 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     private var sendSections = 0
     /// RNDIS replies and indications waiting for a free sub-allocation.
     private var pendingControl: [[UInt8]] = []
-    /// A frame in a sub-allocation whose transfer-page packet did not fit the ring yet.
-    private var stalled: (slot: UInt32, length: Int, control: Bool)?
-    /// Completions that did not fit the ring yet (the inbound ring is not read meanwhile).
-    private var pendingCompletions: [(UInt64, [UInt8])] = []
-    private var watching = false
 
     public private(set) var counters = NetworkCounters()
 
@@ -77,6 +82,7 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     public func attach(memory: GuestPhysicalMemory) { self.memory = memory }
     public func attach(gpadls: any GpadlMapper) { self.gpadls = gpadls }
     public func attach(watcher: any DescriptorWatcher) { self.watcher = watcher }
+    public func attach(subChannels: any SubChannelOffering) { self.subChannels = subChannels }
 
     public var mac: [UInt8] { rndis.mac }
     public var mtu: Int { rndis.mtu }
@@ -85,16 +91,31 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     // MARK: Channel life
 
     public func open(_ channel: ChannelEndpoint, userData: [UInt8]) -> UInt32 {
-        guard self.channel == nil else { return 0xC000_0001 }  // one channel: no multi-queue offered
-        self.channel = channel
-        reset()
+        if primary == nil {
+            let q = NetworkQueue(endpoint: channel, index: 0, port: port)
+            primary = q
+            queues = [channel.relid: q]
+            reset()
+            return 0
+        }
+        // Sub-channels are offered only while the primary is open.
+        let index = queues.count
+        let own = openQueuePort?(index)
+        queues[channel.relid] = NetworkQueue(endpoint: channel, index: index, port: own ?? port, receives: own != nil)
+        updateWatch()
         return 0
     }
 
     public func close(_ channel: ChannelEndpoint) {
-        guard self.channel === channel else { return }
-        self.channel = nil
-        reset()
+        guard let q = queues[channel.relid], q.endpoint === channel else { return }
+        stopWatching(q)
+        queues[channel.relid] = nil
+        if q === primary {
+            for other in queues.values { stopWatching(other) }
+            queues = [:]
+            primary = nil
+            reset()
+        }
     }
 
     private func reset() {
@@ -106,25 +127,32 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
         sendBuffer = nil
         sendSections = 0
         pendingControl = []
-        pendingCompletions = []
-        stalled = nil
         let link = rndis.linkUp
         rndis = RNDISResponder(mac: rndis.mac, mtu: rndis.mtu)
         rndis.linkUp = link
+        rndis.receiveQueues = maximumQueues
         port.setOffload(0)
         updateWatch()
     }
 
     /// Whether host frames are wanted now.
     private var receiving: Bool {
-        channel != nil && receiveBuffer != nil && rndis.initialized && rndis.packetFilter != 0 && rndis.linkUp
+        primary != nil && receiveBuffer != nil && rndis.initialized && rndis.packetFilter != 0 && rndis.linkUp
     }
 
     private func updateWatch() {
-        let wanted = receiving && stalled == nil && !freeSlots.isEmpty && port.descriptor >= 0
-        guard wanted != watching, let watcher else { return }
-        watching = wanted
-        watcher.watch(port.descriptor, wanted: wanted) { [unowned self] in self.receiveFrames() }
+        for q in queues.values where q.receives { setWatch(q, receiving && q.stalled == nil && !freeSlots.isEmpty) }
+    }
+
+    private func setWatch(_ q: NetworkQueue, _ wanted: Bool) {
+        guard wanted != q.watching, let watcher, q.port.descriptor >= 0 else { return }
+        q.watching = wanted
+        watcher.watch(q.port.descriptor, wanted: wanted) { [unowned self, unowned q] in self.receiveFrames(q) }
+    }
+
+    private func stopWatching(_ q: NetworkQueue) {
+        setWatch(q, false)
+        q.stalled = nil
     }
 
     // MARK: Link
@@ -134,24 +162,23 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
         guard up != rndis.linkUp else { return }
         rndis.linkUp = up
         port.setCarrier(up)
-        if channel != nil, rndis.initialized { sendControl(rndis.linkIndication) }
-        channel?.commitWrites()
+        if primary != nil, rndis.initialized { sendControl(rndis.linkIndication) }
         updateWatch()
     }
 
     // MARK: Guest → host
 
     public func channelSignalled(_ channel: ChannelEndpoint) {
-        guard self.channel === channel else { return }
-        guard flushCompletions(channel) else { return }
-        retryStalled(channel)
+        guard let q = queues[channel.relid], q.endpoint === channel else { return }
+        guard flushCompletions(q) else { return }
+        retryStalled(q)
         channel.reader.mask()
         while true {
             var blocked = false
             do {
                 while let packet = try channel.reader.next() {
-                    serve(packet, channel)
-                    if !pendingCompletions.isEmpty {
+                    serve(packet, q)
+                    if !q.pendingCompletions.isEmpty {
                         blocked = true
                         break
                     }
@@ -171,12 +198,12 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
             }
             if !channel.reader.unmask() { break }
         }
-        retryStalled(channel)
-        channel.commitWrites()
+        for other in queues.values { retryStalled(other) }
         updateWatch()
     }
 
-    private func serve(_ packet: IncomingPacket, _ channel: ChannelEndpoint) {
+    private func serve(_ packet: IncomingPacket, _ q: NetworkQueue) {
+        let channel = q.endpoint
         if packet.type == .completion {
             // The guest is done with a receive sub-allocation (transaction id = its index).
             let slot = packet.transactionID
@@ -198,10 +225,18 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
             return
         }
         let wantsCompletion = packet.descriptor.completionRequested
+        if message.type == .sendRNDISPacket {
+            let status = transmit(message, packet, q)
+            if wantsCompletion { complete(packet.transactionID, NVSPMessage.rndisPacketComplete(status), q) }
+            return
+        }
+        guard q === primary else {
+            // Sub-channels carry data only.
+            counters.protocolErrors &+= 1
+            if wantsCompletion { complete(packet.transactionID, nil, q) }
+            return
+        }
         switch message.type {
-        case .sendRNDISPacket:
-            let status = transmit(message, packet)
-            if wantsCompletion { complete(packet.transactionID, NVSPMessage.rndisPacketComplete(status), channel) }
         case .initialize:
             let low = message.u32(NVSPField.minVersion), high = message.u32(NVSPField.maxVersion)
             var reply = NVSPMessage(.initializeComplete)
@@ -214,19 +249,19 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
             } else {
                 reply.set(NVSPField.initStatus, NVSPStatus.failure)
             }
-            complete(packet.transactionID, reply, channel)
+            complete(packet.transactionID, reply, q)
         case .sendNDISConfig, .sendNDISVersion, .switchDataPath:
-            if wantsCompletion { complete(packet.transactionID, nil, channel) }
+            if wantsCompletion { complete(packet.transactionID, nil, q) }
         case .sendReceiveBuffer:
-            complete(packet.transactionID, attachReceiveBuffer(message, channel), channel)
+            complete(packet.transactionID, attachReceiveBuffer(message, channel), q)
         case .sendSendBuffer:
-            complete(packet.transactionID, attachSendBuffer(message, channel), channel)
+            complete(packet.transactionID, attachSendBuffer(message, channel), q)
         case .revokeReceiveBuffer:
             receiveBuffer = nil
             receiveSlots = 0
             freeSlots = []
             slotBusy = []
-            stalled = nil
+            for other in queues.values { other.stalled = nil }
             pendingControl = []
         case .revokeSendBuffer:
             sendBuffer = nil
@@ -234,10 +269,20 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
         case .subChannel:
             var reply = NVSPMessage(.subChannel)
             reply.set(NVSPField.status, NVSPStatus.failure)
-            complete(packet.transactionID, reply, channel)
+            let wanted = Int(message.u32(NVSPField.subChannelCount))
+            if message.u32(NVSPField.subChannelOperation) == 1, version >= NVSPVersion.v5, rndis.initialized, let subChannels,
+                wanted >= 1, maximumQueues > 1 {
+                let granted = min(wanted, maximumQueues - 1)
+                _ = subChannels.offerSubChannels(of: self, count: granted)
+                reply.set(NVSPField.status, NVSPStatus.success)
+                reply.set(NVSPField.subChannelCount, UInt32(granted))
+            } else {
+                counters.protocolErrors &+= 1
+            }
+            complete(packet.transactionID, reply, q)
         default:
             counters.protocolErrors &+= 1
-            if wantsCompletion { complete(packet.transactionID, nil, channel) }
+            if wantsCompletion { complete(packet.transactionID, nil, q) }
         }
     }
 
@@ -283,7 +328,7 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
 
     /// Collects the RNDIS bytes of a SEND_RNDIS_PKT (section, then GPA pages) and handles each
     /// RNDIS message in them. Returns the NVSP status for the completion.
-    private func transmit(_ m: NVSPMessage, _ packet: IncomingPacket) -> UInt32 {
+    private func transmit(_ m: NVSPMessage, _ packet: IncomingPacket, _ q: NetworkQueue) -> UInt32 {
         scatter.reset()
         let section = m.u32(NVSPField.sendSectionIndex)
         if section != NVSPMessage.noSection {
@@ -312,7 +357,7 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
                 return NVSPStatus.invalidRNDISPacket
             }
             if type == RNDISMessageType.packet {
-                if !forward(at: offset, length: length) { status = NVSPStatus.invalidRNDISPacket }
+                if !forward(at: offset, length: length, to: q.port) { status = NVSPStatus.invalidRNDISPacket }
             } else {
                 guard length <= RNDIS.maximumControlMessage else {
                     counters.protocolErrors &+= 1
@@ -350,7 +395,7 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     }
 
     /// Sends one RNDIS PACKET's frame to the port. False when the message is malformed.
-    private func forward(at offset: Int, length: Int) -> Bool {
+    private func forward(at offset: Int, length: Int, to port: any FramePort) -> Bool {
         guard length >= RNDIS.headerSize + RNDIS.packetBody,
             scatter.copy(at: offset + RNDIS.headerSize, length: RNDIS.packetBody, into: small)
         else {
@@ -435,15 +480,16 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
 
     // MARK: Host → guest
 
-    /// Reads frames from the port into free sub-allocations and offers them to the guest.
-    public func receiveFrames() {
-        guard let channel, let receiveBuffer else { return updateWatch() }
+    /// Reads frames from a queue's port into free sub-allocations and offers them to the guest on that queue's channel.
+    func receiveFrames(_ q: NetworkQueue) {
+        guard let receiveBuffer, queues[q.endpoint.relid] === q else { return updateWatch() }
+        let channel = q.endpoint
         var batch = 0
-        while receiving, stalled == nil, let slot = freeSlots.popLast() {
+        while receiving, q.stalled == nil, let slot = freeSlots.popLast() {
             let base = receiveBuffer.base + Int(slot) * Self.subAllocationSize
             iov[0] = iovec(iov_base: vnet, iov_len: VirtioNetHeader.size)
             iov[1] = iovec(iov_base: base + Self.frameOffset, iov_len: Self.subAllocationSize - Self.frameOffset)
-            guard let n = port.receive(UnsafeBufferPointer(rebasing: iov[0..<2])) else {
+            guard let n = q.port.receive(UnsafeBufferPointer(rebasing: iov[0..<2])) else {
                 freeSlots.append(slot)
                 break
             }
@@ -460,8 +506,8 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
             slotBusy[Int(slot)] = true
             counters.rxFrames &+= 1
             counters.rxBytes &+= UInt64(length)
-            if !offer(slot: slot, length: Self.frameOffset + length, control: false, channel) {
-                stalled = (slot, Self.frameOffset + length, false)
+            if !offer(slot: slot, length: Self.frameOffset + length, control: false, q) {
+                q.stalled = (slot, Self.frameOffset + length, false)
                 break
             }
             batch += 1
@@ -474,6 +520,11 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
         updateWatch()
     }
 
+    /// Reads whatever waits on every queue (tests, and ports without a descriptor).
+    public func receiveFrames() {
+        for q in queues.values.sorted(by: { $0.index < $1.index }) where q.receives { receiveFrames(q) }
+    }
+
     /// Queues an RNDIS message (reply or indication) for the guest through the receive buffer.
     private func sendControl(_ bytes: [UInt8]) {
         guard pendingControl.count < Self.maximumPendingControl else {
@@ -481,28 +532,29 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
             return
         }
         pendingControl.append(bytes)
-        if let channel { flushControl(channel) }
+        if let primary { flushControl(primary) }
     }
 
-    private func flushControl(_ channel: ChannelEndpoint) {
+    private func flushControl(_ q: NetworkQueue) {
         guard let receiveBuffer else { return }
-        while stalled == nil, let bytes = pendingControl.first, bytes.count <= Self.subAllocationSize, let slot = freeSlots.popLast() {
+        while q.stalled == nil, let bytes = pendingControl.first, bytes.count <= Self.subAllocationSize, let slot = freeSlots.popLast() {
             pendingControl.removeFirst()
             bytes.withUnsafeBytes { (receiveBuffer.base + Int(slot) * Self.subAllocationSize).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             slotBusy[Int(slot)] = true
-            if !offer(slot: slot, length: bytes.count, control: true, channel) {
-                stalled = (slot, bytes.count, true)
+            if !offer(slot: slot, length: bytes.count, control: true, q) {
+                q.stalled = (slot, bytes.count, true)
             }
         }
-        channel.commitWrites()
+        q.endpoint.commitWrites()
     }
 
     /// Writes the transfer-page packet for one sub-allocation. False when the ring is full.
-    private func offer(slot: UInt32, length: Int, control: Bool, _ channel: ChannelEndpoint) -> Bool {
+    private func offer(slot: UInt32, length: Int, control: Bool, _ q: NetworkQueue) -> Bool {
         transferExtension.putLE(UInt32(length), at: 8)
         transferExtension.putLE(slot * UInt32(Self.subAllocationSize), at: 12)
         let message = NVSPMessage.rndisPacket(control: control)
         let size = version >= NVSPVersion.v61 ? NVSPMessage.size : 28
+        let channel = q.endpoint
         let written = transferExtension.withUnsafeBytes { ext in
             message.bytes.withUnsafeBytes { payload in
                 (try? channel.writer.tryWrite(type: .dataUsingTransferPages, flags: PacketDescriptor.flagCompletionRequested,
@@ -517,41 +569,65 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
         return written
     }
 
-    /// Offers the stalled sub-allocation and waiting control messages once the ring has room.
-    private func retryStalled(_ channel: ChannelEndpoint) {
-        if let s = stalled {
-            guard offer(slot: s.slot, length: s.length, control: s.control, channel) else { return }
-            stalled = nil
-            channel.writer.clearSpaceRequest()
+    /// Offers a queue's stalled sub-allocation (and, on the primary, waiting control messages) once its ring has room.
+    private func retryStalled(_ q: NetworkQueue) {
+        if let s = q.stalled {
+            guard offer(slot: s.slot, length: s.length, control: s.control, q) else { return }
+            q.stalled = nil
+            q.endpoint.writer.clearSpaceRequest()
         }
-        flushControl(channel)
+        if q === primary { flushControl(q) }
+        q.endpoint.commitWrites()
     }
 
     // MARK: Completions
 
     /// Completes a guest request with `reply` (nil: an empty completion).
-    private func complete(_ transactionID: UInt64, _ reply: NVSPMessage?, _ channel: ChannelEndpoint) {
+    private func complete(_ transactionID: UInt64, _ reply: NVSPMessage?, _ q: NetworkQueue) {
         let size = reply == nil ? 0 : version >= NVSPVersion.v61 || version == 0 ? NVSPMessage.size : 28
         let bytes = reply.map { Array($0.bytes[0..<size]) } ?? []
-        if pendingCompletions.isEmpty,
-            (try? channel.writer.tryWrite(type: .completion, transactionID: transactionID, payload: bytes)) == true { return }
+        if q.pendingCompletions.isEmpty,
+            (try? q.endpoint.writer.tryWrite(type: .completion, transactionID: transactionID, payload: bytes)) == true { return }
         counters.ringFull &+= 1
-        pendingCompletions.append((transactionID, bytes))
+        q.pendingCompletions.append((transactionID, bytes))
     }
 
     /// Writes completions that waited for room; false while some still do not fit.
-    private func flushCompletions(_ channel: ChannelEndpoint) -> Bool {
-        while let (id, bytes) = pendingCompletions.first {
+    private func flushCompletions(_ q: NetworkQueue) -> Bool {
+        let channel = q.endpoint
+        while let (id, bytes) = q.pendingCompletions.first {
             guard (try? channel.writer.tryWrite(type: .completion, transactionID: id, payload: bytes)) == true else {
                 _ = channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: bytes.count))
                 channel.commitWrites()
                 return false
             }
-            pendingCompletions.removeFirst()
+            q.pendingCompletions.removeFirst()
         }
         channel.writer.clearSpaceRequest()
         channel.commitWrites()
         return true
+    }
+}
+
+/// One channel of a NIC (the primary or a sub-channel) and the port queue it is paired with.
+final class NetworkQueue {
+    let endpoint: ChannelEndpoint
+    let index: Int
+    let port: any FramePort
+    /// Whether host frames are read from `port` for this queue (the primary always; a sub-channel
+    /// only with a port of its own).
+    let receives: Bool
+    /// A frame in a sub-allocation whose transfer-page packet did not fit the ring yet.
+    var stalled: (slot: UInt32, length: Int, control: Bool)?
+    /// Completions that did not fit the ring yet (the inbound ring is not read meanwhile).
+    var pendingCompletions: [(UInt64, [UInt8])] = []
+    var watching = false
+
+    init(endpoint: ChannelEndpoint, index: Int, port: any FramePort, receives: Bool = true) {
+        self.endpoint = endpoint
+        self.index = index
+        self.port = port
+        self.receives = receives
     }
 }
 

@@ -14,6 +14,8 @@ public struct RNDISResponder: Sendable {
     public private(set) var initialized = false
     public private(set) var packetFilter: UInt32 = 0
     public private(set) var offload = NDISOffloadParameters()
+    /// Receive queues the device offers (RSS); more than one lets the guest ask for sub-channels.
+    public var receiveQueues = 1
     /// Link speed in 100 bps units (10 Gbit/s).
     public var linkSpeed: UInt32 = 100_000_000
     public static let friendlyName = "Viridian synthetic network adapter"
@@ -73,6 +75,8 @@ public struct RNDISResponder: Sendable {
         case OID.mediaConnectStatus: return (RNDISStatus.success, u32(linkUp ? 0 : 1))
         case OID.currentPacketFilter: return (RNDISStatus.success, u32(packetFilter))
         case OID.offloadHardwareCapabilities: return (RNDISStatus.success, NDISOffload.capabilities(nvsp: nvspVersion))
+        case OID.receiveScaleCapabilities where receiveQueues > 1 && nvspVersion >= NVSPVersion.v5:
+            return (RNDISStatus.success, NDISReceiveScale.capabilities(queues: receiveQueues))
         case OID.friendlyName:
             var name = [UInt8]()
             for unit in Self.friendlyName.utf16 + [0] { name += [UInt8(unit & 0xFF), UInt8(unit >> 8)] }
@@ -87,6 +91,9 @@ public struct RNDISResponder: Sendable {
             guard info.count >= 4 else { return (RNDISStatus.invalidLength, .none) }
             packetFilter = info.le(UInt32.self, at: 0)
             return (RNDISStatus.success, .packetFilterChanged)
+        case OID.receiveScaleParameters where receiveQueues > 1:
+            guard info.count >= 4, info[0] == NDISReceiveScale.parametersType else { return (RNDISStatus.invalidData, .none) }
+            return (RNDISStatus.success, .none)
         case OID.offloadParameters:
             guard let p = try? NDISOffloadParameters(decoding: info) else { return (RNDISStatus.invalidData, .none) }
             offload = p
