@@ -80,6 +80,14 @@ let package = Package(
             path: "Sources/Devices/Network",
             swiftSettings: strict),
         .target(
+            name: "EmulatedDevices",
+            dependencies: [
+                "CSystem", "VMBusWire", "SyntheticStorage", "SyntheticNetwork",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Devices/Emulated",
+            swiftSettings: strict),
+        .target(
             name: "NBD",
             dependencies: ["VMBusWire", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
@@ -97,7 +105,7 @@ let package = Package(
             name: "HostRuntime",
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "EchoDevice",
-                "IntegrationServices", "SyntheticStorage", "SyntheticNetwork",
+                "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -105,7 +113,7 @@ let package = Package(
             name: "AgentRuntime",
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "GuestMemory", "VMBusClient", "PartitionLink", "EchoDevice",
-                "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "NBD",
+                "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices", "NBD",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -160,6 +168,10 @@ let package = Package(
                 "SyntheticNetwork", "Loopback", "Hypervisor", "VMBusClient", "VMBusRing", "GuestMemory", "VMBusWire",
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "EmulatedTests",
+            dependencies: ["EmulatedDevices", "SyntheticNetwork", "SyntheticStorage", "VMBusWire"],
             swiftSettings: strict),
         .testTarget(name: "VMBusWireTests", dependencies: ["VMBusWire"], swiftSettings: strict),
         .testTarget(name: "VMBusRingTests", dependencies: ["VMBusRing", "VMBusWire"], swiftSettings: strict),

@@ -1,6 +1,7 @@
 // One agent's attachment to a partition: fresh guest memory, VP blocks, eventfds, the hypervisor objects.
 
 import CSystem
+import EmulatedDevices
 import Glibc
 import GuestMemory
 import Hypervisor
@@ -24,6 +25,10 @@ final class PartitionRuntime: InterruptSink {
     /// Guest → host doorbells per event connection id.
     var channelDoorbells: [UInt32: EventFD] = [:]
     var interruptCounts: [UInt64]
+    /// The partition's legacy I/O ports (emulated devices); nil: every port floats.
+    var portIO: PortIOBus?
+    /// Port I/O exits served (all VPs).
+    private(set) var portExits: UInt64 = 0
     let attachedAt = DispatchClock.now()
 
     init(socket: LinkSocket, agentPID: Int32, id: UInt32, configuration: PartitionConfiguration,
@@ -91,6 +96,18 @@ final class PartitionRuntime: InterruptSink {
             } else {
                 block.storeBytes(of: VPBlock.msrRefused, toByteOffset: VPBlock.result, as: UInt64.self)
             }
+        case .portIn:
+            portExits &+= 1
+            let port = UInt16(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.msr, as: UInt32.self))
+            let size = Int(block.load(fromByteOffset: VPBlock.control, as: UInt64.self))
+            let value = portIO?.read(port: port, size: size) ?? UInt32.max
+            block.storeBytes(of: UInt64(value), toByteOffset: VPBlock.result, as: UInt64.self)
+        case .portOut:
+            portExits &+= 1
+            let port = UInt16(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.msr, as: UInt32.self))
+            let size = Int(block.load(fromByteOffset: VPBlock.control, as: UInt64.self))
+            portIO?.write(port: port, size: size, value: UInt32(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.value, as: UInt64.self)))
+            block.storeBytes(of: UInt64(0), toByteOffset: VPBlock.result, as: UInt64.self)
         case nil:
             block.storeBytes(of: HypercallResult(status: .invalidHypercallInput).rawValue, toByteOffset: VPBlock.result, as: UInt64.self)
         }

@@ -22,6 +22,7 @@ public final class GuestLink: GuestHypervisor, @unchecked Sendable {
     let vpLocks: [Lock]
     private let eventLock = Lock()
     private var eventFDs: [UInt32: EventFD] = [:]
+    private var lines: [UInt32: EventFD] = [:]
     private let closed = ManagedAtomic<Bool>(false)
     private var monitor: OSThread?
 
@@ -88,6 +89,8 @@ public final class GuestLink: GuestHypervisor, @unchecked Sendable {
                     switch frame {
                     case .eventFD(let id) where fds.count == 1:
                         eventLock.withLock { eventFDs[id] = EventFD(adopting: fds[0]) }
+                    case .interruptLine(let irq) where fds.count == 1:
+                        eventLock.withLock { lines[irq] = EventFD(adopting: fds[0]) }
                     case .revokeEventFD(let id):
                         _ = eventLock.withLock { eventFDs.removeValue(forKey: id) }
                         fds.forEach { close($0) }
@@ -105,6 +108,7 @@ public final class GuestLink: GuestHypervisor, @unchecked Sendable {
             closed.store(true, ordering: .releasing)
             for c in completions { c.ring() }
             for i in interrupts { i.ring() }
+            for l in eventLock.withLock({ Array(lines.values) }) { l.ring() }
             onClose(reason)
         }
     }
@@ -125,6 +129,29 @@ public final class GuestLink: GuestHypervisor, @unchecked Sendable {
 
     /// Wakes VP `vp`'s interrupt wait (used to stop VP threads).
     public func kick(vp: Int) { interrupts[vp].ring() }
+
+    /// The eventfd of legacy interrupt line `irq`, once the host has sent it.
+    public func interruptLine(_ irq: UInt32) -> EventFD? { eventLock.withLock { lines[irq] } }
+
+    // MARK: Port I/O (emulated devices)
+
+    /// IN of `size` bytes (1, 2, 4) from `port`: one trap to the host, as a VM exit would be. nil if the link is gone.
+    public func portIn(vp: UInt32 = 0, port: UInt16, size: Int) -> UInt32? {
+        roundTrip(vp: vp, kind: .portIn) { block in
+            block.storeBytes(of: UInt32(port), toByteOffset: VPBlock.msr, as: UInt32.self)
+            block.storeBytes(of: UInt64(size), toByteOffset: VPBlock.control, as: UInt64.self)
+        }.map { UInt32(truncatingIfNeeded: $0) }
+    }
+
+    /// OUT of `size` bytes to `port`: one trap. False if the link is gone.
+    @discardableResult
+    public func portOut(vp: UInt32 = 0, port: UInt16, size: Int, value: UInt32) -> Bool {
+        roundTrip(vp: vp, kind: .portOut) { block in
+            block.storeBytes(of: UInt32(port), toByteOffset: VPBlock.msr, as: UInt32.self)
+            block.storeBytes(of: UInt64(size), toByteOffset: VPBlock.control, as: UInt64.self)
+            block.storeBytes(of: UInt64(value), toByteOffset: VPBlock.value, as: UInt64.self)
+        } != nil
+    }
 
     // MARK: GuestHypervisor
 

@@ -16,6 +16,8 @@ public enum LinkFrame: Equatable, Sendable {
     case revokeEventFD(connectionID: UInt32)
     /// Host → agent: the host is shutting down.
     case shutdown(reason: UInt32)
+    /// Host → agent: the eventfd of a legacy interrupt line (IRQ number), rung when the line rises.
+    case interruptLine(irq: UInt32)
 
     public static let magic: UInt32 = 0x4B4E_4C56  // "VLNK"
     public static let version: UInt16 = 1
@@ -61,6 +63,7 @@ public enum LinkFrame: Equatable, Sendable {
         case .eventFD: 4
         case .revokeEventFD: 5
         case .shutdown: 6
+        case .interruptLine: 7
         }
     }
 
@@ -86,7 +89,7 @@ public enum LinkFrame: Equatable, Sendable {
             body = [UInt8](repeating: 0, count: 4)
             body.putLE(code, at: 0)
             body += text
-        case .eventFD(let id), .revokeEventFD(let id), .shutdown(let id):
+        case .eventFD(let id), .revokeEventFD(let id), .shutdown(let id), .interruptLine(let id):
             body = [UInt8](repeating: 0, count: 4)
             body.putLE(id, at: 0)
         }
@@ -138,6 +141,11 @@ public enum LinkFrame: Equatable, Sendable {
         case 6:
             try need(4)
             self = .shutdown(reason: body.le(at: 0))
+        case 7:
+            try need(4)
+            let irq: UInt32 = body.le(at: 0)
+            guard irq < 256 else { throw .malformed("IRQ \(irq)") }
+            self = .interruptLine(irq: irq)
         default:
             throw .malformed("unknown type \(type)")
         }

@@ -20,6 +20,10 @@ public enum VPBlock {
         case hypercall = 1
         case writeMSR = 2
         case readMSR = 3
+        /// IN from an I/O port: port in `msr`, size (1, 2, 4) in `control`; the value comes back in `result`.
+        case portIn = 4
+        /// OUT to an I/O port: port in `msr`, size in `control`, value in `value`.
+        case portOut = 5
     }
 
     /// MSR access outcome in `result`.

@@ -1,0 +1,190 @@
+// The guest's ATA PIO driver: the register sequences Linux's libata SFF code issues, through IN/OUT traps.
+
+/// Why an ATA command failed.
+public enum ATADriverError: Error, Equatable, Sendable {
+    case noDevice
+    case timeout(String)
+    /// The device set ERR (status, error register).
+    case device(status: UInt8, error: UInt8)
+    case outOfRange
+}
+
+/// Drives one disk of a legacy ATA channel with PIO, as libata's SFF host state machine does:
+/// select, wait for !BSY, load the task file (HOB bytes first for 48-bit), issue the command,
+/// then per DRQ block wait for the interrupt (or, for the first block of a write, poll the
+/// alternate status), read the status to acknowledge, and move the block through the data port
+/// 32 bits at a time. Every register access is one trap. One thread drives it.
+public final class ATADriver {
+    let io: any PortIO
+    let interrupt: any InterruptWait
+    let base: UInt16
+    let controlPort: UInt16
+    /// 0 master, 1 slave.
+    let unit: UInt8
+    public private(set) var sectors: UInt64 = 0
+    public private(set) var model = ""
+    public private(set) var supportsLBA48 = false
+    /// Sectors per DRQ block once SET MULTIPLE succeeded (0: single-sector commands).
+    public private(set) var multiple = 0
+    static let timeoutMs = 5000
+
+    public init(io: any PortIO, interrupt: any InterruptWait, base: UInt16 = ATAController.primaryCommand,
+                controlPort: UInt16 = ATAController.primaryControl, unit: UInt8 = 0) throws(ATADriverError) {
+        self.io = io
+        self.interrupt = interrupt
+        self.base = base
+        self.controlPort = controlPort
+        self.unit = unit
+        try probe()
+    }
+
+    private var deviceBits: UInt8 { 0xE0 | unit << 4 }
+
+    /// Presence check (a register that holds what was written), soft reset, IDENTIFY, SET MULTIPLE.
+    private func probe() throws(ATADriverError) {
+        io.outb(base + 6, deviceBits)
+        io.outb(base + 2, 0x55)
+        io.outb(base + 3, 0xAA)
+        guard io.inb(base + 2) == 0x55, io.inb(base + 3) == 0xAA else { throw .noDevice }
+        // Soft reset with interrupts enabled afterwards.
+        io.outb(controlPort, 0x06)
+        io.outb(controlPort, 0x02)
+        io.outb(controlPort, 0x00)
+        try waitNotBusy()
+        let status = io.inb(base + 7)
+        guard status != 0, status != 0xFF else { throw .noDevice }
+        var id = [UInt8](repeating: 0, count: 512)
+        try command(ATACommand.identify, lba: 0, count: 0, lba48: false)
+        try waitForInterrupt()
+        let s = io.inb(base + 7)
+        guard s & ATAStatus.error == 0, s & ATAStatus.dataRequest != 0 else { throw .device(status: s, error: io.inb(base + 1)) }
+        id.withUnsafeMutableBytes { readBlock(into: $0.baseAddress!, count: 512) }
+        func word(_ i: Int) -> UInt64 { UInt64(id[2 * i]) | UInt64(id[2 * i + 1]) << 8 }
+        supportsLBA48 = word(83) & 0x0400 != 0
+        sectors = supportsLBA48 ? word(100) | word(101) << 16 | word(102) << 32 | word(103) << 48 : word(60) | word(61) << 16
+        var text = (27..<47).flatMap { [id[2 * $0 + 1], id[2 * $0]] }
+        while text.last == 0x20 || text.last == 0 { text.removeLast() }
+        model = String(decoding: text, as: UTF8.self)
+        let maxMultiple = Int(word(47) & 0xFF)
+        if maxMultiple >= 2 {
+            io.outb(base + 6, deviceBits)
+            io.outb(base + 2, UInt8(maxMultiple))
+            io.outb(base + 7, ATACommand.setMultiple)
+            try waitForInterrupt()
+            if io.inb(base + 7) & ATAStatus.error == 0 { multiple = maxMultiple }
+        }
+    }
+
+    // MARK: Waiting
+
+    private func waitNotBusy() throws(ATADriverError) {
+        for _ in 0..<100_000 where io.inb(controlPort) & ATAStatus.busy == 0 { return }
+        throw .timeout("BSY did not clear")
+    }
+
+    private func waitForInterrupt() throws(ATADriverError) {
+        guard interrupt.wait(timeoutMs: Self.timeoutMs) else { throw .timeout("no interrupt") }
+    }
+
+    // MARK: Commands
+
+    /// Loads the task file and writes the command register.
+    private func command(_ code: UInt8, lba: UInt64, count: Int, lba48: Bool) throws(ATADriverError) {
+        io.outb(base + 6, deviceBits)
+        try waitNotBusy()
+        if lba48 {
+            io.outb(base + 2, UInt8(truncatingIfNeeded: count >> 8))
+            io.outb(base + 3, UInt8(truncatingIfNeeded: lba >> 24))
+            io.outb(base + 4, UInt8(truncatingIfNeeded: lba >> 32))
+            io.outb(base + 5, UInt8(truncatingIfNeeded: lba >> 40))
+        }
+        io.outb(base + 2, UInt8(truncatingIfNeeded: count))
+        io.outb(base + 3, UInt8(truncatingIfNeeded: lba))
+        io.outb(base + 4, UInt8(truncatingIfNeeded: lba >> 8))
+        io.outb(base + 5, UInt8(truncatingIfNeeded: lba >> 16))
+        io.outb(base + 6, lba48 ? deviceBits : deviceBits | UInt8(truncatingIfNeeded: lba >> 24) & 0x0F)
+        io.outb(base + 7, code)
+    }
+
+    private func readBlock(into p: UnsafeMutableRawPointer, count: Int) {
+        for i in stride(from: 0, to: count, by: 4) { p.storeBytes(of: io.inl(base).littleEndian, toByteOffset: i, as: UInt32.self) }
+    }
+
+    private func writeBlock(from p: UnsafeRawPointer, count: Int) {
+        for i in stride(from: 0, to: count, by: 4) { io.outl(base, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: i, as: UInt32.self))) }
+    }
+
+    /// Largest transfer of one command.
+    private var commandLimit: Int { supportsLBA48 ? 65536 : 256 }
+
+    /// Reads `count` sectors at `lba` into `buffer` (count × 512 bytes).
+    public func read(lba: UInt64, count: Int, into buffer: UnsafeMutableRawPointer) throws(ATADriverError) {
+        try run(lba: lba, count: count, buffer: buffer, write: false)
+    }
+
+    /// Writes `count` sectors at `lba` from `buffer`.
+    public func write(lba: UInt64, count: Int, from buffer: UnsafeRawPointer) throws(ATADriverError) {
+        try run(lba: lba, count: count, buffer: UnsafeMutableRawPointer(mutating: buffer), write: true)
+    }
+
+    private func run(lba: UInt64, count: Int, buffer: UnsafeMutableRawPointer, write: Bool) throws(ATADriverError) {
+        guard count >= 0, lba + UInt64(count) <= sectors else { throw .outOfRange }
+        var done = 0
+        while done < count {
+            let n = min(count - done, commandLimit)
+            let at = lba + UInt64(done)
+            let lba48 = supportsLBA48 && (at + UInt64(n) > 0x0FFF_FFFF || n > 256)
+            let code: UInt8
+            switch (write, multiple > 0, lba48) {
+            case (false, true, true): code = ATACommand.readMultipleExt
+            case (false, true, false): code = ATACommand.readMultiple
+            case (false, false, true): code = ATACommand.readSectorsExt
+            case (false, false, false): code = ATACommand.readSectors
+            case (true, true, true): code = ATACommand.writeMultipleExt
+            case (true, true, false): code = ATACommand.writeMultiple
+            case (true, false, true): code = ATACommand.writeSectorsExt
+            case (true, false, false): code = ATACommand.writeSectors
+            }
+            try command(code, lba: at, count: n == 65536 || (n == 256 && !lba48) ? 0 : n, lba48: lba48)
+            let block = max(multiple, 1)
+            var moved = 0
+            while moved < n {
+                let sectorsNow = min(block, n - moved)
+                let p = buffer + (done + moved) * 512
+                if write {
+                    if moved == 0 {
+                        // The first block of a PIO write is asked for by DRQ alone.
+                        var status = io.inb(controlPort)
+                        var polls = 0
+                        while status & ATAStatus.busy != 0 || status & (ATAStatus.dataRequest | ATAStatus.error) == 0 {
+                            polls += 1
+                            guard polls < 100_000 else { throw .timeout("DRQ for the first write block") }
+                            status = io.inb(controlPort)
+                        }
+                        if status & ATAStatus.error != 0 { throw .device(status: io.inb(base + 7), error: io.inb(base + 1)) }
+                    }
+                    writeBlock(from: p, count: sectorsNow * 512)
+                    try waitForInterrupt()
+                    let status = io.inb(base + 7)
+                    if status & ATAStatus.error != 0 { throw .device(status: status, error: io.inb(base + 1)) }
+                } else {
+                    try waitForInterrupt()
+                    let status = io.inb(base + 7)
+                    if status & ATAStatus.error != 0 { throw .device(status: status, error: io.inb(base + 1)) }
+                    guard status & ATAStatus.dataRequest != 0 else { throw .device(status: status, error: 0) }
+                    readBlock(into: p, count: sectorsNow * 512)
+                }
+                moved += sectorsNow
+            }
+            done += n
+        }
+    }
+
+    /// FLUSH CACHE (EXT).
+    public func flush() throws(ATADriverError) {
+        try command(supportsLBA48 ? ATACommand.flushCacheExt : ATACommand.flushCache, lba: 0, count: 0, lba48: false)
+        try waitForInterrupt()
+        let status = io.inb(base + 7)
+        if status & ATAStatus.error != 0 { throw .device(status: status, error: io.inb(base + 1)) }
+    }
+}
