@@ -18,6 +18,8 @@ public final class AgentSession: @unchecked Sendable {
     let logger: Logger
     private var vpThreads: [OSThread] = []
     private let stopping = ManagedAtomic<Bool>(false)
+    /// Threads inside `wait`: only then is `progress` worth a system call per interrupt.
+    private let waiters = ManagedAtomic<Int>(0)
     private let interruptCounts: [ManagedAtomic<UInt64>]
     /// When the agent's main loop last proved it is alive (heartbeats depend on it).
     private let petTime = ManagedAtomic<UInt64>(viridian_now_ns())
@@ -55,7 +57,7 @@ public final class AgentSession: @unchecked Sendable {
                 while link.waitForInterrupt(vp: vp) && !stopping.load(ordering: .relaxed) {
                     bus.withLock { client.handleInterrupt(vp: UInt32(vp)) }
                     interruptCounts[vp].wrappingIncrement(ordering: .relaxed)
-                    progress.ring()
+                    if waiters.load(ordering: .acquiring) > 0 { progress.ring() }
                 }
             })
         }
@@ -80,6 +82,8 @@ public final class AgentSession: @unchecked Sendable {
 
     /// Waits until `condition` (checked with the bus locked) holds. False on timeout; throws if the host went away.
     public func wait(timeoutMs: Int, until condition: (VMBusClient) -> Bool) throws -> Bool {
+        waiters.wrappingIncrement(ordering: .acquiringAndReleasing)
+        defer { waiters.wrappingDecrement(ordering: .acquiringAndReleasing) }
         let deadline = viridian_now_ns() + UInt64(timeoutMs) * 1_000_000
         while true {
             if withBus(condition) { return true }

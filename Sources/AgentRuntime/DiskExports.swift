@@ -265,6 +265,8 @@ public final class DiskExporter: @unchecked Sendable {
         let storage = session.withBus { _ in
             let client = StorageClient(channel: channel, subChannels: subChannels, logger: logger)
             client.onBusChange = { changed.ring() }
+            // The NBD replies to what one drain completes are sent together, by the VP thread.
+            client.drainWrapper = { drain in NBDReplyGrouping.together(drain) }
             return client
         }
         guard try session.wait(timeoutMs: timeoutMs, until: { _ in storage.state != .initializing }), storage.state == .ready else {
@@ -346,6 +348,16 @@ final class GuestBufferPool: @unchecked Sendable {
         return taken
     }
 
+    /// `take` if `count` buffers are free now, else nil (never waits).
+    func tryTake(_ count: Int) -> [Int]? {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        guard free.count >= count else { return nil }
+        let taken = Array(free.suffix(count))
+        free.removeLast(count)
+        return taken
+    }
+
     func give(_ indices: [Int]) {
         pthread_mutex_lock(&mutex)
         free += indices
@@ -359,76 +371,202 @@ final class ChunkedRequest: @unchecked Sendable {
     var remaining: Int
     var error: UInt32 = 0
     init(chunks: Int) { remaining = chunks }
+
+    /// Counts one chunk with its error (the first error wins); true when it was the last.
+    func finish(_ e: UInt32) -> Bool {
+        if e != 0 && error == 0 { error = e }
+        remaining -= 1
+        return remaining == 0
+    }
+}
+
+/// A CDB of up to 20 bytes (what an SRB carries) held inline: building one allocates nothing.
+struct InlineCDB {
+    private var bytes: (UInt64, UInt64, UInt32) = (0, 0, 0)
+    /// Bytes used.
+    let count: Int
+
+    private init(count: Int) { self.count = count }
+
+    /// The first 20 bytes of `cdb` (an SRB carries no more; its CDB length stops at 16).
+    init(_ cdb: [UInt8]) {
+        count = min(cdb.count, 20)
+        let n = count
+        withUnsafeMutableBytes(of: &bytes) { b in cdb.withUnsafeBytes { b.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }
+    }
+
+    /// READ (16) / WRITE (16) and the like: `SCSIBlockDevice.cdb16` without the array.
+    static func cdb16(_ op: UInt8, lba: UInt64, blocks: UInt32, flags: UInt8 = 0) -> InlineCDB {
+        var c = InlineCDB(count: 16)
+        withUnsafeMutableBytes(of: &c.bytes) { b in
+            b[0] = op
+            b[1] = flags
+            b.storeBytes(of: lba.bigEndian, toByteOffset: 2, as: UInt64.self)
+            b.storeBytes(of: blocks.bigEndian, toByteOffset: 10, as: UInt32.self)
+        }
+        return c
+    }
+
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        withUnsafeBytes(of: bytes) { body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+    }
+}
+
+/// One SCSI command ready for the ring.
+struct SCSICommand {
+    var cdb: InlineCDB
+    var direction: SCSIDataDirection
+    var buffer: GuestBuffer
+    var length: Int
+    /// Runs once: with the bus locked in a VP thread, or in the submitting thread if the host is gone.
+    var completion: (SCSICompletion) -> Void
 }
 
 extension SCSIBlockDevice: NBDPipelinedDevice {
-    /// Splits an aligned request into chunks, each one SCSI command on its own pool buffer.
-    private func plan(offset: UInt64, length: Int) -> [(offset: UInt64, length: Int)]? {
-        guard let pool, offset % 512 == 0, length % 512 == 0, length > 0 else { return nil }
-        var chunks: [(UInt64, Int)] = []
-        var at = 0
-        while at < length {
-            let n = min(chunk, length - at)
-            chunks.append((offset + UInt64(at), n))
-            at += n
-        }
-        return chunks.count <= pool.buffers.count ? chunks : nil
+    /// How many chunks (one SCSI command on its own pool buffer each) an aligned request takes;
+    /// nil when it cannot be pipelined.
+    fileprivate func chunkCount(offset: UInt64, length: Int) -> Int? {
+        guard let pool, chunk > 0, offset % 512 == 0, length % 512 == 0, length > 0 else { return nil }
+        let count = (length + chunk - 1) / chunk
+        return count <= pool.buffers.count ? count : nil
     }
 
-    /// Submits one command, retrying while the ring is full; completes with an error if the host goes away.
+    /// Submits one command (see `submit(_:)`).
     private func submit(_ cdb: [UInt8], _ direction: SCSIDataDirection, buffer: GuestBuffer, length: Int,
                         completion: @escaping (SCSICompletion) -> Void) {
+        var one = [SCSICommand(cdb: InlineCDB(cdb), direction: direction, buffer: buffer, length: length, completion: completion)]
+        submit(&one)
+    }
+
+    /// Writes `commands` to the ring in order under one bus lock and publishes them with one commit.
+    /// While the ring is full it publishes what it wrote and retries the rest; a command that does
+    /// not fit once the host is gone completes with an error.
+    func submit(_ commands: inout [SCSICommand]) {
         let target = lunOverride ?? lun
-        while !session.withBus({ _ in storage.execute(lun: target, cdb: cdb, direction: direction, buffer: buffer, length: length, completion: completion) }) {
+        var next = 0
+        while next < commands.count {
+            let stalled = session.withBus { _ -> Bool in
+                while next < commands.count {
+                    let c = commands[next]
+                    let written = c.cdb.withBytes { cdb in
+                        storage.enqueue(lun: target, cdb: cdb, direction: c.direction, buffer: c.buffer, length: c.length, completion: c.completion)
+                    }
+                    guard written else { break }
+                    next += 1
+                }
+                storage.commitWrites()
+                return next < commands.count
+            }
+            guard stalled else { return }
             if session.hostLost != nil {
-                completion(SCSICompletion(ntStatus: 0xC000_0185, srbStatus: SRBStatus.error, scsiStatus: 0, sense: [], transferred: 0))
-                return
+                commands[next].completion(SCSICompletion(ntStatus: 0xC000_0185, srbStatus: SRBStatus.error, scsiStatus: 0, sense: [], transferred: 0))
+                next += 1
+                continue
             }
             usleep(50)
         }
     }
 
+    /// The commands of a read of `length` bytes at `offset` on the pool buffers `taken` (one per chunk).
+    fileprivate func readCommands(offset: UInt64, length: Int, taken: [Int], into commands: inout [SCSICommand],
+                                  done: @escaping @Sendable (UInt32, [UnsafeRawBufferPointer], @escaping @Sendable () -> Void) -> Void) {
+        guard let pool else { return }
+        let request = ChunkedRequest(chunks: taken.count)
+        var views: [UnsafeRawBufferPointer] = []
+        views.reserveCapacity(taken.count)
+        for (i, index) in taken.enumerated() {
+            views.append(UnsafeRawBufferPointer(rebasing: pool.buffers[index].bytes[0..<min(chunk, length - i * chunk)]))
+        }
+        nonisolated(unsafe) let segments = views
+        for (i, index) in taken.enumerated() {
+            let n = min(chunk, length - i * chunk)
+            commands.append(SCSICommand(cdb: .cdb16(0x88, lba: (offset + UInt64(i * chunk)) / 512, blocks: UInt32(n / 512)), direction: .read,
+                                        buffer: pool.buffers[index], length: n) { [self] c in
+                // Runs with the bus locked, in a VP thread.
+                if request.finish(errno(c)) { done(request.error, segments) { pool.give(taken) } }
+            })
+        }
+    }
+
+    /// The commands of a write of `data` at `offset` on the pool buffers `taken`; the data is copied now.
+    fileprivate func writeCommands(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool, taken: [Int], into commands: inout [SCSICommand],
+                                   done: @escaping @Sendable (UInt32) -> Void) {
+        guard let pool else { return }
+        let request = ChunkedRequest(chunks: taken.count)
+        for (i, index) in taken.enumerated() {
+            let n = min(chunk, data.count - i * chunk)
+            pool.buffers[index].bytes.baseAddress!.copyMemory(from: data.baseAddress! + i * chunk, byteCount: n)
+            commands.append(SCSICommand(cdb: .cdb16(0x8A, lba: (offset + UInt64(i * chunk)) / 512, blocks: UInt32(n / 512), flags: fua ? 0x08 : 0),
+                                        direction: .write, buffer: pool.buffers[index], length: n) { [self] c in
+                if request.finish(errno(c)) {
+                    pool.give(taken)
+                    done(request.error)
+                }
+            })
+        }
+    }
+
     func startRead(offset: UInt64, length: Int,
                    done: @escaping @Sendable (UInt32, [UnsafeRawBufferPointer], @escaping @Sendable () -> Void) -> Void) -> Bool {
-        guard let chunks = plan(offset: offset, length: length), let pool else { return false }
-        let taken = pool.take(chunks.count)
-        let request = ChunkedRequest(chunks: chunks.count)
-        let segments = zip(chunks, taken).map { UnsafeRawBufferPointer(rebasing: pool.buffers[$1].bytes[0..<$0.length]) }
-        nonisolated(unsafe) let views = segments
-        for (chunk, index) in zip(chunks, taken) {
-            submit(Self.cdb16(0x88, lba: chunk.offset / 512, blocks: UInt32(chunk.length / 512)), .read, buffer: pool.buffers[index],
-                   length: chunk.length) { [self] c in
-                // Runs with the bus locked, in a VP thread.
-                let e = errno(c)
-                if e != 0 && request.error == 0 { request.error = e }
-                request.remaining -= 1
-                if request.remaining == 0 { done(request.error, views) { pool.give(taken) } }
-            }
-        }
+        guard let count = chunkCount(offset: offset, length: length), let pool else { return false }
+        var commands: [SCSICommand] = []
+        readCommands(offset: offset, length: length, taken: pool.take(count), into: &commands, done: done)
+        submit(&commands)
         return true
     }
 
     func startWrite(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool, done: @escaping @Sendable (UInt32) -> Void) -> Bool {
-        guard let chunks = plan(offset: offset, length: data.count), let pool else { return false }
-        let taken = pool.take(chunks.count)
-        let request = ChunkedRequest(chunks: chunks.count)
-        var at = 0
-        for (chunk, index) in zip(chunks, taken) {
-            pool.buffers[index].bytes.baseAddress!.copyMemory(from: data.baseAddress! + at, byteCount: chunk.length)
-            at += chunk.length
-        }
-        for (chunk, index) in zip(chunks, taken) {
-            submit(Self.cdb16(0x8A, lba: chunk.offset / 512, blocks: UInt32(chunk.length / 512), flags: fua ? 0x08 : 0), .write,
-                   buffer: pool.buffers[index], length: chunk.length) { [self] c in
-                let e = errno(c)
-                if e != 0 && request.error == 0 { request.error = e }
-                request.remaining -= 1
-                if request.remaining == 0 {
-                    pool.give(taken)
-                    done(request.error)
-                }
-            }
-        }
+        guard let count = chunkCount(offset: offset, length: data.count), let pool else { return false }
+        var commands: [SCSICommand] = []
+        writeCommands(offset: offset, data: data, fua: fua, taken: pool.take(count), into: &commands, done: done)
+        submit(&commands)
         return true
+    }
+
+    func makeBatch() -> any NBDRequestBatch { SCSIRequestBatch(device: self) }
+}
+
+/// The requests one NBD connection starts back to back: their commands are held, then written to
+/// the ring under one bus lock and published with one commit (at most one signal to the host).
+final class SCSIRequestBatch: NBDRequestBatch {
+    let device: SCSIBlockDevice
+    private var held: [SCSICommand] = []
+    /// Commands held at most before they are submitted anyway.
+    static let limit = 32
+
+    init(device: SCSIBlockDevice) {
+        self.device = device
+        held.reserveCapacity(Self.limit)
+    }
+
+    /// Pool buffers for `count` chunks. If they are not free now, what is held goes out first: its
+    /// completions are what free them.
+    private func take(_ count: Int, from pool: GuestBufferPool) -> [Int] {
+        if let taken = pool.tryTake(count) { return taken }
+        submit()
+        return pool.take(count)
+    }
+
+    func startRead(offset: UInt64, length: Int,
+                   done: @escaping @Sendable (UInt32, [UnsafeRawBufferPointer], @escaping @Sendable () -> Void) -> Void) -> Bool {
+        guard let count = device.chunkCount(offset: offset, length: length), let pool = device.pool else { return false }
+        let taken = take(count, from: pool)
+        device.readCommands(offset: offset, length: length, taken: taken, into: &held, done: done)
+        if held.count >= Self.limit { submit() }
+        return true
+    }
+
+    func startWrite(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool, done: @escaping @Sendable (UInt32) -> Void) -> Bool {
+        guard let count = device.chunkCount(offset: offset, length: data.count), let pool = device.pool else { return false }
+        let taken = take(count, from: pool)
+        device.writeCommands(offset: offset, data: data, fua: fua, taken: taken, into: &held, done: done)
+        if held.count >= Self.limit { submit() }
+        return true
+    }
+
+    func submit() {
+        guard !held.isEmpty else { return }
+        device.submit(&held)
+        held.removeAll(keepingCapacity: true)
     }
 }

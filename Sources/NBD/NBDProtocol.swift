@@ -89,9 +89,50 @@ public protocol NBDBlockDevice: AnyObject {
 public protocol NBDPipelinedDevice: NBDBlockDevice {
     /// Starts a read. Returns false to have the connection use the synchronous path instead.
     /// `done` runs once, on any thread, with the error and the data in segments valid until
-    /// `release` is called.
+    /// `release` is called. A device whose completions run inside `NBDReplyGrouping.together`
+    /// lets the completing thread send the replies of a group itself, in one write.
     func startRead(offset: UInt64, length: Int,
                    done: @escaping @Sendable (UInt32, [UnsafeRawBufferPointer], @escaping @Sendable () -> Void) -> Void) -> Bool
     /// Starts a write; `data` is copied before this returns. False: use the synchronous path.
     func startWrite(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool, done: @escaping @Sendable (UInt32) -> Void) -> Bool
+    /// A batch through which one connection starts its requests (see `NBDRequestBatch`).
+    func makeBatch() -> any NBDRequestBatch
+}
+
+extension NBDPipelinedDevice {
+    /// Without batching support: every request starts at once.
+    public func makeBatch() -> any NBDRequestBatch { ImmediateRequestBatch(device: self) }
+}
+
+/// The requests one connection starts back to back. A device may hold requests started through
+/// the batch until `submit()` and hand them over together (one lock, one doorbell). The connection
+/// calls `submit()` before it blocks on its socket, before any synchronous request and when it
+/// ends, so a held request never waits for the client. Used by one thread at a time.
+public protocol NBDRequestBatch: AnyObject {
+    /// As `NBDPipelinedDevice.startRead`, except that the request may be held until `submit()`.
+    func startRead(offset: UInt64, length: Int,
+                   done: @escaping @Sendable (UInt32, [UnsafeRawBufferPointer], @escaping @Sendable () -> Void) -> Void) -> Bool
+    /// As `NBDPipelinedDevice.startWrite` (`data` is copied before this returns), except that the
+    /// request may be held until `submit()`.
+    func startWrite(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool, done: @escaping @Sendable (UInt32) -> Void) -> Bool
+    /// Hands every held request to the device.
+    func submit()
+}
+
+/// A batch that holds nothing: each request goes to the device as it starts.
+final class ImmediateRequestBatch: NBDRequestBatch {
+    let device: any NBDPipelinedDevice
+
+    init(device: any NBDPipelinedDevice) { self.device = device }
+
+    func startRead(offset: UInt64, length: Int,
+                   done: @escaping @Sendable (UInt32, [UnsafeRawBufferPointer], @escaping @Sendable () -> Void) -> Void) -> Bool {
+        device.startRead(offset: offset, length: length, done: done)
+    }
+
+    func startWrite(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool, done: @escaping @Sendable (UInt32) -> Void) -> Bool {
+        device.startWrite(offset: offset, data: data, fua: fua, done: done)
+    }
+
+    func submit() {}
 }

@@ -89,29 +89,81 @@ final class NBDConnection: @unchecked Sendable {
     let fd: Int32
     let server: NBDServer
     var device: any NBDBlockDevice { server.device }
+    /// The device's pipelined interface (if it has one) and this connection's batch on it.
+    private let pipelined: (any NBDPipelinedDevice)?
+    private let batch: (any NBDRequestBatch)?
+    /// Requests started through `batch` since the last `submitBatch()` (not yet in `inFlight`).
+    private var unsubmitted = 0
     private var buffer: UnsafeMutableRawBufferPointer
+    /// The header of the request being parsed.
+    private let requestHeader: UnsafeMutableRawBufferPointer
 
     init(fd: Int32, server: NBDServer) {
         self.fd = fd
         self.server = server
         buffer = .allocate(byteCount: 1 << 20, alignment: 4096)
+        requestHeader = .allocate(byteCount: 28, alignment: 8)
+        inbox = .allocate(byteCount: 65536, alignment: 8)
+        iov = .allocate(capacity: NBDConnection.maximumIOV)
+        replyHeaders = .allocate(byteCount: 16 * NBDConnection.maximumIOV, alignment: 8)
+        let pipelined = server.device as? any NBDPipelinedDevice
+        self.pipelined = pipelined
+        batch = pipelined?.makeBatch()
     }
 
-    deinit { buffer.deallocate() }
+    deinit {
+        buffer.deallocate()
+        requestHeader.deallocate()
+        inbox.deallocate()
+        iov.deallocate()
+        replyHeaders.deallocate()
+    }
 
-    /// Replies waiting to be sent (pipelined mode), guarded by `replyLock`.
-    private var replies: [(header: [UInt8], data: [UnsafeRawBufferPointer], release: (@Sendable () -> Void)?)] = []
+    /// A reply waiting to be sent (pipelined mode).
+    private struct Reply {
+        var handle: UInt64
+        var error: UInt32
+        var data: [UnsafeRawBufferPointer]
+        var release: (@Sendable () -> Void)?
+        /// Bytes of it already on the socket (a non-blocking write stopped inside it).
+        var sent = 0
+
+        /// Header and data bytes.
+        var size: Int { data.reduce(16) { $0 + $1.count } }
+    }
+
+    // Guarded by `replyMutex`:
+    /// Replies waiting to be sent, in order.
+    private var replies: [Reply] = []
+    /// Requests started whose reply is not queued yet.
     private var inFlight = 0
     private var closing = false
+    /// Some thread is writing replies; only that thread touches the socket's sending side and `outgoing`.
+    private var sending = false
+    /// A write failed: later replies are dropped (their buffers released) instead of sent.
+    private var broken = false
+    /// Queued replies wait for the end of a reply group that will flush them.
+    private var groupFlushPending = false
     private var replyMutex = pthread_mutex_t()
     private var replyReady = pthread_cond_t()
+
+    // Owned by the thread that set `sending`:
+    /// The replies being written.
+    private var outgoing: [Reply] = []
+    private let iov: UnsafeMutablePointer<iovec>
+    /// 16-byte simple reply headers, one per reply of a `sendmsg`.
+    private let replyHeaders: UnsafeMutableRawPointer
+    /// Pieces per `sendmsg` (below IOV_MAX).
+    private static let maximumIOV = 256
+    /// Bytes a reply group writes itself at most (more goes to the sender thread).
+    private static let groupedWriteLimit = 256 << 10
 
     func run() {
         defer { server.connectionEnded(fd) }
         pthread_mutex_init(&replyMutex, nil)
         pthread_cond_init(&replyReady, nil)
         var sender: pthread_t?
-        if device is any NBDPipelinedDevice {
+        if pipelined != nil {
             var t = pthread_t()
             let box = Unmanaged.passRetained(self)
             pthread_create(&t, nil, { arg in
@@ -126,6 +178,8 @@ final class NBDConnection: @unchecked Sendable {
         } catch {
             server.logger.debug("nbd: connection closed: \(error)")
         }
+        // Held requests still go to the device; the sender waits for their replies.
+        submitBatch()
         if let sender {
             // Let in-flight requests finish, then stop the sender.
             pthread_mutex_lock(&replyMutex)
@@ -136,42 +190,148 @@ final class NBDConnection: @unchecked Sendable {
         }
     }
 
-    /// Queues a reply from any thread (pipelined mode).
+    /// Queues a reply from any thread (pipelined mode). Inside `NBDReplyGrouping.together` it waits
+    /// for the group's end, which writes it; otherwise the sender thread is woken.
     private func enqueue(_ handle: UInt64, _ error: UInt32, data: [UnsafeRawBufferPointer] = [], release: (@Sendable () -> Void)? = nil) {
-        var header = [UInt8](repeating: 0, count: 16)
-        header.putBE(NBD.simpleReplyMagic, at: 0)
-        header.putBE(error, at: 4)
-        header.putBE(handle, at: 8)
+        let group = ReplyGroup.active
+        var join = false
         pthread_mutex_lock(&replyMutex)
-        replies.append((header, data, release))
-        pthread_cond_signal(&replyReady)
+        replies.append(Reply(handle: handle, error: error, data: data, release: release))
+        inFlight -= 1
+        if group != nil {
+            join = !groupFlushPending
+            groupFlushPending = true
+        } else {
+            pthread_cond_signal(&replyReady)
+        }
+        pthread_mutex_unlock(&replyMutex)
+        if join { group?.add(self) }
+    }
+
+    /// The end of a reply group: unless another thread is writing, this thread writes what is
+    /// queued without blocking; what the socket does not take goes to the sender thread.
+    func flushGroupedReplies() {
+        pthread_mutex_lock(&replyMutex)
+        groupFlushPending = false
+        // A writing thread looks at the queue again when it is done.
+        guard !sending, !replies.isEmpty else {
+            pthread_mutex_unlock(&replyMutex)
+            return
+        }
+        // Large replies gain nothing from skipping the thread hop; the sender copies them.
+        var bytes = 0
+        for reply in replies { bytes += reply.size - reply.sent }
+        guard bytes <= Self.groupedWriteLimit else {
+            pthread_cond_signal(&replyReady)
+            pthread_mutex_unlock(&replyMutex)
+            return
+        }
+        sending = true
+        swap(&replies, &outgoing)
+        let abandon = broken
+        pthread_mutex_unlock(&replyMutex)
+        let result = abandon ? (written: outgoing.count, failed: false) : writeOutgoing(blocking: false)
+        let finished = result.failed ? outgoing.count : result.written
+        for i in 0..<finished { outgoing[i].release?() }
+        pthread_mutex_lock(&replyMutex)
+        if result.failed { broken = true }
+        // The socket is full: the sender finishes these before anything queued meanwhile.
+        if finished < outgoing.count { replies.insert(contentsOf: outgoing[finished...], at: 0) }
+        outgoing.removeAll(keepingCapacity: true)
+        sending = false
+        if !replies.isEmpty || closing { pthread_cond_signal(&replyReady) }
         pthread_mutex_unlock(&replyMutex)
     }
 
     /// The sender thread: writes queued replies in order until the connection closes and nothing is in flight.
     private func sendReplies() {
-        var broken = false
+        pthread_mutex_lock(&replyMutex)
         while true {
-            pthread_mutex_lock(&replyMutex)
-            while replies.isEmpty && !(closing && inFlight == 0) { pthread_cond_wait(&replyReady, &replyMutex) }
-            if replies.isEmpty {
-                pthread_mutex_unlock(&replyMutex)
-                return
-            }
-            let batch = replies
-            replies.removeAll(keepingCapacity: true)
-            inFlight -= batch.count
-            pthread_mutex_unlock(&replyMutex)
-            for reply in batch {
-                if !broken {
-                    do {
-                        try send(reply.header)
-                        for segment in reply.data { try send(segment) }
-                    } catch { broken = true }
+            while replies.isEmpty || sending {
+                if closing && inFlight == 0 && replies.isEmpty && !sending {
+                    pthread_mutex_unlock(&replyMutex)
+                    return
                 }
-                reply.release?()
+                pthread_cond_wait(&replyReady, &replyMutex)
+            }
+            sending = true
+            swap(&replies, &outgoing)
+            let abandon = broken
+            pthread_mutex_unlock(&replyMutex)
+            let failed = abandon ? false : writeOutgoing(blocking: true).failed
+            for reply in outgoing { reply.release?() }
+            outgoing.removeAll(keepingCapacity: true)
+            pthread_mutex_lock(&replyMutex)
+            if failed { broken = true }
+            sending = false
+        }
+    }
+
+    /// Writes `outgoing` in order, many replies per `sendmsg`. Blocking: until everything is written
+    /// or the socket fails. Non-blocking: stops when the socket is full. Returns how many replies are
+    /// completely written (`outgoing[written].sent` counts the bytes of a partly written one) and
+    /// whether the socket failed. Only the thread that set `sending` calls this.
+    private func writeOutgoing(blocking: Bool) -> (written: Int, failed: Bool) {
+        var first = 0
+        while first < outgoing.count {
+            // The unsent bytes from `first` on, in at most `maximumIOV` pieces. Only `outgoing[first]`
+            // can be partly sent, so every later reply adds its header and the header slots suffice.
+            var pieces = 0
+            var index = first
+            gather: while index < outgoing.count && pieces < Self.maximumIOV {
+                let reply = outgoing[index]
+                let header = replyHeaders + 16 * (index - first)
+                header.storeBytes(of: NBD.simpleReplyMagic.bigEndian, toByteOffset: 0, as: UInt32.self)
+                header.storeBytes(of: reply.error.bigEndian, toByteOffset: 4, as: UInt32.self)
+                header.storeBytes(of: reply.handle.bigEndian, toByteOffset: 8, as: UInt64.self)
+                var skip = reply.sent
+                if skip < 16 {
+                    iov[pieces] = iovec(iov_base: header + skip, iov_len: 16 - skip)
+                    pieces += 1
+                    skip = 0
+                } else {
+                    skip -= 16
+                }
+                for segment in reply.data {
+                    if skip >= segment.count {
+                        skip -= segment.count
+                        continue
+                    }
+                    guard pieces < Self.maximumIOV else { break gather }
+                    iov[pieces] = iovec(iov_base: UnsafeMutableRawPointer(mutating: segment.baseAddress! + skip), iov_len: segment.count - skip)
+                    pieces += 1
+                    skip = 0
+                }
+                index += 1
+            }
+            var message = msghdr()
+            message.msg_iov = iov
+            message.msg_iovlen = pieces
+            let n = sendmsg(fd, &message, Int32(MSG_NOSIGNAL) | (blocking ? 0 : Int32(MSG_DONTWAIT)))
+            if n < 0 {
+                let e = errno
+                if e == EINTR { continue }
+                guard e == EAGAIN else { return (first, true) }
+                if !blocking { return (first, false) }
+                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&p, 1, -1)
+                continue
+            }
+            guard n > 0 else { return (first, true) }
+            // Account the bytes written, reply by reply.
+            var left = n
+            while left > 0 {
+                let remaining = outgoing[first].size - outgoing[first].sent
+                if left < remaining {
+                    outgoing[first].sent += left
+                    break
+                }
+                left -= remaining
+                outgoing[first].sent += remaining
+                first += 1
             }
         }
+        return (first, false)
     }
 
     private func started() {
@@ -180,10 +340,21 @@ final class NBDConnection: @unchecked Sendable {
         pthread_mutex_unlock(&replyMutex)
     }
 
+    /// Hands the requests held by `batch` to the device. Called before this thread blocks on the
+    /// socket, before a synchronous request and when the connection ends.
+    private func submitBatch() {
+        guard unsubmitted > 0 else { return }
+        pthread_mutex_lock(&replyMutex)
+        inFlight += unsubmitted
+        pthread_mutex_unlock(&replyMutex)
+        unsubmitted = 0
+        batch?.submit()
+    }
+
     /// A reply from the request thread: direct, or through the sender's queue (pipelined mode) so
     /// replies never interleave on the socket.
     private func syncReply(_ handle: UInt64, _ error: UInt32, data: UnsafeRawBufferPointer? = nil) throws(NBDSocketError) {
-        guard device is any NBDPipelinedDevice else { return try simpleReply(handle, error, data: data) }
+        guard pipelined != nil else { return try simpleReply(handle, error, data: data) }
         var owned: UnsafeMutableRawBufferPointer?
         if let data, data.count > 0 {
             let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: data.count, alignment: 8)
@@ -295,14 +466,18 @@ final class NBDConnection: @unchecked Sendable {
 
     private func transmission() throws(NBDSocketError) {
         while true {
-            let request = try receive(28)
-            guard request.be(UInt32.self, at: 0) == NBD.requestMagic else { return }
-            let flags = request.be(UInt16.self, at: 4)
-            let type = request.be(UInt16.self, at: 6)
-            let handle = request.be(UInt64.self, at: 8)
-            let offset = request.be(UInt64.self, at: 16)
-            let length = Int(request.be(UInt32.self, at: 24))
+            try receive(into: requestHeader)
+            let request = UnsafeRawBufferPointer(requestHeader)
+            guard request.loadBE(UInt32.self, at: 0) == NBD.requestMagic else { return }
+            let flags = request.loadBE(UInt16.self, at: 4)
+            let type = request.loadBE(UInt16.self, at: 6)
+            let handle = request.loadBE(UInt64.self, at: 8)
+            let offset = request.loadBE(UInt64.self, at: 16)
+            let length = Int(request.loadBE(UInt32.self, at: 24))
             let inRange = offset <= device.size && UInt64(length) <= device.size - offset
+            // Requests that can wait (pipelined reads and writes) are started through the batch; the
+            // batch goes to the device before this thread blocks on the socket (receive) or runs
+            // anything synchronously, so it holds only requests that were already buffered.
             switch NBD.Command(rawValue: type) {
             case .read?:
                 guard length <= NBD.maximumRequest else { return try syncReply(handle, NBD.Error.inval) }
@@ -310,16 +485,16 @@ final class NBDConnection: @unchecked Sendable {
                     try syncReply(handle, NBD.Error.inval)
                     continue
                 }
-                if let pipelined = device as? any NBDPipelinedDevice {
-                    started()
-                    let accepted = pipelined.startRead(offset: offset, length: length) { [self] error, segments, release in
+                if let batch {
+                    let accepted = batch.startRead(offset: offset, length: length) { [self] error, segments, release in
                         enqueue(handle, error, data: error == 0 ? segments : [], release: release)
                     }
-                    if accepted { continue }
-                    pthread_mutex_lock(&replyMutex)
-                    inFlight -= 1
-                    pthread_mutex_unlock(&replyMutex)
+                    if accepted {
+                        unsubmitted += 1
+                        continue
+                    }
                 }
+                submitBatch()
                 let out = scratch(length)
                 let error = device.read(offset: offset, into: out)
                 try syncReply(handle, error, data: error == 0 ? UnsafeRawBufferPointer(out) : nil)
@@ -327,24 +502,27 @@ final class NBDConnection: @unchecked Sendable {
                 guard length <= NBD.maximumRequest else { return }
                 let data = scratch(length)
                 try receive(into: data)
-                if inRange, !device.isReadOnly, let pipelined = device as? any NBDPipelinedDevice {
-                    started()
-                    let accepted = pipelined.startWrite(offset: offset, data: UnsafeRawBufferPointer(data), fua: flags & NBD.CommandFlags.fua != 0) {
+                if inRange, !device.isReadOnly, let batch {
+                    let accepted = batch.startWrite(offset: offset, data: UnsafeRawBufferPointer(data), fua: flags & NBD.CommandFlags.fua != 0) {
                         [self] error in enqueue(handle, error)
                     }
-                    if accepted { continue }
-                    pthread_mutex_lock(&replyMutex)
-                    inFlight -= 1
-                    pthread_mutex_unlock(&replyMutex)
+                    if accepted {
+                        unsubmitted += 1
+                        continue
+                    }
                 }
+                submitBatch()
                 let error = !inRange ? NBD.Error.nospc : device.isReadOnly ? NBD.Error.perm
                     : device.write(offset: offset, from: UnsafeRawBufferPointer(data), fua: flags & NBD.CommandFlags.fua != 0)
                 try syncReply(handle, error)
             case .flush?:
+                submitBatch()
                 try syncReply(handle, device.flush())
             case .trim?:
+                submitBatch()
                 try syncReply(handle, !inRange ? NBD.Error.inval : device.isReadOnly ? NBD.Error.perm : device.trim(offset: offset, length: UInt64(length)))
             case .writeZeroes?:
+                submitBatch()
                 try syncReply(handle, !inRange ? NBD.Error.nospc : device.isReadOnly ? NBD.Error.perm
                     : device.writeZeroes(offset: offset, length: UInt64(length), mayTrim: flags & NBD.CommandFlags.noHole == 0,
                                          fua: flags & NBD.CommandFlags.fua != 0))
@@ -398,7 +576,7 @@ final class NBDConnection: @unchecked Sendable {
     }
 
     /// Bytes received but not yet consumed (one recv often brings many requests).
-    private var inbox = [UInt8](repeating: 0, count: 65536)
+    private let inbox: UnsafeMutableRawBufferPointer
     private var inboxStart = 0, inboxEnd = 0
 
     private func receive(into buffer: UnsafeMutableRawBufferPointer) throws(NBDSocketError) {
@@ -406,11 +584,13 @@ final class NBDConnection: @unchecked Sendable {
         while got < buffer.count {
             if inboxStart < inboxEnd {
                 let n = min(inboxEnd - inboxStart, buffer.count - got)
-                inbox.withUnsafeBytes { (buffer.baseAddress! + got).copyMemory(from: $0.baseAddress! + inboxStart, byteCount: n) }
+                (buffer.baseAddress! + got).copyMemory(from: inbox.baseAddress! + inboxStart, byteCount: n)
                 inboxStart += n
                 got += n
                 continue
             }
+            // Everything buffered is parsed: what was started goes to the device before recv may block.
+            submitBatch()
             let want = buffer.count - got
             if want >= inbox.count {
                 // Large payloads go straight to their destination.
@@ -419,7 +599,7 @@ final class NBDConnection: @unchecked Sendable {
                 guard n > 0 else { throw .closed }
                 got += n
             } else {
-                let n = inbox.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+                let n = recv(fd, inbox.baseAddress!, inbox.count, 0)
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else { throw .closed }
                 inboxStart = 0
@@ -436,6 +616,13 @@ final class NBDConnection: @unchecked Sendable {
             try receive(into: UnsafeMutableRawBufferPointer(rebasing: chunk[0..<n]))
             left -= n
         }
+    }
+}
+
+extension UnsafeRawBufferPointer {
+    /// Reads a big-endian integer at `offset`; bounds are checked by the caller.
+    fileprivate func loadBE<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
+        T(bigEndian: loadUnaligned(fromByteOffset: offset, as: T.self))
     }
 }
 

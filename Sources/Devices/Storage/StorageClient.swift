@@ -61,10 +61,21 @@ public final class StorageClient {
     public private(set) var state = State.initializing
     public private(set) var protocolVersion: UInt16 = 0
     public private(set) var maximumTransferBytes: UInt32 = 0
-    private var pending: [UInt64: (VStorPacket) -> Void] = [:]
+    /// Who waits for the completion of a transaction.
+    private enum Waiter {
+        /// Initialization steps: the whole vstor packet.
+        case control((VStorPacket) -> Void)
+        /// SCSI commands: the result, decoded straight from the ring.
+        case scsi((SCSICompletion) -> Void)
+    }
+
+    private var pending: [UInt64: Waiter] = [:]
     private var nextTransaction: UInt64 = 1
     private var versionsToTry = VStorVersion.linuxPreference
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 256, alignment: 8)
+    /// The outgoing EXECUTE_SRB packet and its GPA-direct extension, built in place (no allocation per command).
+    private let packetScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: VStorPacket.size, alignment: 8)
+    private var extensionScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 + 8 * 64, alignment: 8)
     public private(set) var protocolErrors: UInt64 = 0
     /// Called when the host says LUNs came or went (ENUMERATE_BUS or REMOVE_DEVICE).
     public var onBusChange: (() -> Void)?
@@ -92,7 +103,15 @@ public final class StorageClient {
         subChannels.append(sub)
     }
 
-    deinit { scratch.deallocate() }
+    /// Runs around each drain of a ring (in the VP thread, bus locked), so that whoever consumes the
+    /// completions can act once per group of them (e.g. send every reply they produced together).
+    public var drainWrapper: ((() -> Void) -> Void)?
+
+    deinit {
+        scratch.deallocate()
+        packetScratch.deallocate()
+        extensionScratch.deallocate()
+    }
 
     public var outstanding: Int { pending.count }
 
@@ -163,57 +182,140 @@ public final class StorageClient {
     /// false when the ring is full (try again after completions arrive).
     public func execute(lun: UInt8, cdb: [UInt8], direction: SCSIDataDirection, buffer: GuestBuffer?, length: Int,
                         completion: @escaping (SCSICompletion) -> Void) -> Bool {
-        guard state == .ready else { return false }
-        var srb = SCSIRequest()
-        srb.lun = lun
-        srb.cdbLength = UInt8(min(cdb.count, 16))
-        srb.cdbOrSense = Array((cdb + [UInt8](repeating: 0, count: 20)).prefix(20))
-        srb.dataIn = direction.rawValue
-        srb.dataTransferLength = UInt32(length)
-        srb.srbFlags = 0x8 | (direction == .read ? 0x40 : direction == .write ? 0x80 : 0)
-        let range = length > 0 ? buffer?.range(length) : nil
-        return send(VStorPacket(operation: .executeSRB, body: srb.encoded), range: range, on: nextIOChannel()) { reply in
-            let r = (try? SCSIRequest(decoding: reply.body)) ?? SCSIRequest()
-            completion(SCSICompletion(ntStatus: reply.status, srbStatus: r.srbStatus, scsiStatus: r.scsiStatus,
-                                      sense: Array(r.cdbOrSense.prefix(Int(min(r.senseInfoLength, 20)))),
-                                      transferred: Int(r.dataTransferLength)))
+        cdb.withUnsafeBytes { cdb in
+            executeSRB(lun: lun, cdb: cdb, direction: direction, buffer: buffer, length: length, commit: true, completion: completion)
         }
+    }
+
+    /// As `execute`, but the packet stays unpublished (the host does not see it and is not
+    /// signalled) until `commitWrites()`: write a batch of commands, then commit once. Call both
+    /// within one hold of the bus lock, and commit before waiting for room when this returns false.
+    public func enqueue(lun: UInt8, cdb: UnsafeRawBufferPointer, direction: SCSIDataDirection, buffer: GuestBuffer?, length: Int,
+                        completion: @escaping (SCSICompletion) -> Void) -> Bool {
+        executeSRB(lun: lun, cdb: cdb, direction: direction, buffer: buffer, length: length, commit: false, completion: completion)
+    }
+
+    /// Publishes every packet written to the primary's and the sub-channels' rings, signalling the
+    /// host where the ring rules require it (at most once per ring).
+    public func commitWrites() {
+        channel.endpoint?.commitWrites()
+        for sub in subChannels { sub.endpoint?.commitWrites() }
+    }
+
+    /// A zeroed EXECUTE_SRB packet with the request's constant fields (as `VStorPacket` and `SCSIRequest` encode them).
+    private static let srbTemplate = VStorPacket(operation: .executeSRB, body: SCSIRequest().encoded).encode()
+
+    /// Builds the EXECUTE_SRB packet (and GPA-direct extension) in place and writes it to the next
+    /// I/O channel's ring; the bytes are those `VStorPacket(operation: .executeSRB, body: srb.encoded)`
+    /// encodes, with `buffer.range(length)` as the only range.
+    private func executeSRB(lun: UInt8, cdb: UnsafeRawBufferPointer, direction: SCSIDataDirection, buffer: GuestBuffer?, length: Int,
+                            commit: Bool, completion: @escaping (SCSICompletion) -> Void) -> Bool {
+        guard state == .ready else { return false }
+        let target = nextIOChannel()
+        // vstor_packet header and vmscsi_request (offsets in the request as in `SCSIRequest.encoded`).
+        let p = packetScratch
+        StorageClient.srbTemplate.withUnsafeBytes { p.copyMemory(from: $0) }
+        let r = VStorPacket.requestOffset
+        p[r + 7] = lun
+        p[r + 8] = UInt8(min(cdb.count, 16))
+        p[r + 10] = direction.rawValue
+        p.putLE(UInt32(length), at: r + 12)
+        // CDB on the way in: the first 20 bytes, zero-padded.
+        let cdbBytes = min(cdb.count, SCSIRequest.senseCapacity)
+        if cdbBytes > 0 { (p.baseAddress! + r + 16).copyMemory(from: cdb.baseAddress!, byteCount: cdbBytes) }
+        p.putLE(UInt32(0x8 | (direction == .read ? 0x40 : direction == .write ? 0x80 : 0)), at: r + 40)
+        var extensionBytes = 0
+        if length > 0, let buffer {
+            // GpaDirectHeader: reserved u32, range_count u32, then one range {byte_count, byte_offset 0, PFNs}.
+            let pages = max(1, (length + GpaRange.pageSize - 1) / GpaRange.pageSize)
+            extensionBytes = 16 + 8 * pages
+            if extensionScratch.count < extensionBytes {
+                extensionScratch.deallocate()
+                extensionScratch = .allocate(byteCount: extensionBytes, alignment: 8)
+            }
+            let e = extensionScratch
+            e.putLE(UInt32(0), at: 0)
+            e.putLE(UInt32(1), at: 4)
+            e.putLE(UInt64(UInt32(length)), at: 8)
+            for i in 0..<pages { e.putLE(buffer.firstPage + UInt64(i), at: 16 + 8 * i) }
+        }
+        let extensionView = UnsafeRawBufferPointer(rebasing: extensionScratch[0..<extensionBytes])
+        return post(UnsafeRawBufferPointer(p), extension: extensionBytes > 0 ? extensionView : nil, on: target, commit: commit,
+                     waiter: .scsi(completion))
+    }
+
+    /// Decodes an SRB completion (at least `VStorPacket.legacySize` bytes) as
+    /// `SCSIRequest(decoding: VStorPacket(decoding: bytes).body)` would, without allocating.
+    private static func scsiCompletion(_ b: UnsafeRawBufferPointer) -> SCSICompletion {
+        let status = b.le(UInt32.self, at: 8)
+        let r = VStorPacket.requestOffset
+        // Decoding fails only on a CDB length above 16; the defaults of an empty request apply then.
+        guard b[r + 8] <= 16 else {
+            let d = SCSIRequest()
+            return SCSICompletion(ntStatus: status, srbStatus: d.srbStatus, scsiStatus: d.scsiStatus,
+                                  sense: Array(d.cdbOrSense.prefix(Int(min(d.senseInfoLength, 20)))),
+                                  transferred: Int(d.dataTransferLength))
+        }
+        let senseLength = Int(min(b[r + 9], 20))
+        return SCSICompletion(ntStatus: status, srbStatus: b[r + 2], scsiStatus: b[r + 3],
+                              sense: senseLength == 0 ? [] : Array(UnsafeRawBufferPointer(rebasing: b[(r + 16)..<(r + 16 + senseLength)])),
+                              transferred: Int(b.le(UInt32.self, at: r + 12)))
     }
 
     /// Round robin over the primary and its open sub-channels.
     private func nextIOChannel() -> ClientChannel {
-        let all = [channel] + subChannels.filter { $0.state == .open }
-        nextChannel = (nextChannel + 1) % all.count
-        return all[nextChannel]
+        var count = 1
+        for sub in subChannels where sub.state == .open { count += 1 }
+        nextChannel = (nextChannel + 1) % count
+        var index = nextChannel
+        guard index > 0 else { return channel }
+        for sub in subChannels where sub.state == .open {
+            index -= 1
+            if index == 0 { return sub }
+        }
+        return channel
     }
 
     @discardableResult
-    private func send(_ packet: VStorPacket, range: GpaRange? = nil, on target: ClientChannel? = nil,
-                      completion: @escaping (VStorPacket) -> Void) -> Bool {
-        guard let endpoint = (target ?? channel).endpoint else { return false }
+    private func send(_ packet: VStorPacket, completion: @escaping (VStorPacket) -> Void) -> Bool {
+        packet.encode().withUnsafeBytes { post($0, extension: nil, on: channel, commit: true, waiter: .control(completion)) }
+    }
+
+    /// Writes one packet that asks for a completion (GPA-direct with `ext`, else in-band) and
+    /// records its waiter; publishes it if `commit`. False when the ring is full or the channel is not open.
+    private func post(_ payload: UnsafeRawBufferPointer, extension ext: UnsafeRawBufferPointer?, on target: ClientChannel, commit: Bool,
+                       waiter: Waiter) -> Bool {
+        guard let endpoint = target.endpoint else { return false }
         let id = nextTransaction
-        let bytes = packet.encode()
         let written: Bool
         do {
-            if let range {
+            if let ext {
                 written = try endpoint.writer.tryWrite(type: .dataUsingGPADirect, flags: PacketDescriptor.flagCompletionRequested,
-                                                       transactionID: id, extension: GpaDirectHeader.extensionBytes(for: [range]), payload: bytes)
+                                                       transactionID: id, extension: ext, payload: payload)
             } else {
                 written = try endpoint.writer.tryWrite(type: .dataInBand, flags: PacketDescriptor.flagCompletionRequested,
-                                                       transactionID: id, payload: bytes)
+                                                       transactionID: id, payload: payload)
             }
         } catch {
             return false
         }
         guard written else { return false }
         nextTransaction &+= 1
-        pending[id] = completion
-        endpoint.commitWrites()
+        pending[id] = waiter
+        if commit { endpoint.commitWrites() }
         return true
     }
 
     /// Takes every completion waiting in the inbound ring of `source` (default: the primary).
     public func drain(_ source: ClientChannel? = nil) {
+        if let drainWrapper {
+            drainWrapper { self.drainRing(source) }
+        } else {
+            drainRing(source)
+        }
+    }
+
+    private func drainRing(_ source: ClientChannel?) {
         guard let endpoint = (source ?? channel).endpoint else { return }
         let failure = endpoint.drainInbound { packet in
             let n = packet.copyPayload(into: scratch)
@@ -223,13 +325,22 @@ public final class StorageClient {
                 if op == VStorOperation.enumerateBus.rawValue || op == VStorOperation.removeDevice.rawValue { onBusChange?() }
                 return
             }
-            guard packet.type == .completion, let handler = pending.removeValue(forKey: packet.transactionID),
-                let reply = try? VStorPacket(decoding: Array(scratch[0..<n]), minimumSize: VStorPacket.legacySize)
+            guard packet.type == .completion, let waiter = pending.removeValue(forKey: packet.transactionID),
+                n >= VStorPacket.legacySize
             else {
                 protocolErrors &+= 1
                 return
             }
-            handler(reply)
+            switch waiter {
+            case .scsi(let completion):
+                completion(StorageClient.scsiCompletion(UnsafeRawBufferPointer(rebasing: scratch[0..<n])))
+            case .control(let handler):
+                guard let reply = try? VStorPacket(decoding: Array(scratch[0..<n]), minimumSize: VStorPacket.legacySize) else {
+                    protocolErrors &+= 1
+                    return
+                }
+                handler(reply)
+            }
         }
         if failure != nil { protocolErrors &+= 1 }
     }
