@@ -38,9 +38,11 @@ final class GuestNIC: @unchecked Sendable {
     let logger: Logger
     private var threads: [OSThread] = []
     private let stopping = ManagedAtomic<Bool>(false)
-    /// Rung when slots come back while the transmit thread waits for them (or to stop it).
-    private let room: EventFD
-    private let waitingForRoom = ManagedAtomic<Bool>(false)
+    /// Per transmit thread: rung when slots come back while it waits for them (or to stop it).
+    /// One eventfd per thread: two readers of one blocking eventfd could both see it readable
+    /// and the second would block in read() for good.
+    private let rooms: [EventFD]
+    private let waitingForRoom: [ManagedAtomic<Bool>]
     private let receiveHeader = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
     private let receiveIOV = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2)
     static let batch = 32
@@ -51,7 +53,8 @@ final class GuestNIC: @unchecked Sendable {
         self.client = client
         self.taps = taps
         self.logger = logger
-        room = try EventFD()
+        rooms = try taps.map { _ in try EventFD() }
+        waitingForRoom = taps.map { _ in ManagedAtomic<Bool>(false) }
     }
 
     deinit {
@@ -71,7 +74,7 @@ final class GuestNIC: @unchecked Sendable {
         }
         client.onLinkChange = { [unowned self] up in tap.setCarrier(up) }
         client.onTransmitRoom = { [unowned self] in
-            if waitingForRoom.load(ordering: .relaxed) { room.ring() }
+            for (i, waiting) in waitingForRoom.enumerated() where waiting.load(ordering: .relaxed) { rooms[i].ring() }
         }
         tap.setCarrier(client.linkUp)
         for queue in 0..<taps.count { threads.append(OSThread { [self] in transmitLoop(queue: queue) }) }
@@ -79,7 +82,7 @@ final class GuestNIC: @unchecked Sendable {
 
     func stop() {
         stopping.store(true, ordering: .relaxed)
-        room.ring()
+        for room in rooms { room.ring() }
         for t in threads { t.join() }
         threads.removeAll()
         session.withBus { _ in
@@ -92,6 +95,8 @@ final class GuestNIC: @unchecked Sendable {
     /// Reads frames from one TAP queue into slots and sends them on that queue's channel, a batch per bus lock.
     private func transmitLoop(queue: Int) {
         let tap = taps[queue]
+        let room = rooms[queue]
+        let waitingForRoom = waitingForRoom[queue]
         var slots: [(index: Int, frame: UnsafeMutableRawBufferPointer)] = []
         var ready: [(slot: Int, length: Int, info: PacketInfo)] = []
         slots.reserveCapacity(Self.batch)
