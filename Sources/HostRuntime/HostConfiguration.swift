@@ -32,6 +32,14 @@ import VMBusWire
 /// mac = "00:15:5d:00:01:00"          # the guest's MAC (default: 00:15:5d, partition id, NIC index)
 /// mtu = 1500                         # 576…9000
 /// queues = 2                         # channels and TAP queues the guest may use (default: VPs, at most 8)
+/// [[partition.ide]]                  # emulated ATA disks on the legacy IDE channel (0x1F0, IRQ 14): master, slave
+/// path = "/var/lib/viridian/images/guest1-disk0.img"   # may be the same image a SCSI LUN serves (use one path at a time)
+/// size_mib = 64
+/// read_only = false
+/// [partition.ne2000]                 # an emulated NE2000 NIC (0x300, IRQ 9) bridged to a host TAP
+/// tap = "vh1"
+/// netns = "hostside"
+/// mac = "00:15:5d:00:01:80"
 /// ```
 public struct HostConfiguration: Codable, Sendable, Equatable {
     public var runtimeDir: String?
@@ -108,6 +116,10 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     public var storagePollMicroseconds: Int = 0
     /// Synthetic network adapters (none by default).
     public var nic: [NICConfiguration] = []
+    /// Emulated IDE disks (master, slave); none by default.
+    public var ide: [DiskConfiguration] = []
+    /// An emulated NE2000 NIC; none by default.
+    public var ne2000: NICConfiguration?
 
     /// The integration services Viridian provides.
     public static let allIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp"]
@@ -138,7 +150,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         case timeOffsetMs = "time_offset_ms"
         case disk
         case storagePollMicroseconds = "storage_poll_us"
-        case nic
+        case nic, ide, ne2000
     }
 
     public init(from decoder: any Decoder) throws {
@@ -157,6 +169,8 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         disk = try c.decodeIfPresent([DiskConfiguration].self, forKey: .disk)
         storagePollMicroseconds = try c.decodeIfPresent(Int.self, forKey: .storagePollMicroseconds) ?? 0
         nic = try c.decodeIfPresent([NICConfiguration].self, forKey: .nic) ?? []
+        ide = try c.decodeIfPresent([DiskConfiguration].self, forKey: .ide) ?? []
+        ne2000 = try c.decodeIfPresent(NICConfiguration.self, forKey: .ne2000)
     }
 
     /// The disks to serve: the configured ones, or one 64 MiB image in `imageDirectory`.
@@ -180,8 +194,9 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         for d in disk ?? [] where !(0...15).contains(d.controller) || d.sizeMiB < 1 {
             throw ConfigurationError.invalid("\(name): disk \(d.path): controller must be 0…15 and size_mib at least 1")
         }
+        guard ide.count <= 2 else { throw ConfigurationError.invalid("\(name): an IDE channel has two disks at most") }
         var taps = Set<String>()
-        for n in nic {
+        for n in nic + (ne2000.map { [$0] } ?? []) {
             guard !n.tap.isEmpty, n.tap.utf8.count < 16, taps.insert((n.netns ?? "") + "/" + n.tap).inserted else {
                 throw ConfigurationError.invalid("\(name): nic tap '\(n.tap)' must be 1–15 bytes and unique")
             }

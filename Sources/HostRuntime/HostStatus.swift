@@ -34,6 +34,8 @@ public struct PartitionStatus: Codable, Sendable {
     public var channels: [ChannelStatus]
     /// Synthetic network adapters (absent when the partition has none).
     public var nics: [NICStatus]?
+    /// Port I/O traps served (emulated devices; each is one exit).
+    public var portIOExits: UInt64 = 0
 }
 
 /// One synthetic network adapter. rx = host → guest, tx = guest → host.
@@ -118,7 +120,7 @@ extension PartitionService {
                               rxFrames: n.counters.rxFrames, rxBytes: n.counters.rxBytes, txFrames: n.counters.txFrames,
                               txBytes: n.counters.txBytes, drops: n.counters.drops, ringFull: n.counters.ringFull,
                               protocolErrors: n.counters.protocolErrors)
-                })
+                }, portIOExits: runtime?.portExits ?? 0)
         }
     }
 }
@@ -134,7 +136,7 @@ extension HostStatus {
                 + ", \(p.memoryMiB) MiB, attaches \(p.attachCount)" + (p.heartbeat.map { ", heartbeat \($0)" } ?? "")
                 + ", socket \(p.socket)")
             if p.state == "attached" {
-                lines.append("  hypercalls \(p.hypercalls)  doorbell signals \(p.signals)  messages in/out \(p.messagesIn)/\(p.messagesOut)  malformed \(p.malformedMessages)")
+                lines.append("  hypercalls \(p.hypercalls)  port I/O exits \(p.portIOExits)  doorbell signals \(p.signals)  messages in/out \(p.messagesIn)/\(p.messagesOut)  malformed \(p.malformedMessages)")
                 lines.append("  VP  interrupts  msgs-delivered  queued  events  EOMs")
                 for v in p.vps {
                     lines.append("  " + [pad(v.index, 2), pad(v.interrupts, 10), pad(v.messagesDelivered, 14), pad(v.messagesQueued, 6),

@@ -29,6 +29,10 @@ final class PartitionRuntime: InterruptSink {
     var portIO: PortIOBus?
     /// Port I/O exits served (all VPs).
     private(set) var portExits: UInt64 = 0
+    /// Eventfds of the legacy interrupt lines handed to the agent.
+    var lineDoorbells: [EventFD] = []
+    /// Runs after every port write (the NE2000 may have room for frames again).
+    var afterPortWrite: (() -> Void)?
     let attachedAt = DispatchClock.now()
 
     init(socket: LinkSocket, agentPID: Int32, id: UInt32, configuration: PartitionConfiguration,
@@ -108,6 +112,9 @@ final class PartitionRuntime: InterruptSink {
             let size = Int(block.load(fromByteOffset: VPBlock.control, as: UInt64.self))
             portIO?.write(port: port, size: size, value: UInt32(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.value, as: UInt64.self)))
             block.storeBytes(of: UInt64(0), toByteOffset: VPBlock.result, as: UInt64.self)
+            completions[vp].ring()
+            afterPortWrite?()
+            return
         case nil:
             block.storeBytes(of: HypercallResult(status: .invalidHypercallInput).rawValue, toByteOffset: VPBlock.result, as: UInt64.self)
         }

@@ -1,6 +1,7 @@
 // A partition's service thread: listens for its agent, runs the hypervisor loop, survives agents dying.
 
 import CSystem
+import EmulatedDevices
 import Foundation
 import EchoDevice
 import IntegrationServices
@@ -68,6 +69,12 @@ public final class PartitionService: @unchecked Sendable {
     public let nics: [NetworkVSP]
     /// Handlers of descriptors devices asked the loop to watch.
     var watched: [Int32: () -> Void] = [:]
+    /// Legacy I/O ports: the emulated devices (IDE channel, NE2000), reached by port I/O traps.
+    public let portIO = PortIOBus()
+    public let ide: ATAController?
+    public let ne2000: NE2000?
+    /// Interrupt lines of the emulated devices.
+    var lines: [InterruptLine] { [ide?.line, ne2000?.line].compactMap { $0 } }
 
     public init(configuration: PartitionConfiguration, id: UInt32, socketPath: String, imageDirectory: String, logger: Logger,
                 trace: TraceWriter?) throws {
@@ -144,6 +151,34 @@ public final class PartitionService: @unchecked Sendable {
             logger.info("\(configuration.name): NIC \(index) = TAP \(tap.name)\(nic.netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(mac)), MTU \(nic.mtu)")
         }
         self.nics = nics
+        if configuration.ide.isEmpty {
+            ide = nil
+        } else {
+            let backends: [(any BlockBackend)?] = try configuration.ide.map { disk in
+                if !disk.readOnly {
+                    try? FileManager.default.createDirectory(atPath: (disk.path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                }
+                return try FileBackend(path: disk.path, readOnly: disk.readOnly, createSize: disk.readOnly ? nil : UInt64(disk.sizeMiB) << 20)
+            }
+            ide = ATAController(disks: backends)
+            logger.info("\(configuration.name): emulated IDE channel 0x1F0/IRQ 14: \(configuration.ide.map(\.path).joined(separator: ", "))")
+        }
+        if let nic = configuration.ne2000 {
+            let tap: TapDevice
+            do {
+                tap = try TapDevice(name: nic.tap, namespace: nic.netns)
+                try tap.configure(mtu: 1500, up: true)
+            } catch {
+                throw ConfigurationError.invalid("\(configuration.name): ne2000 (TAP \(nic.tap)): \(error)" + (getuid() != 0 ? " (TAP devices need root)" : ""))
+            }
+            let mac = nic.macAddress(partitionID: id, index: 0x80)
+            ne2000 = NE2000(base: 0x300, mac: mac, port: tap, line: InterruptLine(irq: 9))
+            logger.info("\(configuration.name): emulated NE2000 0x300/IRQ 9 = TAP \(tap.name), MAC \(MACAddress.format(mac))")
+        } else {
+            ne2000 = nil
+        }
+        if let ide { portIO.attach(ide) }
+        if let ne2000 { portIO.attach(ne2000) }
         devices = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 }
             + controllers.keys.sorted().map { controllers[$0]! } + nics
         listener = try LinkListener(path: socketPath)
@@ -306,6 +341,18 @@ public final class PartitionService: @unchecked Sendable {
                                            memoryBytes: UInt64(configuration.memoryMiB) << 20,
                                            cpuMask: configuration.cpuMask, name: configuration.name)),
                             fds: runtime.welcomeDescriptors)
+            runtime.portIO = portIO
+            if ne2000 != nil { runtime.afterPortWrite = { [unowned self] in self.ne2000Serviced() } }
+            portIO.reset()
+            for line in lines {
+                let doorbell = try EventFD()
+                line.onRaise = { doorbell.ring() }
+                runtime.lineDoorbells.append(doorbell)
+                try socket.send(.interruptLine(irq: line.irq), fds: [doorbell.fd])
+            }
+            if let ne2000, ne2000.descriptor >= 0 {
+                watch(ne2000.descriptor, wanted: true) { [unowned self] in self.ne2000Readable() }
+            }
             self.runtime = runtime
             attachCount += 1
             _ = viridian_epoll_add(epoll, socket.fd, Tag.socket)
@@ -352,9 +399,26 @@ public final class PartitionService: @unchecked Sendable {
         for doorbell in runtime.doorbells { _ = viridian_epoll_remove(epoll, doorbell.fd) }
         for doorbell in runtime.channelDoorbells.values { _ = viridian_epoll_remove(epoll, doorbell.fd) }
         runtime.server.detachGuest()
+        for line in lines { line.onRaise = nil }
+        if let ne2000 { watch(ne2000.descriptor, wanted: false) {} }
         runtime.socket.close()
         self.runtime = nil
         logger.notice("\(configuration.name): \(reason); partition reset, waiting for an agent")
+    }
+}
+
+extension PartitionService {
+    /// Frames wait on the NE2000's TAP: take what the card's ring has room for. While the ring is
+    /// full the TAP is not watched; the guest's register accesses that free the ring bring it back.
+    func ne2000Readable() {
+        guard let ne2000 else { return }
+        if !ne2000.pollReceive() { watch(ne2000.descriptor, wanted: false) {} }
+    }
+
+    /// After a port write: a guest that moved BNRY may have made room for waiting frames.
+    func ne2000Serviced() {
+        guard let ne2000, runtime != nil, watched[ne2000.descriptor] == nil else { return }
+        watch(ne2000.descriptor, wanted: true) { [unowned self] in self.ne2000Readable() }
     }
 }
 

@@ -67,11 +67,16 @@ struct Run: ParsableCommand {
     @Flag(help: "When the host goes away, wait for it and rejoin.")
     var reconnect = false
 
+    @Flag(name: .customLong("no-enlightenments"),
+          help: "Behave as a guest without integration components: no VMBus; only the emulated IDE disk and NE2000 NIC, driven by port I/O traps.")
+    var noEnlightenments = false
+
     func run() throws {
         var (configuration, logger) = try common.load()
         if reconnect { configuration.reconnect = true }
         let stop = try EventFD()
         _ = viridianRouteSignals(stop)
+        if noEnlightenments { return try runEmulated(configuration, logger, stop) }
         while true {
             let session: AgentSession
             do { session = try common.join(configuration, logger) } catch {
@@ -275,6 +280,30 @@ func viridianNow() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+}
+
+extension Run {
+    /// The guest without enlightenments: join the partition, never touch VMBus, drive the legacy devices.
+    func runEmulated(_ configuration: AgentConfiguration, _ logger: Logger, _ stop: EventFD) throws {
+        let link: GuestLink
+        do { link = try GuestLink.attach(to: configuration.link) } catch {
+            throw AgentError.hostGone("cannot join \(configuration.link): \(error)")
+        }
+        let lost = try EventFD()
+        link.startMonitor { _ in lost.ring() }
+        logger.info("joined partition \(link.welcome.name) without enlightenments (emulated devices only)")
+        let guest = EmulatedGuest(link: link, logger: logger)
+        defer {
+            guest.stop()
+            link.detach()
+        }
+        try guest.start(exportDir: configuration.exportDir, stateDir: configuration.stateDir,
+                        tapName: configuration.nicTap.replacingOccurrences(of: "%d", with: "0"), netns: configuration.nicNetns)
+        systemdNotify("READY=1")
+        while !waitOrStop(stop, ms: 200) {
+            if waitOrStop(lost, ms: 0) { throw AgentError.hostGone("the host closed partition link \(configuration.link)") }
+        }
+    }
 }
 
 struct DiskCommand: ParsableCommand {
