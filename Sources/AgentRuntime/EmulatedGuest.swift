@@ -231,7 +231,7 @@ public final class EmulatedGuest: @unchecked Sendable {
                 server.start()
                 servers.append(server)
                 exports.append(DiskExport(controller: 0, lun: unit, sizeBytes: driver.sectors * 512, readOnly: false, export: path))
-                logger.info("ide: \(unit == 0 ? "master" : "slave") \(driver.model), \(driver.sectors * 512 >> 20) MiB, PIO multiple \(driver.multiple), nbd+unix:///?socket=\(path)")
+                logger.info("ide: \(unit == 0 ? "master" : "slave") \(driver.model), \((driver.sectors * 512) >> 20) MiB, PIO multiple \(driver.multiple), nbd+unix:///?socket=\(path)")
             }
         }
         if let l9 = line(9, timeoutMs: 200) {

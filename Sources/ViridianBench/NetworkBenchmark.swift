@@ -147,12 +147,17 @@ struct NetworkTools: Sendable {
     var iperf3: String
     var cc: String
 
-    init() throws {
-        ip = try Self.find("ip", package: "iproute2")
-        ss = try Self.find("ss", package: "iproute2")
-        ping = try Self.find("ping", package: "iputils-ping")
-        iperf3 = try Self.find("iperf3", package: "iperf3")
-        cc = try Self.find("cc", package: "gcc")
+    /// Finds every tool in `needed`; the others keep their bare names and must not be run
+    /// (`viridian-bench compare` builds no taprelay, and its storage part runs none of them).
+    init(needed: Set<String> = ["ip", "ss", "ping", "iperf3", "cc"]) throws {
+        func locate(_ name: String, _ package: String) throws -> String {
+            needed.contains(name) ? try NetworkTools.find(name, package: package) : name
+        }
+        ip = try locate("ip", "iproute2")
+        ss = try locate("ss", "iproute2")
+        ping = try locate("ping", "iputils-ping")
+        iperf3 = try locate("iperf3", "iperf3")
+        cc = try locate("cc", "gcc")
     }
 
     static func find(_ name: String, package: String) throws -> String {
@@ -220,13 +225,14 @@ final class NetworkBenchRig {
     private var host: BenchChild?
     private var agent: BenchChild?
 
-    init(tools: NetworkTools, interruptions: EventFD?) throws {
+    /// `label` names the scratch directory (viridian-bench-LABEL-PID under the temporary directory).
+    init(tools: NetworkTools, interruptions: EventFD?, label: String = "network") throws {
         self.tools = tools
         self.interruptions = interruptions
         let pid = getpid()
         hostNS = "vbh-\(pid)"
         guestNS = "vbg-\(pid)"
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-bench-network-\(pid)").path
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-bench-\(label)-\(pid)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let directory = directory
         undo.append { try? FileManager.default.removeItem(atPath: directory) }
@@ -419,6 +425,11 @@ final class NetworkBenchRig {
 
     /// One iperf3 TCP run; Gbit/s received (end.sum_received). A busy server is retried.
     func iperf(_ path: NetworkBenchmark.Path, direction: String, seconds: Int) throws -> Double {
+        try iperfTransfer(path, direction: direction, seconds: seconds).gbps
+    }
+
+    /// One iperf3 TCP run: what the receiver got (end.sum_received). A busy server is retried.
+    func iperfTransfer(_ path: NetworkBenchmark.Path, direction: String, seconds: Int) throws -> IperfTransfer {
         var arguments = ["netns", "exec", guestNS, tools.iperf3, "-c", path.hostAddress, "-p", "\(NetworkBenchmark.port)",
                          "-t", "\(seconds)", "-J"]
         if direction == "host-to-guest" { arguments.append("-R") }
@@ -442,7 +453,16 @@ final class NetworkBenchRig {
             guard let end = document?["end"] as? [String: Any], let received = end["sum_received"] as? [String: Any],
                 let bitsPerSecond = (received["bits_per_second"] as? NSNumber)?.doubleValue
             else { throw BenchError.setup("iperf3 on \(path.name) \(direction): no end.sum_received.bits_per_second in its output") }
-            return bitsPerSecond / 1e9
+            let bytes = (received["bytes"] as? NSNumber)?.doubleValue ?? bitsPerSecond / 8 * Double(seconds)
+            let elapsed = (received["seconds"] as? NSNumber)?.doubleValue ?? Double(seconds)
+            return IperfTransfer(gbps: bitsPerSecond / 1e9, bytes: bytes, seconds: elapsed)
         }
     }
+}
+
+/// What the receiving end of one iperf3 run got.
+struct IperfTransfer: Sendable {
+    var gbps: Double
+    var bytes: Double
+    var seconds: Double
 }

@@ -44,7 +44,11 @@ final class NetworkRig: @unchecked Sendable {
     private(set) var fixture: HostFixture?
     private(set) var agent: Child?
 
-    init(tag: String, subnet: Int) {
+    /// Use the emulated NE2000 (and an agent without enlightenments) instead of the synthetic NIC.
+    let emulated: Bool
+
+    init(tag: String, subnet: Int, emulated: Bool = false) {
+        self.emulated = emulated
         hostNS = "vnh-\(getpid())-\(tag)"
         guestNS = "vng-\(getpid())-\(tag)"
         hostAddress = "10.77.\(subnet).1"
@@ -67,13 +71,13 @@ final class NetworkRig: @unchecked Sendable {
             name = "guest1"
             memory_mib = 256
             echo_devices = 0
-            [[partition.nic]]
+            [\(emulated ? "partition.ne2000" : "[partition.nic]")]
             tap = "\(hostTap)"
             netns = "\(hostNS)"
             \(nic)
             """)
         self.fixture = fixture
-        let agent = try Child("viridian-agent", ["run", "--config", try agentConfig(fixture, """
+        let agent = try Child("viridian-agent", ["run"] + (emulated ? ["--no-enlightenments"] : []) + ["--config", try agentConfig(fixture, """
             timesync = "off"
             storage = false
             export_dir = "\(fixture.directory.path)/exports"
@@ -147,7 +151,7 @@ final class NetworkRig: @unchecked Sendable {
 
     /// Sends `mib` MiB of random bytes with socat from namespace `sender` to a listener on `address`:`port` in
     /// namespace `receiver`; true when both ends hold the same SHA-256. A broken path fails within 120 + 20 s.
-    func transfer(mib: Int, from sender: String, to receiver: String, address: String, port: Int) throws -> (Bool, String) {
+    func transfer(mib: Int, from sender: String, to receiver: String, address: String, port: Int, seconds: Double = 120) throws -> (Bool, String) {
         let source = scratch.appendingPathComponent("sent-\(port)").path
         let sink = scratch.appendingPathComponent("received-\(port)").path
         defer {
@@ -162,7 +166,7 @@ final class NetworkRig: @unchecked Sendable {
         }
         guard listening else { return (false, "socat did not listen: \(listener.text)") }
         let started = Date()
-        let (sent, sendOutput) = try netnsExec(sender, ["socat", "-u", "OPEN:\(source),rdonly", "TCP:\(address):\(port)"], seconds: 120)
+        let (sent, sendOutput) = try netnsExec(sender, ["socat", "-u", "OPEN:\(source),rdonly", "TCP:\(address):\(port)"], seconds: seconds)
         let received = listener.wait(seconds: 20)
         let elapsed = Date().timeIntervalSince(started)
         guard sent == 0, received == 0 else {

@@ -46,11 +46,15 @@ public final class ATADriver {
         io.outb(base + 2, 0x55)
         io.outb(base + 3, 0xAA)
         guard io.inb(base + 2) == 0x55, io.inb(base + 3) == 0xAA else { throw .noDevice }
-        // Soft reset with interrupts enabled afterwards.
-        io.outb(controlPort, 0x06)
-        io.outb(controlPort, 0x02)
-        io.outb(controlPort, 0x00)
-        try waitNotBusy()
+        // Soft reset of the channel (once, from the master: it resets both devices), interrupts enabled afterwards.
+        if unit == 0 {
+            io.outb(controlPort, 0x06)
+            io.outb(controlPort, 0x02)
+            io.outb(controlPort, 0x00)
+            try waitNotBusy()
+        }
+        // Reset selects the master again; an absent device reads as status 0.
+        io.outb(base + 6, deviceBits)
         let status = io.inb(base + 7)
         guard status != 0, status != 0xFF else { throw .noDevice }
         var id = [UInt8](repeating: 0, count: 512)
