@@ -98,6 +98,26 @@ public final class AgentSession: @unchecked Sendable {
         }
     }
 
+    /// Waits for the `count` sub-channels the host offers beside `primary` (same instance,
+    /// index ≥ 1), opens each with rings of `pages` pages each way on VP (index mod VPs), and
+    /// returns those that opened, in index order.
+    public func openSubChannels(of primary: ClientChannel, count: Int, pages: Int, timeoutMs: Int) throws -> [ClientChannel] {
+        guard count > 0 else { return [] }
+        let instance = primary.offer.interfaceInstance
+        func offered(_ bus: VMBusClient) -> [ClientChannel] {
+            bus.channels.values.filter { $0.offer.interfaceInstance == instance && $0.offer.subChannelIndex > 0 && $0.state == .offered }
+        }
+        // `wait` evaluates its condition with the bus already locked.
+        _ = try wait(timeoutMs: timeoutMs) { offered($0).count >= count }
+        let subs = withBus { offered($0) }.sorted { $0.offer.subChannelIndex < $1.offer.subChannelIndex }
+        for sub in subs {
+            let vp = UInt32(Int(sub.offer.subChannelIndex) % link.vpCount)
+            try withBus { try $0.open(sub, sendPages: pages, receivePages: pages, targetVP: vp) }
+        }
+        _ = try wait(timeoutMs: timeoutMs) { _ in subs.allSatisfy { $0.state != .creatingRingGPADL && $0.state != .opening } }
+        return withBus { _ in subs.filter { $0.state == .open } }
+    }
+
     /// Interrupts handled per VP.
     public var interruptsPerVP: [UInt64] { interruptCounts.map { $0.load(ordering: .relaxed) } }
 

@@ -161,18 +161,7 @@ final class SCSIBlockDevice: NBDBlockDevice, @unchecked Sendable {
     }
 
     func writeZeroes(offset: UInt64, length: UInt64, mayTrim: Bool, fua: Bool) -> UInt32 {
-        // Zeros written in chunks (holes read back as zeros too, so trimming is a valid shortcut).
-        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(length, 1 << 20)), alignment: 512)
-        defer { zeros.deallocate() }
-        zeros.initializeMemory(as: UInt8.self, repeating: 0)
-        var at: UInt64 = 0
-        while at < length {
-            let n = Int(min(length - at, UInt64(zeros.count)))
-            let e = write(offset: offset + at, from: UnsafeRawBufferPointer(rebasing: zeros[0..<n]), fua: fua)
-            guard e == 0 else { return e }
-            at += UInt64(n)
-        }
-        return 0
+        writeZeroesByWriting(offset: offset, length: length, fua: fua)
     }
 }
 
@@ -274,21 +263,8 @@ public final class DiskExporter: @unchecked Sendable {
         }
         controllers[channel.relid] = storage
         // The host offers the sub-channels it granted; open each on its own VP.
-        let granted = storage.grantedSubChannels
-        guard granted > 0 else { return }
-        let instance = channel.offer.interfaceInstance
-        func offered(_ client: VMBusClient) -> [ClientChannel] {
-            client.channels.values.filter { $0.offer.interfaceInstance == instance && $0.offer.subChannelIndex > 0 && $0.state == .offered }
-        }
-        // `wait` evaluates its condition with the bus already locked.
-        _ = try session.wait(timeoutMs: timeoutMs) { offered($0).count >= granted }
-        let subs = session.withBus { offered($0) }.sorted { $0.offer.subChannelIndex < $1.offer.subChannelIndex }
-        for sub in subs {
-            let vp = UInt32(Int(sub.offer.subChannelIndex) % session.link.vpCount)
-            try session.withBus { try $0.open(sub, sendPages: 32, receivePages: 32, targetVP: vp) }
-        }
-        _ = try session.wait(timeoutMs: timeoutMs) { _ in subs.allSatisfy { $0.state != .creatingRingGPADL && $0.state != .opening } }
-        session.withBus { _ in for sub in subs where sub.state == .open { storage.addSubChannel(sub) } }
+        let subs = try session.openSubChannels(of: channel, count: storage.grantedSubChannels, pages: 32, timeoutMs: timeoutMs)
+        session.withBus { _ in for sub in subs { storage.addSubChannel(sub) } }
         logger.info("disk: controller \(channel.relid) uses \(storage.subChannels.count) sub-channel(s)")
     }
 

@@ -109,17 +109,7 @@ final class ATABlockDevice: NBDBlockDevice, @unchecked Sendable {
     func trim(offset: UInt64, length: UInt64) -> UInt32 { 0 }  // advisory; IDE has no TRIM here
 
     func writeZeroes(offset: UInt64, length: UInt64, mayTrim: Bool, fua: Bool) -> UInt32 {
-        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(length, 1 << 20)), alignment: 8)
-        defer { zeros.deallocate() }
-        zeros.initializeMemory(as: UInt8.self, repeating: 0)
-        var at: UInt64 = 0
-        while at < length {
-            let n = Int(min(length - at, UInt64(zeros.count)))
-            let e = write(offset: offset + at, from: UnsafeRawBufferPointer(rebasing: zeros[0..<n]), fua: fua)
-            guard e == 0 else { return e }
-            at += UInt64(n)
-        }
-        return 0
+        writeZeroesByWriting(offset: offset, length: length, fua: fua)
     }
 }
 

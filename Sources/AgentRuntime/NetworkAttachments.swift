@@ -223,21 +223,10 @@ public final class NetworkAttachments: @unchecked Sendable {
     /// Opens the sub-channels the host granted, each on its own VP, and turns receive scaling on.
     private func openSubChannels(of client: NetworkClient) throws {
         let granted = session.withBus { _ in client.grantedSubChannels }
-        guard granted > 0 else { return }
-        let instance = client.channel.offer.interfaceInstance
-        func offered(_ bus: VMBusClient) -> [ClientChannel] {
-            bus.channels.values.filter { $0.offer.interfaceInstance == instance && $0.offer.subChannelIndex > 0 && $0.state == .offered }
-        }
-        // `wait` evaluates its condition with the bus already locked.
-        _ = try session.wait(timeoutMs: timeoutMs) { offered($0).count >= granted }
-        let subs = session.withBus { offered($0) }.sorted { $0.offer.subChannelIndex < $1.offer.subChannelIndex }
-        for sub in subs {
-            let vp = UInt32(Int(sub.offer.subChannelIndex) % session.link.vpCount)
-            try session.withBus { try $0.open(sub, sendPages: 129, receivePages: 129, targetVP: vp) }
-        }
-        _ = try session.wait(timeoutMs: timeoutMs) { _ in subs.allSatisfy { $0.state != .creatingRingGPADL && $0.state != .opening } }
+        let subs = try session.openSubChannels(of: client.channel, count: granted, pages: 129, timeoutMs: timeoutMs)
+        guard !subs.isEmpty else { return }
         session.withBus { _ in
-            for sub in subs where sub.state == .open { client.addSubChannel(sub) }
+            for sub in subs { client.addSubChannel(sub) }
             client.enableReceiveScaling()
         }
     }

@@ -84,6 +84,23 @@ public protocol NBDBlockDevice: AnyObject {
     func writeZeroes(offset: UInt64, length: UInt64, mayTrim: Bool, fua: Bool) -> UInt32
 }
 
+extension NBDBlockDevice {
+    /// WRITE_ZEROES for a disk without a zeroing command: zeros written in chunks of up to 1 MiB.
+    public func writeZeroesByWriting(offset: UInt64, length: UInt64, fua: Bool) -> UInt32 {
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(length, 1 << 20)), alignment: 512)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        var at: UInt64 = 0
+        while at < length {
+            let n = Int(min(length - at, UInt64(zeros.count)))
+            let e = write(offset: offset + at, from: UnsafeRawBufferPointer(rebasing: zeros[0..<n]), fua: fua)
+            guard e == 0 else { return e }
+            at += UInt64(n)
+        }
+        return 0
+    }
+}
+
 /// A disk that can keep many requests in flight. The connection hands requests over as they
 /// arrive and answers each when its `done` runs, in completion order.
 public protocol NBDPipelinedDevice: NBDBlockDevice {

@@ -164,9 +164,7 @@ struct List: ParsableCommand {
         let version = session.withBus { $0.version }
         session.leave()
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(devices), as: UTF8.self))
+            try printJSON(devices)
             return
         }
         if verbose, let version { print("VMBus version \(version) (\(version.linuxName))") }
@@ -220,9 +218,7 @@ struct Echo: ParsableCommand {
         }
         session.leave()
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            try printJSON(report)
         } else {
             print("echo: \(report.completions)/\(report.packets) packets of \(report.payloadBytes) B, \(report.mismatches) mismatches, "
                   + String(format: "%.0f packets/s", report.packetsPerSecond))
@@ -266,9 +262,7 @@ struct KVPCommand: ParsableCommand {
         default: items = (try? KVPStore.read(directory: directory, pool: .external)) ?? []
         }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(Dictionary(items.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })), as: UTF8.self))
+            try printJSON(Dictionary(items.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a }))
         } else {
             for item in items { print("\(item.key)=\(item.value)") }
         }
@@ -323,15 +317,10 @@ struct DiskCommand: ParsableCommand {
 
     func run() throws {
         let configuration = try AgentConfiguration.load(path: config)
-        let file = DiskExporter.statePath(stateDir ?? configuration.stateDir)
-        guard let data = FileManager.default.contents(atPath: file) else {
-            throw ValidationError("no disks exported (is viridian-agent run active? \(file) is missing)")
-        }
-        let exports = try JSONDecoder().decode([DiskExport].self, from: data)
+        let exports = try readAgentState([DiskExport].self, file: DiskExporter.statePath(stateDir ?? configuration.stateDir),
+                                         missing: "no disks exported (is viridian-agent run active?")
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(exports), as: UTF8.self))
+            try printJSON(exports)
             return
         }
         print("controller  lun  size        access  export")
@@ -360,15 +349,10 @@ struct NICCommand: ParsableCommand {
 
     func run() throws {
         let configuration = try AgentConfiguration.load(path: config)
-        let file = NetworkAttachments.statePath(stateDir ?? configuration.stateDir)
-        guard let data = FileManager.default.contents(atPath: file) else {
-            throw ValidationError("no NICs (is viridian-agent run active with network = true? \(file) is missing)")
-        }
-        let nics = try JSONDecoder().decode([NICInfo].self, from: data)
+        let nics = try readAgentState([NICInfo].self, file: NetworkAttachments.statePath(stateDir ?? configuration.stateDir),
+                                      missing: "no NICs (is viridian-agent run active with network = true?")
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(nics), as: UTF8.self))
+            try printJSON(nics)
             return
         }
         print("nic  tap              mac                mtu   carrier  nvsp")
@@ -378,4 +362,17 @@ struct NICCommand: ParsableCommand {
                   + (n.carrier ? "up       " : "down     ") + n.nvspVersion)
         }
     }
+}
+
+/// Prints `value` as sorted, indented JSON.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Reads what the running agent recorded in `file`; `missing` (an open parenthesis) explains its absence.
+func readAgentState<T: Decodable>(_ type: T.Type, file: String, missing: String) throws -> T {
+    guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("\(missing) \(file) is missing)") }
+    return try JSONDecoder().decode(type, from: data)
 }

@@ -21,6 +21,24 @@ struct NetworkLoopbackTests {
         #expect(m.port.offload == TunOffload.checksum | TunOffload.tso4 | TunOffload.tso6 | TunOffload.tsoECN)
     }
 
+    @Test("Every NVSP version Linux tries (1 … 6.1) initializes, with the offload structure of its revision, and moves frames")
+    func everyVersion() throws {
+        for version in NVSPVersion.linuxPreference {
+            let m = try NICMachine(versions: [version])
+            #expect(m.client.state == .ready && m.client.version == version && m.vsp.version == version)
+            #expect(m.client.offloadCapabilities.count == NDISOffload.revision(nvsp: version).size)
+            let f = tcpFrame(payload: 700, seed: UInt64(version))
+            #expect(try m.transmit(f))
+            try m.machine.run(until: { m.port.sent.last?.frame == f }, "a frame at NVSP 0x\(String(version, radix: 16))")
+            m.port.inbound.append((VirtioNetHeader(), f))
+            m.vsp.receiveFrames()
+            try m.machine.run(until: { m.received.count == 1 }, "a frame in the guest")
+        }
+        // A guest offering only versions the host does not speak gets no adapter.
+        let m = try? NICMachine(versions: [0x0007_0000])
+        #expect(m?.client.state != .ready)
+    }
+
     @Test("Guest → host: small frames through send sections, large LSO frames through GPA pages, bytes intact")
     func transmit() throws {
         let m = try NICMachine()

@@ -123,7 +123,7 @@ final class NICMachine {
     var queuePorts: [QueuePort] = []
     var receivedQueues: [Int] = []
 
-    init(mtu: Int = 1500, queues: Int = 1) throws {
+    init(mtu: Int = 1500, queues: Int = 1, versions: [UInt32] = NVSPVersion.linuxPreference) throws {
         machine = try LoopbackMachine(memoryBytes: 64 << 20, vpCount: queues, logger: quiet)
         vsp = NetworkVSP(instanceID: GUID(low: 7, high: 7), port: port, mac: [0x00, 0x15, 0x5D, 0x0A, 0x0B, 0x0C], mtu: mtu, logger: quiet)
         vsp.maximumQueues = queues
@@ -132,7 +132,7 @@ final class NICMachine {
         let channel = try #require(machine.client.channels.values.first)
         try machine.client.open(channel, sendPages: 130, receivePages: 130)
         try machine.run(until: { channel.state == .open }, "open")
-        client = try NetworkClient(channel: channel, bus: machine.client, queues: queues, logger: quiet)
+        client = try NetworkClient(channel: channel, bus: machine.client, queues: queues, versions: versions, logger: quiet)
         client.onFrame = { [unowned self] frame, info, queue in
             received.append((Array(frame), info))
             receivedQueues.append(queue)

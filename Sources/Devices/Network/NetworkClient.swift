@@ -83,9 +83,11 @@ public final class NetworkClient {
 
     /// `channel` must be open. Allocates the buffers and starts initialization at once.
     public init(channel: ClientChannel, bus: VMBusClient, receiveBufferBytes: Int = 16 << 20, sendBufferBytes: Int = 170 * 6144,
-                transmitSlots: Int = 64, queues: Int = 1, logger: Logger) throws(ClientError) {
+                transmitSlots: Int = 64, queues: Int = 1, versions: [UInt32] = NVSPVersion.linuxPreference,
+                logger: Logger) throws(ClientError) {
         self.channel = channel
         requestedQueues = max(1, queues)
+        versionsToTry = versions
         self.bus = bus
         self.logger = logger
         receivePages = (receiveBufferBytes + 4095) / 4096
