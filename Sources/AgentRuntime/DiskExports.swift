@@ -67,8 +67,13 @@ final class SCSIBlockDevice: NBDBlockDevice, @unchecked Sendable {
             result = c
             done.ring()
         }
+        // Up to 60 s for the host, but not a moment longer once the host is gone (nothing will answer).
         var fd = pollfd(fd: done.fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&fd, 1, 60_000) > 0 else { return nil }
+        var waited = 0
+        while poll(&fd, 1, 250) <= 0 {
+            waited += 250
+            if waited >= 60_000 || session.hostLost != nil { return nil }
+        }
         done.wait()
         return session.withBus { _ in result }
     }

@@ -88,7 +88,7 @@ struct HostAgentTests {
     func hostKilled() throws {
         let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\n")
         let plain = try fixture.agent(["run"])
-        #expect(try eventually(seconds: 20) { try fixture.status().partitions[0].channels.first?.state == "offered" && fixture.status().partitions[0].vmbusVersion != nil })
+        #expect(try eventually(seconds: 60) { try fixture.status().partitions[0].channels.first?.state == "offered" && fixture.status().partitions[0].vmbusVersion != nil })
         fixture.host.signal(SIGKILL)
         let code = plain.wait(seconds: 10)
         #expect(code != nil && code != 0)
@@ -97,14 +97,14 @@ struct HostAgentTests {
         // A new host on the same sockets; a reconnecting agent survives a host restart.
         let config = fixture.directory.appendingPathComponent("host.toml").path
         let host2 = try Child("viridian-host", ["run", "--config", config])
-        #expect(eventually(seconds: 20) { (try? fixture.status()) != nil })
+        #expect(eventually(seconds: 60) { (try? fixture.status()) != nil })
         let sticky = try fixture.agent(["run", "--reconnect"])
-        #expect(try eventually(seconds: 20) { try fixture.status().partitions[0].state == "attached" })
+        #expect(try eventually(seconds: 60) { try fixture.status().partitions[0].state == "attached" })
         host2.signal(SIGKILL)
         host2.wait(seconds: 5)
         #expect(sticky.process.isRunning)
         let host3 = try Child("viridian-host", ["run", "--config", config])
-        #expect(eventually(seconds: 20) { (try? fixture.status().partitions[0].state) == "attached" })
+        #expect(eventually(seconds: 60) { (try? fixture.status().partitions[0].state) == "attached" })
         sticky.signal(SIGTERM)
         #expect(sticky.wait(seconds: 10) == 0)
         host3.signal(SIGTERM)
