@@ -12,6 +12,8 @@ struct EmulatedDiskProcessTests {
             Issue.record("needs root for losetup, mount and FUSE")
             return
         }
+        loopDeviceLock.lock()
+        defer { loopDeviceLock.unlock() }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-em-\(UUID().uuidString.prefix(6))").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -36,8 +38,7 @@ struct EmulatedDiskProcessTests {
         let fuse = try Child("/usr/bin/nbdfuse", ["\(dir)/fuse/disk", "--unix", "\(dir)/exports/ide0-master.sock"])
         defer { _ = try? sh("fusermount3 -u \(dir)/fuse") }
         try waitFor(path: "\(dir)/fuse/disk")
-        let (_, loopOut) = try sh("losetup -f --show \(dir)/fuse/disk")
-        let loop = loopOut.trimmingCharacters(in: .whitespacesAndNewlines)
+        let (loop, loopOut) = try attachLoopDevice("\(dir)/fuse/disk")
         #expect(loop.hasPrefix("/dev/loop"), "\(loopOut)")
         defer { _ = try? sh("losetup -d \(loop)") }
         // Every sector crosses 128 port traps: mkfs leaves inode tables and journal to lazy init.

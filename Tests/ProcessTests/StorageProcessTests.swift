@@ -11,6 +11,16 @@ func sh(_ command: String, seconds: Double = 300) throws -> (Int32, String) {
     try run("/bin/sh", ["-c", command + " 2>&1"], seconds: seconds)
 }
 
+/// Tests that attach loop devices and mount (losetup -f, mount -o loop, lazy umount of a dying
+/// disk) run one at a time: side by side they were seen to meet on one loop device.
+let loopDeviceLock = NSLock()
+
+/// Attaches `file` to a free loop device and returns the device path ("" on failure, with the output).
+func attachLoopDevice(_ file: String) throws -> (String, String) {
+    let (_, out) = try sh("losetup -f --show \(file)")
+    return (out.trimmingCharacters(in: .whitespacesAndNewlines), out)
+}
+
 @Suite("Synthetic storage between processes", .serialized)
 struct StorageProcessTests {
     /// Host with a 256 MiB read-write LUN 0 and a 16 MiB read-only LUN 1; agent exporting both.
@@ -41,6 +51,8 @@ struct StorageProcessTests {
             Issue.record("needs root for losetup, mount and FUSE")
             return
         }
+        loopDeviceLock.lock()
+        defer { loopDeviceLock.unlock() }
         let (fixture, agent, dir) = try start()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let export = "\(dir)/exports"
@@ -56,8 +68,7 @@ struct StorageProcessTests {
         let fuse = try Child("/usr/bin/nbdfuse", ["\(dir)/fuse/disk", "--unix", "\(export)/\(lun0)"])
         defer { _ = try? sh("fusermount3 -u \(dir)/fuse") }
         try waitFor(path: "\(dir)/fuse/disk")
-        let (_, loopOut) = try sh("losetup -f --show \(dir)/fuse/disk")
-        let loop = loopOut.trimmingCharacters(in: .whitespacesAndNewlines)
+        let (loop, loopOut) = try attachLoopDevice("\(dir)/fuse/disk")
         #expect(loop.hasPrefix("/dev/loop"), "\(loopOut)")
         defer { _ = try? sh("losetup -d \(loop)") }
         let script = """
@@ -120,6 +131,8 @@ struct StorageDurabilityTests {
             Issue.record("needs root for losetup, mount and FUSE")
             return
         }
+        loopDeviceLock.lock()
+        defer { loopDeviceLock.unlock() }
         let (fixture, agent, dir) = try StorageProcessTests().start()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         #expect(eventually(seconds: 30) { FileManager.default.fileExists(atPath: "\(fixture.directory.path)/state/disks.json") }, "\(agent.text)")
@@ -128,8 +141,7 @@ struct StorageDurabilityTests {
         try FileManager.default.createDirectory(atPath: "\(dir)/mnt", withIntermediateDirectories: true)
         let fuse = try Child("/usr/bin/nbdfuse", ["\(dir)/fuse/disk", "--unix", "\(dir)/exports/\(lun0)"])
         try waitFor(path: "\(dir)/fuse/disk")
-        let (_, loopOut) = try sh("losetup -f --show \(dir)/fuse/disk")
-        let loop = loopOut.trimmingCharacters(in: .whitespacesAndNewlines)
+        let (loop, _) = try attachLoopDevice("\(dir)/fuse/disk")
         #expect(try sh("mkfs.ext4 -q -F \(loop) && mount \(loop) \(dir)/mnt").0 == 0)
         // Batches of files; after each batch `sync` returns, the batch number is recorded outside the disk.
         let writer = try Child("/bin/sh", ["-c", """
