@@ -75,6 +75,10 @@ public final class NetworkClient {
 
     public private(set) var counters = NetworkCounters()
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 8)
+    /// The SEND_RNDIS_PKT payload and GPA-direct extension of the frame being sent, reused: the
+    /// transmit path allocates nothing per frame.
+    private let packetScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: NVSPMessage.size, alignment: 8)
+    private let extensionScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 + 16 * 40, alignment: 8)
 
     /// Transaction ids: control packets, sections and slots are told apart by the top bits.
     static let controlTag: UInt64 = 1 << 62
@@ -110,7 +114,11 @@ public final class NetworkClient {
         negotiate()
     }
 
-    deinit { scratch.deallocate() }
+    deinit {
+        scratch.deallocate()
+        packetScratch.deallocate()
+        extensionScratch.deallocate()
+    }
 
     private func fail(_ why: String) {
         state = .failed(why)
@@ -366,12 +374,16 @@ public final class NetworkClient {
         info.store(to: start + RNDIS.headerSize + RNDIS.packetBody)
         let total = header + length
         let written: Bool
+        packetScratch.initializeMemory(as: UInt8.self, repeating: 0)
+        packetScratch.putLE(NVSPMessageType.sendRNDISPacket.rawValue, at: 0)
         if total <= sectionSize, let section = freeSections.popLast() {
             let base = sendBuffer.baseAddress! + Int(section) * sectionSize
             base.copyMemory(from: start, byteCount: total)
-            let message = NVSPMessage.rndisPacket(control: false, section: section, size: UInt32(total))
+            packetScratch.putLE(section, at: NVSPField.sendSectionIndex)
+            packetScratch.putLE(UInt32(total), at: NVSPField.sendSectionSize2)
             written = (try? endpoint.writer.tryWrite(type: .dataInBand, flags: PacketDescriptor.flagCompletionRequested,
-                                                     transactionID: Self.sectionTag | UInt64(section), payload: message.bytes)) ?? false
+                                                     transactionID: Self.sectionTag | UInt64(section),
+                                                     payload: UnsafeRawBufferPointer(packetScratch))) ?? false
             if written {
                 sectionBusy[Int(section)] = true
                 releaseSlot(index)
@@ -379,22 +391,24 @@ public final class NetworkClient {
                 freeSections.append(section)
             }
         } else {
-            // One range per page, as netvsc builds them.
-            let offsetInSlot = Self.slotHeadroom - header
-            let firstByte = index * slotPages * 4096 + offsetInSlot
-            var ranges: [GpaRange] = []
-            var at = firstByte, remaining = total
+            // One range per page, as netvsc builds them: {byte_count | byte_offset << 32, pfn}.
+            packetScratch.putLE(NVSPMessage.noSection, at: NVSPField.sendSectionIndex)
+            let firstByte = index * slotPages * 4096 + Self.slotHeadroom - header
+            var at = firstByte, remaining = total, ranges = 0
             while remaining > 0 {
                 let inPage = at & 4095
                 let n = min(4096 - inPage, remaining)
-                ranges.append(GpaRange(byteCount: UInt32(n), byteOffset: UInt32(inPage), pfns: [slotFirstPage + UInt64(at >> 12)]))
+                extensionScratch.putLE(UInt64(n) | UInt64(inPage) << 32, at: 8 + 16 * ranges)
+                extensionScratch.putLE(slotFirstPage + UInt64(at >> 12), at: 16 + 16 * ranges)
+                ranges += 1
                 at += n
                 remaining -= n
             }
+            extensionScratch.putLE(UInt64(UInt32(ranges)) << 32, at: 0)
             written = (try? endpoint.writer.tryWrite(type: .dataUsingGPADirect, flags: PacketDescriptor.flagCompletionRequested,
                                                      transactionID: Self.slotTag | UInt64(index),
-                                                     extension: GpaDirectHeader.extensionBytes(for: ranges),
-                                                     payload: NVSPMessage.rndisPacket(control: false).bytes)) ?? false
+                                                     extension: UnsafeRawBufferPointer(rebasing: extensionScratch[0..<(8 + 16 * ranges)]),
+                                                     payload: UnsafeRawBufferPointer(packetScratch))) ?? false
         }
         if written {
             counters.txFrames &+= 1
@@ -409,6 +423,12 @@ public final class NetworkClient {
     public func flush(queue: Int = 0) { endpoint(queue: queue)?.commitWrites() }
 
     // MARK: Receive
+
+    /// The 8-byte completion of a transfer-page packet, built once.
+    private let receiveCompletion = Array(NVSPMessage.rndisPacketComplete(NVSPStatus.success).bytes[0..<8])
+
+    /// Completions that did not fit their channel's ring yet, per endpoint.
+    private var unsentCompletions: [ObjectIdentifier: [UInt64]] = [:]
 
     /// Transfer-page packets of one drain, completed after it.
     private var completions: [UInt64] = []
@@ -432,12 +452,20 @@ public final class NetworkClient {
             }
         }
         if failure != nil { counters.protocolErrors &+= 1 }
-        // Each transfer-page packet is completed with {SEND_RNDIS_PKT_COMPLETE, success}.
-        let body = NVSPMessage.rndisPacketComplete(NVSPStatus.success).bytes[0..<8]
+        // Each transfer-page packet is completed with {SEND_RNDIS_PKT_COMPLETE, success}; what does
+        // not fit waits for room (the host frees a sub-allocation only on its completion).
+        completions.insert(contentsOf: unsentCompletions[ObjectIdentifier(endpoint), default: []], at: 0)
+        var sent = 0
         for id in completions {
-            if (try? endpoint.writer.tryWrite(type: .completion, transactionID: id, payload: Array(body))) != true {
+            guard (try? endpoint.writer.tryWrite(type: .completion, transactionID: id, payload: receiveCompletion)) == true else {
                 counters.ringFull &+= 1
+                break
             }
+            sent += 1
+        }
+        unsentCompletions[ObjectIdentifier(endpoint)] = sent < completions.count ? Array(completions[sent...]) : nil
+        if sent < completions.count {
+            _ = endpoint.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: receiveCompletion.count))
         }
         endpoint.commitWrites()
     }

@@ -61,7 +61,18 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     private let vnet = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 8)
     private let headers = UnsafeMutableRawBufferPointer.allocate(byteCount: OffloadTranslation.headerBytes, alignment: 8)
     private let small = UnsafeMutableRawPointer.allocate(byteCount: 512, alignment: 8)
+    /// The extension of a GPA-direct packet (at most 64 ranges of 2 words plus the header).
+    private static let maximumExtension = 8 + 8 * 2 * 64
+    private let extensionScratch = UnsafeMutableRawPointer.allocate(byteCount: maximumExtension, alignment: 8)
     private var transferExtension = [UInt8](repeating: 0, count: 16)
+    /// SEND_RNDIS_PKT payloads of transfer-page packets (data, control) and the completions of
+    /// guest packets, built once: the data path allocates nothing per frame.
+    private let dataPacket = NVSPMessage.rndisPacket(control: false).bytes
+    private let controlPacket = NVSPMessage.rndisPacket(control: true).bytes
+    private let completionPayloads: [UInt32: [UInt8]] = [
+        NVSPStatus.success: NVSPMessage.rndisPacketComplete(NVSPStatus.success).bytes,
+        NVSPStatus.invalidRNDISPacket: NVSPMessage.rndisPacketComplete(NVSPStatus.invalidRNDISPacket).bytes,
+    ]
 
     public init(instanceID: GUID, port: any FramePort, mac: [UInt8], mtu: Int, logger: Logger) {
         self.instanceID = instanceID
@@ -77,6 +88,7 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
         vnet.deallocate()
         headers.deallocate()
         small.deallocate()
+        extensionScratch.deallocate()
     }
 
     public func attach(memory: GuestPhysicalMemory) { self.memory = memory }
@@ -220,14 +232,15 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
             return
         }
         let n = packet.copyPayload(into: UnsafeMutableRawBufferPointer(start: small, count: NVSPMessage.size))
-        guard let message = try? NVSPMessage(decoding: UnsafeRawBufferPointer(start: small, count: n)) else {
-            counters.protocolErrors &+= 1
+        let wantsCompletion = packet.descriptor.completionRequested
+        if n >= NVSPMessage.minimumSize(of: .sendRNDISPacket), small.le(UInt32.self, at: 0) == NVSPMessageType.sendRNDISPacket.rawValue {
+            // The data path: fields read in place, the completion from a prepared payload.
+            let status = transmit(section: small.le(at: NVSPField.sendSectionIndex), size: small.le(at: NVSPField.sendSectionSize2), packet, q)
+            if wantsCompletion { completeRNDIS(packet.transactionID, status, q) }
             return
         }
-        let wantsCompletion = packet.descriptor.completionRequested
-        if message.type == .sendRNDISPacket {
-            let status = transmit(message, packet, q)
-            if wantsCompletion { complete(packet.transactionID, NVSPMessage.rndisPacketComplete(status), q) }
+        guard let message = try? NVSPMessage(decoding: UnsafeRawBufferPointer(start: small, count: n)) else {
+            counters.protocolErrors &+= 1
             return
         }
         guard q === primary else {
@@ -328,11 +341,10 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
 
     /// Collects the RNDIS bytes of a SEND_RNDIS_PKT (section, then GPA pages) and handles each
     /// RNDIS message in them. Returns the NVSP status for the completion.
-    private func transmit(_ m: NVSPMessage, _ packet: IncomingPacket, _ q: NetworkQueue) -> UInt32 {
+    private func transmit(section: UInt32, size sectionBytes: UInt32, _ packet: IncomingPacket, _ q: NetworkQueue) -> UInt32 {
         scatter.reset()
-        let section = m.u32(NVSPField.sendSectionIndex)
         if section != NVSPMessage.noSection {
-            let size = Int(m.u32(NVSPField.sendSectionSize2))
+            let size = Int(sectionBytes)
             guard let sendBuffer, Int(section) < sendSections, size <= Int(NVSPMessage.sendSectionSize) else {
                 counters.protocolErrors &+= 1
                 return NVSPStatus.invalidRNDISPacket
@@ -372,24 +384,34 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
         return status
     }
 
-    /// Adds the GPA-direct ranges of `packet` to the scatter list, each page checked against guest memory.
+    /// Adds the GPA-direct ranges of `packet` to the scatter list, each page checked against guest
+    /// memory. The ranges are walked in place in a scratch copy of the extension.
     private func appendPages(_ packet: IncomingPacket) -> Bool {
-        guard let memory, packet.extensionLength >= 8, packet.extensionLength <= 8 + 8 * 2 * 64 else { return false }
-        let ext = UnsafeMutableRawBufferPointer.allocate(byteCount: packet.extensionLength, alignment: 8)
-        defer { ext.deallocate() }
-        guard packet.copy(fromPacketOffset: PacketDescriptor.size, count: ext.count, into: ext.baseAddress!),
-            let ranges = try? GpaDirectHeader.parse(extension: UnsafeRawBufferPointer(ext))
+        let length = packet.extensionLength
+        guard let memory, length >= 8, length <= Self.maximumExtension,
+            packet.copy(fromPacketOffset: PacketDescriptor.size, count: length, into: extensionScratch)
         else { return false }
-        for range in ranges {
-            var remaining = Int(range.byteCount)
-            var offset = Int(range.byteOffset)
-            for pfn in range.pfns where remaining > 0 {
+        let words = length / 8
+        let count = Int(extensionScratch.le(UInt32.self, at: 4))
+        guard count >= 1 else { return false }
+        var word = 1
+        for _ in 0..<count {
+            guard word < words else { return false }
+            let header = extensionScratch.le(UInt64.self, at: 8 * word)
+            var remaining = Int(UInt32(truncatingIfNeeded: header))
+            var offset = Int(UInt32(truncatingIfNeeded: header >> 32))
+            let pages = GpaRange.pageCount(byteCount: UInt32(remaining), byteOffset: UInt32(min(offset, 0xFFFF_FFFF)))
+            guard remaining > 0, offset < GpaRange.pageSize, word + 1 + pages <= words else { return false }
+            for i in 0..<pages {
+                let pfn = extensionScratch.le(UInt64.self, at: 8 * (word + 1 + i))
                 let n = min(GpaRange.pageSize - offset, remaining)
-                guard n > 0, let p = try? memory.pointer(gpa: pfn << 12 + UInt64(offset), count: n), scatter.append(p, n) else { return false }
+                guard pfn < UInt64(memory.pageCount), let p = try? memory.pointer(gpa: pfn << 12 + UInt64(offset), count: n),
+                    scatter.append(p, n)
+                else { return false }
                 remaining -= n
                 offset = 0
             }
-            guard remaining == 0 else { return false }
+            word += 1 + pages
         }
         return true
     }
@@ -552,11 +574,10 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     private func offer(slot: UInt32, length: Int, control: Bool, _ q: NetworkQueue) -> Bool {
         transferExtension.putLE(UInt32(length), at: 8)
         transferExtension.putLE(slot * UInt32(Self.subAllocationSize), at: 12)
-        let message = NVSPMessage.rndisPacket(control: control)
         let size = version >= NVSPVersion.v61 ? NVSPMessage.size : 28
         let channel = q.endpoint
         let written = transferExtension.withUnsafeBytes { ext in
-            message.bytes.withUnsafeBytes { payload in
+            (control ? controlPacket : dataPacket).withUnsafeBytes { payload in
                 (try? channel.writer.tryWrite(type: .dataUsingTransferPages, flags: PacketDescriptor.flagCompletionRequested,
                                               transactionID: UInt64(slot), extension: ext,
                                               payload: UnsafeRawBufferPointer(rebasing: payload[0..<size]))) ?? false
@@ -590,6 +611,19 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
             (try? q.endpoint.writer.tryWrite(type: .completion, transactionID: transactionID, payload: bytes)) == true { return }
         counters.ringFull &+= 1
         q.pendingCompletions.append((transactionID, bytes))
+    }
+
+    /// Completes a SEND_RNDIS_PKT with `status` from the prepared payloads (no allocation while the ring has room).
+    private func completeRNDIS(_ transactionID: UInt64, _ status: UInt32, _ q: NetworkQueue) {
+        let size = version >= NVSPVersion.v61 || version == 0 ? NVSPMessage.size : 28
+        guard q.pendingCompletions.isEmpty, let payload = completionPayloads[status] else {
+            return complete(transactionID, NVSPMessage.rndisPacketComplete(status), q)
+        }
+        let written = payload.withUnsafeBytes { p in
+            (try? q.endpoint.writer.tryWrite(type: .completion, transactionID: transactionID,
+                                             payload: UnsafeRawBufferPointer(rebasing: p[0..<size]))) ?? false
+        }
+        if !written { complete(transactionID, NVSPMessage.rndisPacketComplete(status), q) }
     }
 
     /// Writes completions that waited for room; false while some still do not fit.
