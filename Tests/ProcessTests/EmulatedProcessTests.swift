@@ -12,8 +12,6 @@ struct EmulatedDiskProcessTests {
             Issue.record("needs root for losetup, mount and FUSE")
             return
         }
-        loopDeviceLock.lock()
-        defer { loopDeviceLock.unlock() }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-em-\(UUID().uuidString.prefix(6))").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -13,15 +13,28 @@ let ipTool: String = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
 /// `ip ARGUMENTS`; status and output.
 @discardableResult
 func ipCommand(_ arguments: [String], seconds: Double = 30) throws -> (Int32, String) {
-    try run(ipTool, arguments, seconds: seconds)
+    // `ip -n NS …` as `nsenter --net … ip …`: see `netnsExec`.
+    if arguments.count >= 2, arguments[0] == "-n" {
+        return try netnsExec(arguments[1], [ipTool] + arguments.dropFirst(2), seconds: seconds)
+    }
+    return try run(ipTool, arguments, seconds: seconds)
 }
 
-/// Runs `command` inside network namespace `ns`. `ip netns exec` execs the command itself, so a
-/// timeout kills the command, not only a wrapper.
+/// Runs `command` inside network namespace `ns`. nsenter execs the command itself, so a timeout
+/// kills the command, not only a wrapper.
 @discardableResult
 func netnsExec(_ ns: String, _ command: [String], seconds: Double = 30) throws -> (Int32, String) {
-    try run(ipTool, ["netns", "exec", ns] + command, seconds: seconds)
+    try run(nsenterTool, netnsEnter(ns) + command, seconds: seconds)
 }
+
+/// util-linux's `nsenter`. Unlike `ip netns exec` and `ip -n` it enters only the network
+/// namespace: those also make a private mount namespace, a copy of every mount at that moment,
+/// which would keep a file system that a storage test is unmounting mounted for as long as the
+/// command runs.
+let nsenterTool = ["/usr/bin/nsenter", "/bin/nsenter"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) ?? "/usr/bin/nsenter"
+
+/// nsenter's arguments for network namespace `ns` (made by `ip netns add`).
+func netnsEnter(_ ns: String) -> [String] { ["--net=/run/netns/\(ns)"] }
 
 /// A setup step of the network tests failed.
 struct NetworkTestError: Error, CustomStringConvertible {
@@ -159,7 +172,7 @@ final class NetworkRig: @unchecked Sendable {
             try? FileManager.default.removeItem(atPath: sink)
         }
         try check(sh("head -c \(mib << 20) /dev/urandom > \(source)"), "random file")
-        let listener = try Child(ipTool, ["netns", "exec", receiver, "socat", "-u",
+        let listener = try Child(nsenterTool, netnsEnter(receiver) + ["socat", "-u",
                                           "TCP-LISTEN:\(port),bind=\(address),reuseaddr", "OPEN:\(sink),creat,trunc"])
         let listening = eventually(seconds: 10) {
             ((try? netnsExec(receiver, ["ss", "-Hltn", "sport = :\(port)"]))?.1 ?? "").contains(":\(port)")

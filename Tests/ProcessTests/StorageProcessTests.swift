@@ -11,10 +11,6 @@ func sh(_ command: String, seconds: Double = 300) throws -> (Int32, String) {
     try run("/bin/sh", ["-c", command + " 2>&1"], seconds: seconds)
 }
 
-/// Tests that attach loop devices and mount (losetup -f, mount -o loop, lazy umount of a dying
-/// disk) run one at a time: side by side they were seen to meet on one loop device.
-let loopDeviceLock = NSLock()
-
 /// Attaches `file` to a free loop device and returns the device path ("" on failure, with the output).
 func attachLoopDevice(_ file: String) throws -> (String, String) {
     let (_, out) = try sh("losetup -f --show \(file)")
@@ -51,8 +47,6 @@ struct StorageProcessTests {
             Issue.record("needs root for losetup, mount and FUSE")
             return
         }
-        loopDeviceLock.lock()
-        defer { loopDeviceLock.unlock() }
         let (fixture, agent, dir) = try start()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let export = "\(dir)/exports"
@@ -131,8 +125,6 @@ struct StorageDurabilityTests {
             Issue.record("needs root for losetup, mount and FUSE")
             return
         }
-        loopDeviceLock.lock()
-        defer { loopDeviceLock.unlock() }
         let (fixture, agent, dir) = try StorageProcessTests().start()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         #expect(eventually(seconds: 30) { FileManager.default.fileExists(atPath: "\(fixture.directory.path)/state/disks.json") }, "\(agent.text)")
