@@ -242,11 +242,8 @@ public final class DiskExporter: @unchecked Sendable {
     public static func statePath(_ stateDir: String) -> String { stateDir + "/disks.json" }
 
     private func record() throws {
-        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
-        let data = try JSONEncoder().encode(served.values.map(\.export).sorted { ($0.controller, $0.lun) < ($1.controller, $1.lun) })
-        let temporary = Self.statePath(stateDir) + ".tmp"
-        try data.write(to: URL(fileURLWithPath: temporary))
-        guard rename(temporary, Self.statePath(stateDir)) == 0 else { throw AgentError.protocolFailure("cannot record disk exports") }
+        try AgentStateFile.write(served.values.map(\.export).sorted { ($0.controller, $0.lun) < ($1.controller, $1.lun) },
+                                 to: Self.statePath(stateDir))
     }
 
     private func open(_ channel: ClientChannel) throws {

@@ -193,6 +193,7 @@ public final class EmulatedGuest: @unchecked Sendable {
     private var nic: EmulatedNIC?
     public private(set) var exports: [DiskExport] = []
     public private(set) var nicInfo: NICInfo?
+    private var stateDir: String?
 
     public init(link: GuestLink, logger: Logger) {
         self.link = link
@@ -244,15 +245,20 @@ public final class EmulatedGuest: @unchecked Sendable {
     }
 
     private func record(stateDir: String) throws {
-        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
-        try JSONEncoder().encode(exports).write(to: URL(fileURLWithPath: DiskExporter.statePath(stateDir)))
-        try JSONEncoder().encode(nicInfo.map { [$0] } ?? []).write(to: URL(fileURLWithPath: NetworkAttachments.statePath(stateDir)))
+        self.stateDir = stateDir
+        try AgentStateFile.write(exports, to: DiskExporter.statePath(stateDir))
+        try AgentStateFile.write(nicInfo.map { [$0] } ?? [], to: NetworkAttachments.statePath(stateDir))
     }
 
+    /// Stops the NIC and the exports and forgets the state files, as the enlightened exporters do.
     public func stop() {
         nic?.stop()
         nic = nil
         for s in servers { s.stop() }
         servers.removeAll()
+        if let stateDir {
+            unlink(DiskExporter.statePath(stateDir))
+            unlink(NetworkAttachments.statePath(stateDir))
+        }
     }
 }

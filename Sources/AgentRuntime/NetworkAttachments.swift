@@ -256,10 +256,6 @@ public final class NetworkAttachments: @unchecked Sendable {
         let now = list
         guard now != recorded else { return }
         recorded = now
-        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
-        let data = try JSONEncoder().encode(now)
-        let temporary = Self.statePath(stateDir) + ".tmp"
-        try data.write(to: URL(fileURLWithPath: temporary))
-        guard rename(temporary, Self.statePath(stateDir)) == 0 else { throw AgentError.protocolFailure("cannot record NICs") }
+        try AgentStateFile.write(now, to: Self.statePath(stateDir))
     }
 }

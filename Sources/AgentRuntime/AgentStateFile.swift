@@ -1,0 +1,15 @@
+// The small JSON files through which a running agent tells `disk list` and `nic list` what it serves.
+
+import Foundation
+import Glibc
+
+/// Writes one state file whole or not at all: the JSON goes to a temporary file that is then
+/// renamed over the old one, so a reader never sees half a file.
+enum AgentStateFile {
+    static func write<T: Encodable>(_ value: T, to path: String) throws {
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let temporary = path + ".tmp"
+        try JSONEncoder().encode(value).write(to: URL(fileURLWithPath: temporary))
+        guard rename(temporary, path) == 0 else { throw AgentError.protocolFailure("cannot record \(path): errno \(errno)") }
+    }
+}
