@@ -306,20 +306,11 @@ struct DiskCommand: ParsableCommand {
         abstract: "List the synthetic SCSI LUNs the running agent exports over NBD.",
         discussion: "Use an export with any NBD client, e.g. nbdfuse MOUNTPOINT --unix SOCKET, or nbdinfo 'nbd+unix:///?socket=SOCKET'.")
 
-    @Argument(help: "list") var action: String = "list"
-    @Option(help: "Configuration file (for state_dir).") var config: String?
-    @Option(help: "State directory (overrides state_dir).") var stateDir: String?
-    @Flag(help: "Print JSON.") var json = false
-
-    func validate() throws {
-        guard action == "list" else { throw ValidationError("the only action is list") }
-    }
+    @OptionGroup var options: StateListOptions
 
     func run() throws {
-        let configuration = try AgentConfiguration.load(path: config)
-        let exports = try readAgentState([DiskExport].self, file: DiskExporter.statePath(stateDir ?? configuration.stateDir),
-                                         missing: "no disks exported (is viridian-agent run active?")
-        if json {
+        let exports = try options.read([DiskExport].self, file: DiskExporter.statePath, missing: "no disks exported (is viridian-agent run active?")
+        if options.json {
             try printJSON(exports)
             return
         }
@@ -338,20 +329,12 @@ struct NICCommand: ParsableCommand {
         abstract: "List the synthetic NICs the running agent bridges to guest TAP devices.",
         discussion: "Each NIC is a TAP (nic_tap, default viridian%d) with the MAC and MTU the host gives; its carrier follows the host's link state.")
 
-    @Argument(help: "list") var action: String = "list"
-    @Option(help: "Configuration file (for state_dir).") var config: String?
-    @Option(help: "State directory (overrides state_dir).") var stateDir: String?
-    @Flag(help: "Print JSON.") var json = false
-
-    func validate() throws {
-        guard action == "list" else { throw ValidationError("the only action is list") }
-    }
+    @OptionGroup var options: StateListOptions
 
     func run() throws {
-        let configuration = try AgentConfiguration.load(path: config)
-        let nics = try readAgentState([NICInfo].self, file: NetworkAttachments.statePath(stateDir ?? configuration.stateDir),
-                                      missing: "no NICs (is viridian-agent run active with network = true?")
-        if json {
+        let nics = try options.read([NICInfo].self, file: NetworkAttachments.statePath,
+                                    missing: "no NICs (is viridian-agent run active with network = true?")
+        if options.json {
             try printJSON(nics)
             return
         }
@@ -371,8 +354,22 @@ func printJSON<T: Encodable>(_ value: T) throws {
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 
-/// Reads what the running agent recorded in `file`; `missing` (an open parenthesis) explains its absence.
-func readAgentState<T: Decodable>(_ type: T.Type, file: String, missing: String) throws -> T {
-    guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("\(missing) \(file) is missing)") }
-    return try JSONDecoder().decode(type, from: data)
+/// The options of the `list` commands that show what the running agent recorded in its state directory.
+struct StateListOptions: ParsableArguments {
+    @Argument(help: "list") var action: String = "list"
+    @Option(help: "Configuration file (for state_dir).") var config: String?
+    @Option(help: "State directory (overrides state_dir).") var stateDir: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        guard action == "list" else { throw ValidationError("the only action is list") }
+    }
+
+    /// Reads the state file `file(stateDir)`; `missing` (an open parenthesis) explains its absence.
+    func read<T: Decodable>(_ type: T.Type, file: (String) -> String, missing: String) throws -> T {
+        let configuration = try AgentConfiguration.load(path: config)
+        let path = file(stateDir ?? configuration.stateDir)
+        guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("\(missing) \(path) is missing)") }
+        return try JSONDecoder().decode(type, from: data)
+    }
 }
