@@ -202,6 +202,17 @@ struct HostAddress: ParsableArguments {
         }
         return reply
     }
+
+    /// Sends `request` and returns the reply; a refusal is printed as `viridian-host COMMAND: why`
+    /// and ends the program with a failure status.
+    func require(_ request: ControlRequest, command: String) throws -> ControlReply {
+        let reply = try send(request)
+        guard reply.ok else {
+            FileHandleStandardError.write("viridian-host \(command): \(reply.error ?? "failed")\n")
+            throw ExitCode.failure
+        }
+        return reply
+    }
 }
 
 /// shutdown / reboot / hibernate share everything but the kind.
@@ -215,11 +226,7 @@ protocol PowerCommand: ParsableCommand {
 
 extension PowerCommand {
     func run() throws {
-        let reply = try address.send(ControlRequest(op: "shutdown", partition: partition, kind: Self.kind, force: force, reason: reason))
-        guard reply.ok else {
-            FileHandleStandardError.write("viridian-host \(Self.kind): \(reply.error ?? "failed")\n")
-            throw ExitCode.failure
-        }
+        _ = try address.require(ControlRequest(op: "shutdown", partition: partition, kind: Self.kind, force: force, reason: reason), command: Self.kind)
         print("\(partition): guest accepted \(Self.kind)")
     }
 }
@@ -276,11 +283,7 @@ struct KVP: ParsableCommand {
     }
 
     func run() throws {
-        let reply = try address.send(ControlRequest(op: "kvp", partition: partition, action: action, key: key, value: value))
-        guard reply.ok else {
-            FileHandleStandardError.write("viridian-host kvp \(action): \(reply.error ?? "failed")\n")
-            throw ExitCode.failure
-        }
+        let reply = try address.require(ControlRequest(op: "kvp", partition: partition, action: action, key: key, value: value), command: "kvp \(action)")
         let items = reply.items ?? []
         if json {
             let encoder = JSONEncoder()
@@ -323,12 +326,8 @@ struct Disk: ParsableCommand {
 
     func run() throws {
         let path = action == "add" ? URL(fileURLWithPath: target).standardizedFileURL.path : nil
-        let reply = try address.send(ControlRequest(op: "disk", partition: partition, action: action, path: path,
-                                                    readOnly: readOnly, sizeMiB: sizeMib, lun: action == "remove" ? Int(target) : nil))
-        guard reply.ok else {
-            FileHandleStandardError.write("viridian-host disk \(action): \(reply.error ?? "failed")\n")
-            throw ExitCode.failure
-        }
+        let reply = try address.require(ControlRequest(op: "disk", partition: partition, action: action, path: path,
+                                                    readOnly: readOnly, sizeMiB: sizeMib, lun: action == "remove" ? Int(target) : nil), command: "disk \(action)")
         print(action == "add" ? "\(partition): \(target) is LUN \(reply.lun ?? -1)" : "\(partition): LUN \(target) removed")
     }
 }
@@ -355,11 +354,7 @@ struct NIC: ParsableCommand {
     }
 
     func run() throws {
-        let reply = try address.send(ControlRequest(op: "nic", partition: partition, action: action, nic: nic, up: state == "up"))
-        guard reply.ok else {
-            FileHandleStandardError.write("viridian-host nic link: \(reply.error ?? "failed")\n")
-            throw ExitCode.failure
-        }
+        _ = try address.require(ControlRequest(op: "nic", partition: partition, action: action, nic: nic, up: state == "up"), command: "nic link")
         print("\(partition): NIC \(nic) link \(state)")
     }
 }
