@@ -31,38 +31,10 @@ struct EmulatedDiskProcessTests {
         #expect(eventually(seconds: 30) { FileManager.default.fileExists(atPath: "\(fixture.directory.path)/state/disks.json") }, "\(agent.text)")
         let (listed, list) = try run("viridian-agent", ["disk", "list", "--state-dir", "\(fixture.directory.path)/state"])
         #expect(listed == 0 && list.contains("64 MiB") && list.contains("ide0-master.sock"), "\(list)")
-        try FileManager.default.createDirectory(atPath: "\(dir)/fuse", withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: "\(dir)/mnt", withIntermediateDirectories: true)
-        let fuse = try Child("/usr/bin/nbdfuse", ["\(dir)/fuse/disk", "--unix", "\(dir)/exports/ide0-master.sock"])
-        defer { _ = try? sh("fusermount3 -u \(dir)/fuse") }
-        try waitFor(path: "\(dir)/fuse/disk")
-        let (loop, loopOut) = try attachLoopDevice("\(dir)/fuse/disk")
-        #expect(loop.hasPrefix("/dev/loop"), "\(loopOut)")
-        defer { _ = try? sh("losetup -d \(loop)") }
         // Every sector crosses 128 port traps: mkfs leaves inode tables and journal to lazy init.
-        let (code, out) = try sh("""
-            set -e
-            mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 \(loop)
-            mount \(loop) \(dir)/mnt
-            for i in $(seq 1 1000); do head -c $((i * 37 % 9000 + 1)) /dev/urandom > \(dir)/mnt/file$i; done
-            (cd \(dir)/mnt && sha256sum file* | sort) > \(dir)/sums
-            sync
-            umount \(dir)/mnt
-            e2fsck -f -n \(loop)
-            """, seconds: 900)
-        #expect(code == 0, "\(out)\n\(agent.text)")
+        let out = try filesystemRoundTrip(export: "\(dir)/exports/ide0-master.sock", image: "\(dir)/disk.img", dir: dir,
+                                          mkfsOptions: "-E lazy_itable_init=1,lazy_journal_init=1", seconds: 900, context: agent.text)
         #expect(out.contains("1011/"), "\(out)")
-        _ = try sh("losetup -d \(loop)")
-        _ = try sh("fusermount3 -u \(dir)/fuse")
-        fuse.wait(seconds: 10)
-        let (verify, verified) = try sh("""
-            set -e
-            mount -o ro,loop,noload \(dir)/disk.img \(dir)/mnt
-            (cd \(dir)/mnt && sha256sum file* | sort) > \(dir)/sums-host
-            umount \(dir)/mnt
-            cmp \(dir)/sums \(dir)/sums-host && wc -l < \(dir)/sums-host
-            """)
-        #expect(verify == 0 && verified.contains("1000"), "\(verified)")
         // Only traps, no VMBus: the host served port I/O exits and not one hypercall.
         let (_, status) = try run("viridian-host", ["status", "--json", "--runtime-dir", fixture.directory.path])
         #expect(status.contains("\"hypercalls\" : 0") && !status.contains("\"portIOExits\" : 0"), "\(status)")

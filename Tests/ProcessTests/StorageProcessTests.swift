@@ -11,6 +11,46 @@ func sh(_ command: String, seconds: Double = 300) throws -> (Int32, String) {
     try run("/bin/sh", ["-c", command + " 2>&1"], seconds: seconds)
 }
 
+/// Formats an NBD export through nbdfuse and a loop device (mkfs.ext4 with `mkfsOptions`), writes
+/// 1000 files of known content, unmounts, runs `e2fsck -f -n`, then mounts the host's `image` read-only
+/// and expects the same 1000 files. Returns e2fsck's output for the caller's own checks.
+func filesystemRoundTrip(export: String, image: String, dir: String, mkfsOptions: String = "", seconds: Double = 300,
+                         context: @autoclosure () -> String = "") throws -> String {
+    try FileManager.default.createDirectory(atPath: "\(dir)/fuse", withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(atPath: "\(dir)/mnt", withIntermediateDirectories: true)
+    let fuse = try Child("/usr/bin/nbdfuse", ["\(dir)/fuse/disk", "--unix", export])
+    defer { _ = try? sh("fusermount3 -u \(dir)/fuse") }
+    try waitFor(path: "\(dir)/fuse/disk")
+    let (loop, loopOut) = try attachLoopDevice("\(dir)/fuse/disk")
+    #expect(loop.hasPrefix("/dev/loop"), "\(loopOut)")
+    defer { _ = try? sh("losetup -d \(loop)") }
+    let (code, out) = try sh("""
+        set -e
+        mkfs.ext4 -q -F \(mkfsOptions) \(loop)
+        mount \(loop) \(dir)/mnt
+        for i in $(seq 1 1000); do head -c $((i * 37 % 9000 + 1)) /dev/urandom > \(dir)/mnt/file$i; done
+        (cd \(dir)/mnt && sha256sum file* | sort) > \(dir)/sums
+        sync
+        umount \(dir)/mnt
+        e2fsck -f -n \(loop)
+        """, seconds: seconds)
+    #expect(code == 0, "\(out)\n\(context())")
+    _ = try sh("losetup -d \(loop)")
+    _ = try sh("fusermount3 -u \(dir)/fuse")
+    fuse.wait(seconds: 10)
+
+    // The host image holds the same files.
+    let (verify, verified) = try sh("""
+        set -e
+        mount -o ro,loop,noload \(image) \(dir)/mnt
+        (cd \(dir)/mnt && sha256sum file* | sort) > \(dir)/sums-host
+        umount \(dir)/mnt
+        cmp \(dir)/sums \(dir)/sums-host && wc -l < \(dir)/sums-host
+        """)
+    #expect(verify == 0 && verified.contains("1000"), "\(verified)")
+    return out
+}
+
 /// Attaches `file` to a free loop device and returns the device path ("" on failure, with the output).
 func attachLoopDevice(_ file: String) throws -> (String, String) {
     let (_, out) = try sh("losetup -f --show \(file)")
@@ -57,40 +97,8 @@ struct StorageProcessTests {
         #expect(listed == 0 && list.contains("256 MiB") && list.contains("ro "), "\(list)")
         let lun0 = try #require(try FileManager.default.contentsOfDirectory(atPath: export).first { $0.hasSuffix("lun0.sock") })
         let lun1 = try #require(try FileManager.default.contentsOfDirectory(atPath: export).first { $0.hasSuffix("lun1.sock") })
-        try FileManager.default.createDirectory(atPath: "\(dir)/fuse", withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: "\(dir)/mnt", withIntermediateDirectories: true)
-        let fuse = try Child("/usr/bin/nbdfuse", ["\(dir)/fuse/disk", "--unix", "\(export)/\(lun0)"])
-        defer { _ = try? sh("fusermount3 -u \(dir)/fuse") }
-        try waitFor(path: "\(dir)/fuse/disk")
-        let (loop, loopOut) = try attachLoopDevice("\(dir)/fuse/disk")
-        #expect(loop.hasPrefix("/dev/loop"), "\(loopOut)")
-        defer { _ = try? sh("losetup -d \(loop)") }
-        let script = """
-            set -e
-            mkfs.ext4 -q -F \(loop)
-            mount \(loop) \(dir)/mnt
-            for i in $(seq 1 1000); do head -c $((i * 37 % 9000 + 1)) /dev/urandom > \(dir)/mnt/file$i; done
-            (cd \(dir)/mnt && sha256sum file* | sort) > \(dir)/sums
-            sync
-            umount \(dir)/mnt
-            e2fsck -f -n \(loop)
-            """
-        let (code, out) = try sh(script)
-        #expect(code == 0, "\(out)")
+        let out = try filesystemRoundTrip(export: "\(export)/\(lun0)", image: "\(dir)/disk.img", dir: dir)
         #expect(out.contains("1011/65536 files") || out.contains("/65536 files"), "\(out)")
-        _ = try sh("losetup -d \(loop)")
-        _ = try sh("fusermount3 -u \(dir)/fuse")
-        fuse.wait(seconds: 10)
-
-        // The host image holds the same files.
-        let (verify, verified) = try sh("""
-            set -e
-            mount -o ro,loop,noload \(dir)/disk.img \(dir)/mnt
-            (cd \(dir)/mnt && sha256sum file* | sort) > \(dir)/sums-host
-            umount \(dir)/mnt
-            cmp \(dir)/sums \(dir)/sums-host && wc -l < \(dir)/sums-host
-            """)
-        #expect(verify == 0 && verified.contains("1000"), "\(verified)")
 
         // The read-only LUN: writes fail (the NBD client sees EPERM), reads return the image.
         let (readCode, head) = try sh("nbdcopy 'nbd+unix:///?socket=\(export)/\(lun1)' - | head -c 4 | od -An -tx1")
