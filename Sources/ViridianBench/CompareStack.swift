@@ -139,17 +139,7 @@ final class CompareStack {
     // MARK: Configuration files
 
     static func hostConfiguration(directory: String, path: ComparePath, device: Device, rig: NetworkBenchRig) -> String {
-        var text = """
-            runtime_dir = "\(directory)"
-            image_dir = "\(directory)"
-            [[partition]]
-            name = "bench"
-            memory_mib = 256
-            vps = 2
-            echo_devices = 0
-            integration_services = []
-
-            """
+        var text = NetworkBenchRig.benchHostConfiguration(directory: directory)
         switch (device, path) {
         case (.disk(let image), .emulated):
             text += "disk = []\n[[partition.ide]]\npath = \"\(image)\"\n"
@@ -164,15 +154,7 @@ final class CompareStack {
     }
 
     static func agentConfiguration(directory: String, device: Device, rig: NetworkBenchRig) -> String {
-        var text = """
-            link = "unix:\(directory)/bench.sock"
-            state_dir = "\(directory)/state"
-            export_dir = "\(directory)/exports"
-            log_level = "warning"
-            timesync = "off"
-            integration_services = []
-
-            """
+        var text = NetworkBenchRig.benchAgentConfiguration(directory: directory)
         switch device {
         case .disk:
             text += "storage = true\nnetwork = false\n"

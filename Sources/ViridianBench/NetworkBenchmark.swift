@@ -216,6 +216,36 @@ final class BenchChild {
 
 /// The namespaces, devices and processes of one benchmark; `tearDown()` undoes everything in reverse order.
 final class NetworkBenchRig {
+    /// The host side of every bench configuration: runtime files in `directory`, one partition
+    /// "bench" (256 MiB, 2 VPs) without echo devices or integration services; devices follow.
+    static func benchHostConfiguration(directory: String) -> String {
+        """
+        runtime_dir = "\(directory)"
+        image_dir = "\(directory)"
+        [[partition]]
+        name = "bench"
+        memory_mib = 256
+        vps = 2
+        echo_devices = 0
+        integration_services = []
+
+        """
+    }
+
+    /// The agent side: joins "bench" in `directory`, keeps its state and exports there, quiet, no
+    /// time sync or integration services; what it serves follows.
+    static func benchAgentConfiguration(directory: String) -> String {
+        """
+        link = "unix:\(directory)/bench.sock"
+        state_dir = "\(directory)/state"
+        export_dir = "\(directory)/exports"
+        log_level = "warning"
+        timesync = "off"
+        integration_services = []
+
+        """
+    }
+
     let tools: NetworkTools
     let interruptions: EventFD?
     let directory: String
@@ -355,32 +385,18 @@ final class NetworkBenchRig {
     /// viridian-host with one partition and one NIC (TAP in the host namespace), viridian-agent with the
     /// guest TAP in the guest namespace. The guest TAP's MTU is the agent's business (it takes the host's).
     func startViridian(_ path: NetworkBenchmark.Path, binDirectory: String, mtu: Int, log: (String) -> Void) throws {
-        try """
-            runtime_dir = "\(directory)"
-            image_dir = "\(directory)"
-            [[partition]]
-            name = "bench"
-            memory_mib = 256
-            vps = 2
-            echo_devices = 0
-            integration_services = []
+        try (Self.benchHostConfiguration(directory: directory) + """
             [[partition.nic]]
             tap = "\(path.hostDevice)"
             netns = "\(hostNS)"
             mtu = \(mtu)
-            """.write(toFile: "\(directory)/host.toml", atomically: true, encoding: .utf8)
-        try """
-            link = "unix:\(directory)/bench.sock"
-            state_dir = "\(directory)/state"
-            export_dir = "\(directory)/exports"
-            log_level = "warning"
-            timesync = "off"
+            """).write(toFile: "\(directory)/host.toml", atomically: true, encoding: .utf8)
+        try (Self.benchAgentConfiguration(directory: directory) + """
             storage = false
-            integration_services = []
             network = true
             nic_tap = "\(path.guestDevice.dropLast())%d"
             nic_netns = "\(guestNS)"
-            """.write(toFile: "\(directory)/agent.toml", atomically: true, encoding: .utf8)
+            """).write(toFile: "\(directory)/agent.toml", atomically: true, encoding: .utf8)
         let host = try spawn("viridian-host", "\(binDirectory)/viridian-host", ["run", "--config", "\(directory)/host.toml", "--log-level", "warning"])
         self.host = host
         try waitUntil(seconds: 30, host, failure: { "viridian-host did not open \(directory)/bench.sock" }) {
