@@ -69,10 +69,8 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     /// guest packets, built once: the data path allocates nothing per frame.
     private let dataPacket = NVSPMessage.rndisPacket(control: false).bytes
     private let controlPacket = NVSPMessage.rndisPacket(control: true).bytes
-    private let completionPayloads: [UInt32: [UInt8]] = [
-        NVSPStatus.success: NVSPMessage.rndisPacketComplete(NVSPStatus.success).bytes,
-        NVSPStatus.invalidRNDISPacket: NVSPMessage.rndisPacketComplete(NVSPStatus.invalidRNDISPacket).bytes,
-    ]
+    private let successCompletion = NVSPMessage.rndisPacketComplete(NVSPStatus.success).bytes
+    private let invalidCompletion = NVSPMessage.rndisPacketComplete(NVSPStatus.invalidRNDISPacket).bytes
 
     public init(instanceID: GUID, port: any FramePort, mac: [UInt8], mtu: Int, logger: Logger) {
         self.instanceID = instanceID
@@ -616,7 +614,9 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     /// Completes a SEND_RNDIS_PKT with `status` from the prepared payloads (no allocation while the ring has room).
     private func completeRNDIS(_ transactionID: UInt64, _ status: UInt32, _ q: NetworkQueue) {
         let size = version >= NVSPVersion.v61 || version == 0 ? NVSPMessage.size : 28
-        guard q.pendingCompletions.isEmpty, let payload = completionPayloads[status] else {
+        // `transmit` answers success or invalid RNDIS packet, the two prepared payloads.
+        let payload = status == NVSPStatus.success ? successCompletion : invalidCompletion
+        guard q.pendingCompletions.isEmpty, payload.le(UInt32.self, at: NVSPField.status) == status else {
             return complete(transactionID, NVSPMessage.rndisPacketComplete(status), q)
         }
         let written = payload.withUnsafeBytes { p in
