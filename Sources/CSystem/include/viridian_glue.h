@@ -1,0 +1,1 @@
+../../../KernelGlue/include/uapi/viridian_glue.h
