@@ -98,13 +98,28 @@ let package = Package(
         .target(
             name: "PartitionLink",
             dependencies: [
-                "CSystem", "VMBusWire", "GuestMemory", "VMBusClient", .product(name: "Atomics", package: "swift-atomics"),
+                "CSystem", "VMBusWire", "GuestMemory", "VMBusClient", "Hypervisor", .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "QEMUCarrier",
+            dependencies: [
+                "CSystem", "VMBusWire", "GuestMemory", "Hypervisor", "PartitionLink", .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .systemLibrary(name: "CUdev", path: "Sources/CUdev", pkgConfig: "libudev", providers: [.apt(["libudev-dev"])]),
+        .target(
+            name: "KernelGlueLink",
+            dependencies: [
+                "CSystem", "CUdev", "VMBusWire", "GuestMemory", "VMBusClient", "PartitionLink",
+                .product(name: "Atomics", package: "swift-atomics"), .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         .target(
             name: "HostRuntime",
             dependencies: [
-                "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "EchoDevice",
+                "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "QEMUCarrier", "EchoDevice",
                 "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
@@ -112,7 +127,7 @@ let package = Package(
         .target(
             name: "AgentRuntime",
             dependencies: [
-                "CSystem", "VMBusWire", "VMBusRing", "GuestMemory", "VMBusClient", "PartitionLink", "EchoDevice",
+                "CSystem", "VMBusWire", "VMBusRing", "GuestMemory", "VMBusClient", "PartitionLink", "KernelGlueLink", "EchoDevice",
                 "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices", "NBD",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
@@ -124,7 +139,7 @@ let package = Package(
         .executableTarget(
             name: "viridian-agent",
             dependencies: [
-                "AgentRuntime", "PartitionLink", "VMBusWire", "IntegrationServices", "NBD",
+                "AgentRuntime", "PartitionLink", "KernelGlueLink", "VMBusWire", "IntegrationServices", "NBD",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -146,7 +161,10 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "ProcessTests",
-            dependencies: ["PartitionLink", "HostRuntime", "AgentRuntime", "VMBusWire"],
+            dependencies: [
+                "PartitionLink", "HostRuntime", "AgentRuntime", "VMBusWire", "VMBusClient", "GuestMemory", "CSystem",
+                .product(name: "Atomics", package: "swift-atomics"), .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "IntegrationServicesTests",

@@ -7,7 +7,8 @@ import VMBusWire
 /// The agent's settings. Command-line options override the file; the file overrides defaults.
 ///
 /// ```toml
-/// link = "unix:/run/viridian/guest1.sock"  # how to reach the partition (PartitionLink socket)
+/// link = "unix:/run/viridian/guest1.sock"  # how to reach the partition: unix:PATH (PartitionLink), "kernelglue" (the
+///                                          # first /dev/viridian-glue* in a QEMU guest) or a KernelGlue device path
 /// reconnect = false                        # wait for the host and rejoin when it goes away
 /// reconnect_interval_ms = 500              # pause between reconnect attempts
 /// connect_timeout_ms = 10000               # how long to wait for VMBus negotiation and offers
@@ -30,6 +31,7 @@ import VMBusWire
 /// network = true                           # bridge each synthetic NIC to a guest TAP device (needs root)
 /// nic_tap = "viridian%d"                   # guest TAP name per NIC; %d is the NIC's index
 /// nic_netns = "guestside"                  # `ip netns` namespace for the guest TAPs (default: the agent's own)
+/// buffer_pool_mib = 64                     # kernelglue: pinned guest pages for rings and buffers (4…256)
 /// ```
 public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var link: String
@@ -55,6 +57,10 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var network: Bool
     public var nicTap: String
     public var nicNetns: String?
+    /// MiB of pinned pages the agent takes from KernelGlue for rings and device buffers.
+    public var bufferPoolMiB: Int
+
+    public static let defaultPoolMiB = 64
 
     public static let defaultPath = "/etc/viridian/agent.toml"
 
@@ -81,6 +87,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         network = true
         nicTap = "viridian%d"
         nicNetns = nil
+        bufferPoolMiB = Self.defaultPoolMiB
         exportDir = getuid() == 0 ? "/run/viridian/disks" : "/tmp/viridian-\(getuid())/disks"
     }
 
@@ -106,6 +113,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         case network
         case nicTap = "nic_tap"
         case nicNetns = "nic_netns"
+        case bufferPoolMiB = "buffer_pool_mib"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -134,6 +142,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         network = try c.decodeIfPresent(Bool.self, forKey: .network) ?? defaults.network
         nicTap = try c.decodeIfPresent(String.self, forKey: .nicTap) ?? defaults.nicTap
         nicNetns = try c.decodeIfPresent(String.self, forKey: .nicNetns)
+        bufferPoolMiB = try c.decodeIfPresent(Int.self, forKey: .bufferPoolMiB) ?? defaults.bufferPoolMiB
     }
 
     /// Reads `path`; a missing file at the default path means defaults, elsewhere it is an error.
@@ -156,6 +165,10 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         }
         for service in integrationServices where !["heartbeat", "timesync", "shutdown", "kvp"].contains(service) {
             throw AgentError.configuration("unknown integration service '\(service)'")
+        }
+        guard (4...256).contains(bufferPoolMiB) else { throw AgentError.configuration("buffer_pool_mib must be 4…256") }
+        guard link.hasPrefix("unix:") || link == "kernelglue" || link.hasPrefix("/dev/") else {
+            throw AgentError.configuration("link must be unix:PATH, kernelglue or a /dev/viridian-glue* path, not '\(link)'")
         }
         guard storageVCPUsPerSubChannel >= 1 else { throw AgentError.configuration("storage_vcpus_per_sub_channel must be at least 1") }
         guard healthWindowMs >= 100, clockStepThresholdMs >= 1 else {

@@ -11,7 +11,8 @@ import VMBusWire
 /// A joined partition. Each VP is a thread that waits for its SINT interrupt and runs the VMBus
 /// client's handler for that VP; all bus state is guarded by one lock (`withBus`).
 public final class AgentSession: @unchecked Sendable {
-    public let link: GuestLink
+    /// The carrier to the partition (PartitionLink or KernelGlue).
+    public let link: any GuestPlatform
     public let client: VMBusClient
     let bus = Lock()
     let progress: EventFD
@@ -34,12 +35,18 @@ public final class AgentSession: @unchecked Sendable {
     private let lostLock = Lock()
     private var lostReason: LinkError?
 
-    /// Joins the partition at `address` (unix:PATH).
-    public init(address: String, versions: [VMBusVersion], logger: Logger) throws {
-        link = try GuestLink.attach(to: address)
+    /// Joins the partition at `address` (unix:PATH, kernelglue or a KernelGlue device path).
+    public convenience init(address: String, poolMiB: Int = AgentConfiguration.defaultPoolMiB, versions: [VMBusVersion],
+                            logger: Logger) throws {
+        try self.init(platform: try GuestCarrier.join(address, poolMiB: poolMiB, logger: logger), versions: versions, logger: logger)
+    }
+
+    /// Runs a session over a joined carrier.
+    public init(platform: any GuestPlatform, versions: [VMBusVersion], logger: Logger) throws {
+        link = platform
         self.logger = logger
         progress = try EventFD()
-        client = VMBusClient(hypervisor: link, memory: link.memory, vpCount: link.vpCount, versions: versions, logger: logger)
+        client = VMBusClient(hypervisor: link, pool: link.pool, vpCount: link.vpCount, versions: versions, logger: logger)
         interruptCounts = (0..<link.vpCount).map { _ in ManagedAtomic<UInt64>(0) }
     }
 
@@ -50,7 +57,7 @@ public final class AgentSession: @unchecked Sendable {
             self?.lostLock.withLock { self?.lostReason = reason }
             progress.ring()
         }
-        let mask = link.welcome.cpuMask
+        let mask = link.cpuMask
         for vp in 0..<link.vpCount {
             vpThreads.append(OSThread { [self] in
                 if mask != 0 { _ = viridian_pin_thread(mask) }
@@ -69,7 +76,7 @@ public final class AgentSession: @unchecked Sendable {
             throw AgentError.timeout("no ALLOFFERS_DELIVERED within \(timeoutMs) ms")
         }
         if client.state == .failed { throw AgentError.protocolFailure("the host accepted none of the VMBus versions offered") }
-        logger.info("joined partition \(link.welcome.name) (id \(link.welcome.partitionID), \(link.vpCount) VPs): VMBus \(client.version?.description ?? "?"), \(client.channels.count) channel(s)")
+        logger.info("joined partition \(link.partitionName) (id \(link.partitionID), \(link.vpCount) VPs): VMBus \(client.version?.description ?? "?"), \(client.channels.count) channel(s)")
     }
 
     /// Runs `body` with the bus locked (no interrupt handler runs meanwhile).

@@ -13,3 +13,17 @@ enum AgentStateFile {
         guard rename(temporary, path) == 0 else { throw AgentError.protocolFailure("cannot record \(path): errno \(errno)") }
     }
 }
+
+/// The VMBus devices the running agent joined with, for `viridian-agent list --running` (the
+/// carrier admits one agent at a time, so a second process cannot join to look).
+public enum DeviceListState {
+    public static func statePath(_ stateDir: String) -> String { stateDir + "/devices.json" }
+
+    /// Records `session`'s devices in `stateDir`.
+    public static func record(_ session: AgentSession, stateDir: String) throws {
+        try AgentStateFile.write(session.devices(), to: statePath(stateDir))
+    }
+
+    /// Removes the record (the agent stopped serving).
+    public static func remove(stateDir: String) { unlink(statePath(stateDir)) }
+}

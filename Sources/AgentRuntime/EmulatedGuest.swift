@@ -12,9 +12,9 @@ import SyntheticNetwork
 
 /// IN/OUT through PartitionLink: each access is one round trip to the host, like a VM exit.
 final class LinkPortIO: PortIO, @unchecked Sendable {
-    let link: GuestLink
+    let link: any GuestPlatform
     let vp: UInt32
-    init(link: GuestLink, vp: UInt32) {
+    init(link: any GuestPlatform, vp: UInt32) {
         self.link = link
         self.vp = vp
     }
@@ -187,7 +187,7 @@ extension EventFD {
 /// What a guest without enlightenments uses: the emulated IDE disks exported over NBD and the
 /// emulated NE2000 bridged to a TAP, driven through port I/O traps and legacy interrupt lines.
 public final class EmulatedGuest: @unchecked Sendable {
-    let link: GuestLink
+    let link: any GuestPlatform
     let logger: Logger
     private var servers: [NBDServer] = []
     private var nic: EmulatedNIC?
@@ -195,7 +195,7 @@ public final class EmulatedGuest: @unchecked Sendable {
     public private(set) var nicInfo: NICInfo?
     private var stateDir: String?
 
-    public init(link: GuestLink, logger: Logger) {
+    public init(link: any GuestPlatform, logger: Logger) {
         self.link = link
         self.logger = logger
     }

@@ -294,3 +294,15 @@ int viridian_netns_restore(int saved) {
 
 long viridian_readv(int fd, const void *iov, int count) { return readv(fd, (const struct iovec *)iov, count); }
 long viridian_writev(int fd, const void *iov, int count) { return writev(fd, (const struct iovec *)iov, count); }
+
+int viridian_glue_ioctl(int fd, unsigned long request, void *arg) {
+    int r;
+    do { r = ioctl(fd, request, arg); } while (r < 0 && errno == EINTR);
+    return r;
+}
+
+int viridian_open(const char *path, int flags, int mode) {
+    int r;
+    do { r = open(path, flags | O_CLOEXEC, (mode_t)mode); } while (r < 0 && errno == EINTR);
+    return r;
+}

@@ -1,6 +1,7 @@
 // viridian-host's configuration: partitions, their devices and where the sockets live (TOML).
 
 import Foundation
+import QEMUCarrier
 import SyntheticNetwork
 import TOMLKit
 import VMBusWire
@@ -15,6 +16,9 @@ import VMBusWire
 /// vps = 2                            # virtual processors: 1, 2 or 4 (up to 16)
 /// cpus = [0, 1]                      # host CPUs for the partition and its agent (default: any)
 /// socket = "/run/viridian/g1.sock"   # overrides the default socket path
+/// carrier = "link"                   # "link": an agent process (PartitionLink); "qemu": a QEMU guest
+/// ram_file = "/dev/shm/guest1.ram"   # qemu: the guest RAM file QEMU maps (memory-backend-file, share=on)
+/// ivshmem_socket = "/run/viridian/guest1.ivshmem"   # qemu: the ivshmem server socket (-chardev socket,path=…)
 /// echo_devices = 1                   # Viridian echo test devices to offer
 /// versions = ["5.3", "4.0"]          # VMBus versions accepted (default: 0.13 … 5.3)
 /// integration_services = ["heartbeat", "timesync", "shutdown", "kvp"]
@@ -85,6 +89,10 @@ public struct HostConfiguration: Codable, Sendable, Equatable {
     }
 
     public func socketPath(for p: PartitionConfiguration) -> String { p.socket ?? "\(resolvedRuntimeDir)/\(p.name).sock" }
+    /// Where QEMU finds partition `p`'s ivshmem server.
+    public func ivshmemSocketPath(for p: PartitionConfiguration) -> String { p.ivshmemSocket ?? "\(resolvedRuntimeDir)/\(p.name).ivshmem" }
+    /// The file holding partition `p`'s guest RAM (QEMU carrier).
+    public func ramFilePath(for p: PartitionConfiguration) -> String { p.ramFile ?? "/dev/shm/viridian-\(p.name).ram" }
     public var controlSocketPath: String { "\(resolvedRuntimeDir)/host.sock" }
 
     public func validate() throws {
@@ -120,6 +128,12 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     public var ide: [DiskConfiguration] = []
     /// An emulated NE2000 NIC; none by default.
     public var ne2000: NICConfiguration?
+    /// How the guest reaches the partition: "link" (an agent process) or "qemu" (a QEMU guest).
+    public var carrier: String = "link"
+    /// qemu: the file holding the guest's RAM (default: /dev/shm/viridian-<name>.ram).
+    public var ramFile: String?
+    /// qemu: the ivshmem server socket QEMU connects to (default: <runtime_dir>/<name>.ivshmem).
+    public var ivshmemSocket: String?
 
     /// The integration services Viridian provides.
     public static let allIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp"]
@@ -150,7 +164,9 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         case timeOffsetMs = "time_offset_ms"
         case disk
         case storagePollMicroseconds = "storage_poll_us"
-        case nic, ide, ne2000
+        case nic, ide, ne2000, carrier
+        case ramFile = "ram_file"
+        case ivshmemSocket = "ivshmem_socket"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -171,6 +187,9 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         nic = try c.decodeIfPresent([NICConfiguration].self, forKey: .nic) ?? []
         ide = try c.decodeIfPresent([DiskConfiguration].self, forKey: .ide) ?? []
         ne2000 = try c.decodeIfPresent(NICConfiguration.self, forKey: .ne2000)
+        carrier = try c.decodeIfPresent(String.self, forKey: .carrier) ?? "link"
+        ramFile = try c.decodeIfPresent(String.self, forKey: .ramFile)
+        ivshmemSocket = try c.decodeIfPresent(String.self, forKey: .ivshmemSocket)
     }
 
     /// The disks to serve: the configured ones, or one 64 MiB image in `imageDirectory`.
@@ -184,6 +203,17 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         }
         guard (4...65536).contains(memoryMiB) else { throw ConfigurationError.invalid("\(name): memory_mib must be 4…65536") }
         guard (1...16).contains(vps) else { throw ConfigurationError.invalid("\(name): vps must be 1…16") }
+        switch carrier {
+        case "link": break
+        case "qemu":
+            guard vps <= QEMUHostCarrier.maximumVPs else {
+                throw ConfigurationError.invalid("\(name): a QEMU guest has 1…\(QEMUHostCarrier.maximumVPs) VPs")
+            }
+            guard memoryMiB <= 2048 else { throw ConfigurationError.invalid("\(name): a QEMU guest has at most 2048 MiB (RAM below 4 GiB is one range)") }
+            guard ide.isEmpty, ne2000 == nil else { throw ConfigurationError.invalid("\(name): emulated IDE and NE2000 need carrier = \"link\"") }
+        default:
+            throw ConfigurationError.invalid("\(name): carrier must be \"link\" or \"qemu\", not '\(carrier)'")
+        }
         if let cpus, cpus.isEmpty || cpus.contains(where: { !(0..<64).contains($0) }) {
             throw ConfigurationError.invalid("\(name): cpus must list CPU numbers 0…63")
         }

@@ -2,6 +2,7 @@
 
 import Foundation
 import Hypervisor
+import PartitionLink
 import SyntheticNetwork
 import VMBusWire
 
@@ -18,6 +19,10 @@ public struct PartitionStatus: Codable, Sendable {
     public var socket: String
     /// "waiting" (no agent) or "attached".
     public var state: String
+    /// "link" (an agent process) or "qemu" (a QEMU guest).
+    public var carrier: String
+    /// Who is attached, as the carrier names it ("agent pid 123", "QEMU guest generation 2").
+    public var guest: String?
     public var agentPID: Int32?
     public var attachCount: Int
     public var memoryMiB: Int
@@ -108,8 +113,8 @@ extension PartitionService {
                 }
             } ?? []
             return PartitionStatus(
-                id: id, name: configuration.name, socket: socketPath, state: runtime == nil ? "waiting" : "attached",
-                agentPID: runtime?.agentPID, attachCount: attachCount, memoryMiB: configuration.memoryMiB,
+                id: id, name: configuration.name, socket: carrier.address, state: runtime == nil ? "waiting" : "attached",
+                carrier: carrier.kind, guest: runtime?.guest, agentPID: runtime == nil ? nil : (carrier as? LinkHostCarrier)?.agentPID, attachCount: attachCount, memoryMiB: configuration.memoryMiB,
                 vmbusVersion: runtime?.server.connection?.version.description,
                 uptimeSeconds: runtime.map { DispatchClock.now() - $0.attachedAt },
                 hypercalls: runtime?.partition.hypercalls ?? 0, signals: runtime?.partition.signalsDelivered ?? 0,
@@ -131,7 +136,7 @@ extension HostStatus {
         var lines: [String] = []
         for p in partitions {
             lines.append("partition \(p.id) \(p.name): \(p.state)"
-                + (p.agentPID.map { " (agent pid \($0))" } ?? "")
+                + (p.guest.map { " (\($0), \(p.carrier))" } ?? "")
                 + (p.vmbusVersion.map { ", VMBus \($0)" } ?? "")
                 + ", \(p.memoryMiB) MiB, attaches \(p.attachCount)" + (p.heartbeat.map { ", heartbeat \($0)" } ?? "")
                 + ", socket \(p.socket)")

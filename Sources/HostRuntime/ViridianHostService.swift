@@ -4,7 +4,9 @@ import CSystem
 import Foundation
 import Glibc
 import Logging
+import Hypervisor
 import PartitionLink
+import QEMUCarrier
 
 /// `viridian-host run`: starts one service per partition and answers `status` on the control
 /// socket until SIGTERM, SIGINT or SIGHUP; then rescinds, tells agents, removes its sockets.
@@ -25,8 +27,18 @@ public final class ViridianHostService: @unchecked Sendable {
         let trace = try tracePath.map { try TraceWriter(path: $0) }
         self.trace = trace
         partitions = try configuration.partition.enumerated().map { i, p in
-            try PartitionService(configuration: p, id: UInt32(i + 1), socketPath: configuration.socketPath(for: p),
-                                 imageDirectory: configuration.resolvedImageDir, logger: logger, trace: trace)
+            let id = UInt32(i + 1)
+            let carrier: any HostCarrier
+            if p.carrier == "qemu" {
+                carrier = try QEMUHostCarrier(socketPath: configuration.ivshmemSocketPath(for: p), ramFile: configuration.ramFilePath(for: p),
+                                              partitionID: id, name: p.name, vps: p.vps, memoryBytes: UInt64(p.memoryMiB) << 20, logger: logger)
+            } else {
+                carrier = try LinkHostCarrier(socketPath: configuration.socketPath(for: p),
+                                              welcome: .init(partitionID: id, vpCount: UInt32(p.vps), memoryBytes: UInt64(p.memoryMiB) << 20,
+                                                             cpuMask: p.cpuMask, name: p.name), logger: logger)
+            }
+            return try PartitionService(configuration: p, id: id, carrier: carrier, imageDirectory: configuration.resolvedImageDir,
+                                        logger: logger, trace: trace)
         }
         controlPath = configuration.controlSocketPath
         controlFD = try UnixSocket.listen(path: controlPath, type: Int32(SOCK_STREAM.rawValue))
@@ -42,7 +54,7 @@ public final class ViridianHostService: @unchecked Sendable {
     public func run(handleSignals: Bool = true) throws {
         if handleSignals { _ = viridian_route_signals_to(stopRequest.fd) }
         for p in partitions { p.start() }
-        for p in partitions { logger.notice("partition \(p.configuration.name) listening on unix:\(p.socketPath)") }
+        for p in partitions { logger.notice("partition \(p.configuration.name) (\(p.carrier.kind)) listening on unix:\(p.carrier.address)") }
         logger.notice("control socket unix:\(controlPath)")
         var fds = [pollfd(fd: controlFD, events: Int16(POLLIN), revents: 0), pollfd(fd: stopRequest.fd, events: Int16(POLLIN), revents: 0)]
         while true {

@@ -32,7 +32,7 @@ public final class LoopbackMachine: InterruptSink, GuestHypervisor {
         pending = [Bool](repeating: false, count: vpCount)
         partition = Partition(id: 1, name: "loopback", memory: memory, vpCount: vpCount, interrupts: self)
         server = VMBusServer(partition: partition, configuration: serverConfiguration, logger: logger)
-        client = VMBusClient(hypervisor: self, memory: memory, vpCount: vpCount, versions: clientVersions, logger: logger)
+        client = VMBusClient(hypervisor: self, pool: GuestBufferPool(identity: memory), vpCount: vpCount, versions: clientVersions, logger: logger)
     }
 
     // MARK: InterruptSink (host → guest)

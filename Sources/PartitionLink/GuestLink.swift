@@ -7,26 +7,26 @@ import GuestMemory
 import VMBusClient
 import VMBusWire
 
-/// A partition joined from the agent process. Implements `GuestHypervisor`: a hypercall or MSR
-/// access fills the VP's register block, rings its doorbell and waits for the completion (the
-/// VM exit); a fast HvSignalEvent on a connection with a known eventfd is one eventfd write.
-/// Interrupts arrive on one eventfd per VP.
-public final class GuestLink: GuestHypervisor, @unchecked Sendable {
+/// A partition joined from the agent process over PartitionLink. A hypercall or MSR access fills
+/// the VP's register block, rings its doorbell eventfd and waits for the completion (the VM exit);
+/// a fast HvSignalEvent on a connection with a known eventfd is one eventfd write. Interrupts
+/// arrive on one eventfd per VP.
+public final class GuestLink: GuestPlatform, @unchecked Sendable {
     public let welcome: LinkFrame.Welcome
     public let memory: GuestPhysicalMemory
+    public let pool: GuestBufferPool
     let socket: LinkSocket
     let vpBlocks: UnsafeMutableRawPointer
     let doorbells: [EventFD]
-    let completions: [EventFD]
     let interrupts: [EventFD]
-    let vpLocks: [Lock]
+    let exits: VPExitPort
     private let eventLock = Lock()
     private var eventFDs: [UInt32: EventFD] = [:]
     private var lines: [UInt32: EventFD] = [:]
-    private let closed = ManagedAtomic<Bool>(false)
+    private let closed: ManagedAtomic<Bool>
     private var monitor: OSThread?
 
-    public private(set) var roundTrips = ManagedAtomic<UInt64>(0)
+    public var roundTrips: ManagedAtomic<UInt64> { exits.roundTrips }
     public private(set) var fastSignals = ManagedAtomic<UInt64>(0)
 
     /// Connects to `address` (unix:PATH), says hello and maps what the host sends.
@@ -63,12 +63,22 @@ public final class GuestLink: GuestHypervisor, @unchecked Sendable {
             throw .system(call: "mmap(vp blocks)", errno: e)
         }
         close(fds[1])
-        vpBlocks = blocks
         let n = Int(welcome.vpCount)
-        doorbells = (0..<n).map { EventFD(adopting: fds[2 + 3 * $0]) }
-        completions = (0..<n).map { EventFD(adopting: fds[3 + 3 * $0]) }
+        guard (1...VPBlock.maximumVPs).contains(n) else {
+            munmap(blocks, VPBlock.memorySize)
+            fds[2...].forEach { close($0) }
+            throw .malformed("welcome for \(n) VPs (1…\(VPBlock.maximumVPs) fit the block page)")
+        }
+        vpBlocks = blocks
+        let doorbells = (0..<n).map { EventFD(adopting: fds[2 + 3 * $0]) }
+        self.doorbells = doorbells
+        let closed = ManagedAtomic<Bool>(false)
+        self.closed = closed
+        pool = GuestBufferPool(identity: memory)
         interrupts = (0..<n).map { EventFD(adopting: fds[4 + 3 * $0]) }
-        vpLocks = (0..<n).map { _ in Lock() }
+        exits = VPExitPort(blocks: blocks, vpCount: n, completions: (0..<n).map { EventFD(adopting: fds[3 + 3 * $0]) }, closed: closed) {
+            doorbells[$0].ring()
+        }
     }
 
     deinit {
@@ -77,6 +87,9 @@ public final class GuestLink: GuestHypervisor, @unchecked Sendable {
 
     public var vpCount: Int { Int(welcome.vpCount) }
     public var isClosed: Bool { closed.load(ordering: .acquiring) }
+    public var partitionName: String { welcome.name }
+    public var partitionID: UInt32 { welcome.partitionID }
+    public var cpuMask: UInt64 { welcome.cpuMask }
 
     /// Starts the thread that reads host frames (eventfds, shutdown). When the host goes away it
     /// wakes every waiter and calls `onClose`.
@@ -106,7 +119,7 @@ public final class GuestLink: GuestHypervisor, @unchecked Sendable {
                 }
             }
             closed.store(true, ordering: .releasing)
-            for c in completions { c.ring() }
+            exits.wakeAll()
             for i in interrupts { i.ring() }
             for l in eventLock.withLock({ Array(lines.values) }) { l.ring() }
             onClose(reason)
@@ -136,21 +149,12 @@ public final class GuestLink: GuestHypervisor, @unchecked Sendable {
     // MARK: Port I/O (emulated devices)
 
     /// IN of `size` bytes (1, 2, 4) from `port`: one trap to the host, as a VM exit would be. nil if the link is gone.
-    public func portIn(vp: UInt32 = 0, port: UInt16, size: Int) -> UInt32? {
-        roundTrip(vp: vp, kind: .portIn) { block in
-            block.storeBytes(of: UInt32(port), toByteOffset: VPBlock.msr, as: UInt32.self)
-            block.storeBytes(of: UInt64(size), toByteOffset: VPBlock.control, as: UInt64.self)
-        }.map { UInt32(truncatingIfNeeded: $0) }
-    }
+    public func portIn(vp: UInt32 = 0, port: UInt16, size: Int) -> UInt32? { exits.portIn(vp: vp, port: port, size: size) }
 
     /// OUT of `size` bytes to `port`: one trap. False if the link is gone.
     @discardableResult
     public func portOut(vp: UInt32 = 0, port: UInt16, size: Int, value: UInt32) -> Bool {
-        roundTrip(vp: vp, kind: .portOut) { block in
-            block.storeBytes(of: UInt32(port), toByteOffset: VPBlock.msr, as: UInt32.self)
-            block.storeBytes(of: UInt64(size), toByteOffset: VPBlock.control, as: UInt64.self)
-            block.storeBytes(of: UInt64(value), toByteOffset: VPBlock.value, as: UInt64.self)
-        } != nil
+        exits.portOut(vp: vp, port: port, size: size, value: value)
     }
 
     // MARK: GuestHypervisor
@@ -164,47 +168,10 @@ public final class GuestLink: GuestHypervisor, @unchecked Sendable {
             fd.ring()
             return HypercallResult(status: .success).rawValue
         }
-        return roundTrip(vp: vp, kind: .hypercall) { block in
-            block.storeBytes(of: control, toByteOffset: VPBlock.control, as: UInt64.self)
-            block.storeBytes(of: input, toByteOffset: VPBlock.input, as: UInt64.self)
-            block.storeBytes(of: output, toByteOffset: VPBlock.output, as: UInt64.self)
-        } ?? HypercallResult(status: .operationFailed).rawValue
+        return exits.hypercall(vp: vp, control: control, input: input, output: output)
     }
 
-    public func writeMSR(vp: UInt32, _ msr: UInt32, _ value: UInt64) -> Bool {
-        roundTrip(vp: vp, kind: .writeMSR) { block in
-            block.storeBytes(of: msr, toByteOffset: VPBlock.msr, as: UInt32.self)
-            block.storeBytes(of: value, toByteOffset: VPBlock.value, as: UInt64.self)
-        } == VPBlock.msrOK
-    }
+    public func writeMSR(vp: UInt32, _ msr: UInt32, _ value: UInt64) -> Bool { exits.writeMSR(vp: vp, msr, value) }
 
-    public func readMSR(vp: UInt32, _ msr: UInt32) -> UInt64? {
-        guard Int(vp) < vpCount else { return nil }
-        return vpLocks[Int(vp)].withLock {
-            let block = vpBlocks + Int(vp) * VPBlock.size
-            block.storeBytes(of: VPBlock.Kind.readMSR.rawValue, toByteOffset: VPBlock.kind, as: UInt32.self)
-            block.storeBytes(of: msr, toByteOffset: VPBlock.msr, as: UInt32.self)
-            doorbells[Int(vp)].ring()
-            completions[Int(vp)].wait()
-            guard !isClosed, block.load(fromByteOffset: VPBlock.result, as: UInt64.self) == VPBlock.msrOK else { return nil }
-            return block.load(fromByteOffset: VPBlock.value, as: UInt64.self)
-        }
-    }
-
-    /// One trapped call on `vp`: fill the block, ring, wait, read the result. nil if the link is gone.
-    @inline(__always)
-    private func roundTrip(vp: UInt32, kind: VPBlock.Kind, fill: (UnsafeMutableRawPointer) -> Void) -> UInt64? {
-        guard Int(vp) < vpCount, !isClosed else { return nil }
-        return vpLocks[Int(vp)].withLock {
-            // VP n's block is the n-th 64 bytes of the 4 KiB block page (n < vpCount ≤ 16).
-            let block = vpBlocks + Int(vp) * VPBlock.size
-            block.storeBytes(of: kind.rawValue, toByteOffset: VPBlock.kind, as: UInt32.self)
-            fill(block)
-            roundTrips.wrappingIncrement(ordering: .relaxed)
-            doorbells[Int(vp)].ring()
-            completions[Int(vp)].wait()
-            guard !isClosed else { return nil }
-            return block.load(fromByteOffset: VPBlock.result, as: UInt64.self)
-        }
-    }
+    public func readMSR(vp: UInt32, _ msr: UInt32) -> UInt64? { exits.readMSR(vp: vp, msr) }
 }

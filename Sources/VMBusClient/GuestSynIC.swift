@@ -45,20 +45,20 @@ final class GuestSynIC {
     let eventFlags: UnsafeMutableRawPointer
     let sint: Int
 
-    init(vp: UInt32, sint: Int, vector: UInt8, messagePage: UInt64, eventPage: UInt64, memory: GuestPhysicalMemory,
+    init(vp: UInt32, sint: Int, vector: UInt8, messagePage: UInt64, eventPage: UInt64, pool: GuestBufferPool,
          hypervisor: any GuestHypervisor) throws(ClientError) {
         self.vp = vp
         self.sint = sint
-        messagePageGPA = messagePage << 12
-        eventPageGPA = eventPage << 12
+        messagePageGPA = pool.gpa(ofPage: messagePage)
+        eventPageGPA = pool.gpa(ofPage: eventPage)
         do {
-            messageSlot = try memory.pointer(gpa: messagePageGPA + UInt64(SynICLayout.messageSlotOffset(sint: sint)), count: HvMessage.size)
-            eventFlags = try memory.pointer(gpa: eventPageGPA + UInt64(SynICLayout.eventFlagsOffset(sint: sint)),
-                                            count: SynICLayout.eventFlagBytesPerSINT)
+            messageSlot = try pool.pointer(page: messagePage, offset: SynICLayout.messageSlotOffset(sint: sint), count: HvMessage.size)
+            eventFlags = try pool.pointer(page: eventPage, offset: SynICLayout.eventFlagsOffset(sint: sint),
+                                          count: SynICLayout.eventFlagBytesPerSINT)
         } catch { throw .memory(error) }
         let writes: [(UInt32, UInt64)] = [
-            (HvMSR.simp, SynICPageRegister(enabled: true, pageNumber: messagePage).rawValue),
-            (HvMSR.siefp, SynICPageRegister(enabled: true, pageNumber: eventPage).rawValue),
+            (HvMSR.simp, SynICPageRegister(enabled: true, pageNumber: pool.pfn(ofPage: messagePage)).rawValue),
+            (HvMSR.siefp, SynICPageRegister(enabled: true, pageNumber: pool.pfn(ofPage: eventPage)).rawValue),
             (HvMSR.sint(sint), SintRegister(vector: vector, masked: false, autoEOI: true).rawValue),
             (HvMSR.scontrol, SControlRegister(enabled: true).rawValue),
         ]

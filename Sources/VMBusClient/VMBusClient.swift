@@ -24,7 +24,8 @@ public enum ClientConnectionState: Equatable, Sendable {
 /// `handleInterrupt`. It never blocks: requests complete when the host's answer is scanned, and
 /// callers watch `state` or the callbacks.
 public final class VMBusClient {
-    public let memory: GuestPhysicalMemory
+    /// The pages the bus and its devices share with the host.
+    public let pool: GuestBufferPool
     let hypervisor: any GuestHypervisor
     public let vpCount: Int
     /// Versions to try, newest first.
@@ -42,6 +43,7 @@ public final class VMBusClient {
     // Guest memory the bus uses.
     private var allocator: GuestPageAllocator
     private var synics: [GuestSynIC] = []
+    /// Pool pages (not GPAs): VP n's hypercall input page, the 0.13 interrupt page, the monitor pages.
     private var hypercallPages: [UInt64] = []
     private var interruptPage: UInt64 = 0
     private var monitorPages: (UInt64, UInt64) = (0, 0)
@@ -58,14 +60,14 @@ public final class VMBusClient {
     /// Vector programmed into SINT2 (a guest's choice; nothing on the wire depends on it).
     public static let vmbusVector: UInt8 = 0xF3
 
-    public init(hypervisor: any GuestHypervisor, memory: GuestPhysicalMemory, vpCount: Int,
+    public init(hypervisor: any GuestHypervisor, pool: GuestBufferPool, vpCount: Int,
                 versions: [VMBusVersion] = VMBusVersion.linuxPreference, logger: Logger = Logger(label: "viridian.vmbus-client")) {
         self.hypervisor = hypervisor
-        self.memory = memory
+        self.pool = pool
         self.vpCount = vpCount
         self.versions = versions
         self.logger = logger
-        allocator = GuestPageAllocator(pageCount: memory.pageCount)
+        allocator = GuestPageAllocator(pageCount: pool.pageCount)
     }
 
     /// The negotiated version once connected.
@@ -76,11 +78,12 @@ public final class VMBusClient {
 
     // MARK: Memory
 
-    /// Allocates zeroed contiguous guest pages; returns the first page number.
+    /// Allocates zeroed pool pages, contiguous in this process; returns the first pool page
+    /// (its guest page number is `pool.pfn(ofPage:)`).
     public func allocatePages(_ count: Int) throws(ClientError) -> UInt64 {
         do {
             let first = try allocator.allocate(pages: count)
-            try memory.buffer(gpa: first << 12, count: count << 12).initializeMemory(as: UInt8.self, repeating: 0)
+            try pool.buffer(page: first, count: count << 12).initializeMemory(as: UInt8.self, repeating: 0)
             return first
         } catch { throw .memory(error) }
     }
@@ -98,12 +101,12 @@ public final class VMBusClient {
             for vp in 0..<vpCount {
                 let pages = try allocatePages(3)
                 synics.append(try GuestSynIC(vp: UInt32(vp), sint: SynICLayout.vmbusSINT, vector: Self.vmbusVector,
-                                             messagePage: pages, eventPage: pages + 1, memory: memory, hypervisor: hypervisor))
-                hypercallPages.append((pages + 2) << 12)
+                                             messagePage: pages, eventPage: pages + 1, pool: pool, hypervisor: hypervisor))
+                hypercallPages.append(pages + 2)
             }
-            interruptPage = try allocatePages(1) << 12
+            interruptPage = try allocatePages(1)
             let monitors = try allocatePages(2)
-            monitorPages = (monitors << 12, (monitors + 1) << 12)
+            monitorPages = (monitors, monitors + 1)
         }
         versionIndex = 0
         allOffersDelivered = false
@@ -114,9 +117,9 @@ public final class VMBusClient {
         while versionIndex < versions.count {
             let version = versions[versionIndex]
             versionIndex += 1
-            let message = InitiateContact(version: version, targetVCPU: 0, interruptPage: interruptPage,
-                                          messageSINT: UInt8(SynICLayout.vmbusSINT), monitorPage1: monitorPages.0,
-                                          monitorPage2: monitorPages.1)
+            let message = InitiateContact(version: version, targetVCPU: 0, interruptPage: pool.gpa(ofPage: interruptPage),
+                                          messageSINT: UInt8(SynICLayout.vmbusSINT), monitorPage1: pool.gpa(ofPage: monitorPages.0),
+                                          monitorPage2: pool.gpa(ofPage: monitorPages.1))
             state = .contacting(version)
             let connection = version.usesMessageConnection4 ? VMBusConnectionID.message4 : VMBusConnectionID.message
             let status = post(.initiateContact(message), connectionID: connection)
@@ -163,7 +166,7 @@ public final class VMBusClient {
         channel.ringGPADL = handle
         channel.set(.creatingRingGPADL)
         let range = GpaRange(byteCount: UInt32(total * GpaRange.pageSize), byteOffset: 0,
-                             pfns: (0..<UInt64(total)).map { first + $0 })
+                             pfns: pool.pfns(first: first, count: total))
         pendingGPADLs[handle] = .ring(channel)
         do {
             for message in try GpadlMessages.split(childRelid: channel.relid, gpadl: handle, ranges: [range]) {
@@ -192,7 +195,7 @@ public final class VMBusClient {
                             completion: @escaping (UInt32?) -> Void) throws(ClientError) {
         let handle = allocateGPADLHandle()
         let range = GpaRange(byteCount: UInt32(pages * GpaRange.pageSize), byteOffset: 0,
-                             pfns: (0..<UInt64(pages)).map { firstPage + $0 })
+                             pfns: pool.pfns(first: firstPage, count: pages))
         pendingGPADLs[handle] = .buffer(channel.relid, completion)
         do {
             for message in try GpadlMessages.split(childRelid: channel.relid, gpadl: handle, ranges: [range]) {
@@ -211,7 +214,7 @@ public final class VMBusClient {
 
     private func ring(first page: UInt64, pages: Int) throws(ClientError) -> RingBuffer {
         do {
-            let base = try memory.pointer(gpa: page << 12, count: pages << 12)
+            let base = try pool.pointer(page: page, count: pages << 12)
             return try RingBuffer(control: base, data: base + GpaRange.pageSize, dataSize: (pages - 1) * GpaRange.pageSize)
         } catch let error as GuestMemoryError {
             throw .memory(error)
@@ -251,7 +254,7 @@ public final class VMBusClient {
     }
 
     private func scanInterruptPage() {
-        guard let page = try? memory.pointer(gpa: interruptPage, count: SynICLayout.pageSize / 2) else { return }
+        guard let page = try? pool.pointer(page: interruptPage, count: SynICLayout.pageSize / 2) else { return }
         for index in 0..<(SynICLayout.pageSize / 2 / 4) {
             // Word `index` of the 2048-byte receive half.
             let word = UnsafeAtomic<UInt32>(at: (page + index * 4).assumingMemoryBound(to: UInt32.AtomicRepresentation.self))
@@ -381,7 +384,7 @@ public final class VMBusClient {
     private func signalHost(_ channel: ClientChannel) {
         var connection = channel.offer.connectionID
         if let version, !version.hasChannelConnectionIDs {
-            if let page = try? memory.pointer(gpa: interruptPage + UInt64(SynICLayout.pageSize / 2), count: SynICLayout.pageSize / 2) {
+            if let page = try? pool.pointer(page: interruptPage, offset: SynICLayout.pageSize / 2, count: SynICLayout.pageSize / 2) {
                 // Send half: bit = relid (< 2048).
                 let word = UnsafeAtomic<UInt32>(at: (page + Int(channel.relid / 32) * 4).assumingMemoryBound(to: UInt32.AtomicRepresentation.self))
                 _ = word.loadThenBitwiseOr(with: 1 << (channel.relid % 32), ordering: .sequentiallyConsistent)
@@ -397,12 +400,12 @@ public final class VMBusClient {
     @discardableResult
     private func post(_ message: ChannelMessage, connectionID: UInt32? = nil) -> HvStatus {
         let input = PostMessageInput(connectionID: connectionID ?? messageConnectionID, payload: message.encode())
-        guard let bytes = try? input.encode(), let page = try? memory.buffer(gpa: hypercallPages[0], count: bytes.count) else {
+        guard let bytes = try? input.encode(), let page = try? pool.buffer(page: hypercallPages[0], count: bytes.count) else {
             return .invalidParameter
         }
         page.copyBytes(from: bytes)
         let result = HypercallResult(rawValue: hypervisor.hypercall(
-            vp: 0, control: HypercallControl(.postMessage).rawValue, input: hypercallPages[0], output: 0))
+            vp: 0, control: HypercallControl(.postMessage).rawValue, input: pool.gpa(ofPage: hypercallPages[0]), output: 0))
         if result.status != .success { logger.warning("HvPostMessage(\(message.type)) failed: \(result.status)") }
         return result.status
     }

@@ -1,6 +1,7 @@
 // viridian-agent: the guest agent. Joins a partition and runs the VMBus clients. Command line only.
 
 import AgentRuntime
+import KernelGlueLink
 import ArgumentParser
 import Foundation
 import Glibc
@@ -15,7 +16,7 @@ struct ViridianAgent: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-agent",
         abstract: "Viridian's guest agent: joins a partition and runs its VMBus clients.",
-        subcommands: [Run.self, List.self, Echo.self, KVPCommand.self, DiskCommand.self, NICCommand.self],
+        subcommands: [Run.self, List.self, Echo.self, KVPCommand.self, DiskCommand.self, NICCommand.self, GlueCommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -45,8 +46,11 @@ struct CommonOptions: ParsableArguments {
     func join(_ configuration: AgentConfiguration, _ logger: Logger) throws -> AgentSession {
         let session: AgentSession
         do {
-            session = try AgentSession(address: configuration.link, versions: try configuration.parsedVersions(), logger: logger)
+            session = try AgentSession(address: configuration.link, poolMiB: configuration.bufferPoolMiB,
+                                       versions: try configuration.parsedVersions(), logger: logger)
         } catch let error as LinkError {
+            throw AgentError.hostGone("cannot join \(configuration.link): \(error)")
+        } catch let error as GlueError {
             throw AgentError.hostGone("cannot join \(configuration.link): \(error)")
         }
         do { try session.start(timeoutMs: configuration.connectTimeoutMs) } catch {
@@ -86,6 +90,8 @@ struct Run: ParsableCommand {
                 continue
             }
             for d in session.devices() { logger.info("\(d.lsvmbusLine)") }
+            do { try DeviceListState.record(session, stateDir: configuration.stateDir) } catch { logger.warning("\(error)") }
+            defer { DeviceListState.remove(stateDir: configuration.stateDir) }
             let drivers: [ICClient]
             do { drivers = try session.serveIntegrationServices(configuration) } catch {
                 session.stop()
@@ -147,9 +153,15 @@ struct Run: ParsableCommand {
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the partition's VMBus devices, like lsvmbus.",
-        discussion: "Joins the partition for the listing and leaves it with UNLOAD; the partition must not have another agent attached.")
+        discussion: """
+            Joins the partition for the listing and leaves it with UNLOAD; the partition must not have another agent attached. \
+            With --running, shows the devices the running agent joined with instead (from its state directory).
+            """)
 
     @OptionGroup var common: CommonOptions
+
+    @Flag(help: "Show the running agent's devices (recorded in state_dir) instead of joining.")
+    var running = false
 
     @Flag(name: .shortAndLong, help: "Show instance ids, relids, connection ids and state.")
     var verbose = false
@@ -159,10 +171,20 @@ struct List: ParsableCommand {
 
     func run() throws {
         let (configuration, logger) = try common.load()
-        let session = try common.join(configuration, logger)
-        let devices = session.devices()
-        let version = session.withBus { $0.version }
-        session.leave()
+        let devices: [DeviceInfo]
+        var version: VMBusVersion?
+        if running {
+            let path = DeviceListState.statePath(configuration.stateDir)
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ValidationError("no running agent recorded its devices (\(path) is missing)")
+            }
+            devices = try JSONDecoder().decode([DeviceInfo].self, from: data)
+        } else {
+            let session = try common.join(configuration, logger)
+            devices = session.devices()
+            version = session.withBus { $0.version }
+            session.leave()
+        }
         if json {
             try printJSON(devices)
             return
@@ -279,13 +301,13 @@ func viridianNow() -> UInt64 {
 extension Run {
     /// The guest without enlightenments: join the partition, never touch VMBus, drive the legacy devices.
     func runEmulated(_ configuration: AgentConfiguration, _ logger: Logger, _ stop: EventFD) throws {
-        let link: GuestLink
-        do { link = try GuestLink.attach(to: configuration.link) } catch {
+        let link: any GuestPlatform
+        do { link = try GuestCarrier.join(configuration.link, poolMiB: configuration.bufferPoolMiB, logger: logger) } catch {
             throw AgentError.hostGone("cannot join \(configuration.link): \(error)")
         }
         let lost = try EventFD()
         link.startMonitor { _ in lost.ring() }
-        logger.info("joined partition \(link.welcome.name) without enlightenments (emulated devices only)")
+        logger.info("joined partition \(link.partitionName) without enlightenments (emulated devices only)")
         let guest = EmulatedGuest(link: link, logger: logger)
         defer {
             guest.stop()

@@ -84,4 +84,19 @@ int viridian_netns_restore(int saved);
 long viridian_readv(int fd, const void *iov, int count);
 long viridian_writev(int fd, const void *iov, int count);
 
+/* KernelGlue: the module's ABI (shared with KernelGlue/), and ioctl on its device. Returns the
+   ioctl's result, -1 with errno on failure (EINTR is retried). */
+#include "viridian_glue.h"
+int viridian_glue_ioctl(int fd, unsigned long request, void *arg);
+/* The request numbers (function-like macros do not reach Swift). */
+static inline unsigned long viridian_glue_ioc_info(void) { return VGLUE_IOC_INFO; }
+static inline unsigned long viridian_glue_ioc_set_eventfd(void) { return VGLUE_IOC_SET_EVENTFD; }
+static inline unsigned long viridian_glue_ioc_ring(void) { return VGLUE_IOC_RING; }
+static inline unsigned long viridian_glue_ioc_alloc(void) { return VGLUE_IOC_ALLOC; }
+static inline unsigned long viridian_glue_ioc_pfns(void) { return VGLUE_IOC_PFNS; }
+static inline unsigned long viridian_glue_ioc_join(void) { return VGLUE_IOC_JOIN; }
+
+/* open(2) with O_CLOEXEC; -1 with errno. */
+int viridian_open(const char *path, int flags, int mode);
+
 #endif

@@ -98,7 +98,7 @@ public final class NetworkClient {
         sendPages = (sendBufferBytes + 4095) / 4096
         slotCount = transmitSlots
         func map(_ first: UInt64, _ pages: Int) throws(ClientError) -> UnsafeMutableRawBufferPointer {
-            do { return try bus.memory.buffer(gpa: first << 12, count: pages << 12) } catch { throw .memory(error) }
+            do { return try bus.pool.buffer(page: first, count: pages << 12) } catch { throw .memory(error) }
         }
         receiveFirstPage = try bus.allocatePages(receivePages)
         receiveBuffer = try map(receiveFirstPage, receivePages)
@@ -330,7 +330,7 @@ public final class NetworkClient {
         m.putLE(id, at: RNDIS.headerSize)
         guard m.count <= controlBuffer.count, let endpoint = channel.endpoint else { return fail("RNDIS request too large") }
         m.withUnsafeBytes { controlBuffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        let range = GpaRange(byteCount: UInt32(m.count), byteOffset: 0, pfns: [controlPage])
+        let range = GpaRange(byteCount: UInt32(m.count), byteOffset: 0, pfns: [bus.pool.pfn(ofPage: controlPage)])
         let ok = (try? endpoint.writer.tryWrite(type: .dataUsingGPADirect, flags: PacketDescriptor.flagCompletionRequested,
                                                 transactionID: Self.controlTag, extension: GpaDirectHeader.extensionBytes(for: [range]),
                                                 payload: NVSPMessage.rndisPacket(control: true).bytes)) ?? false
@@ -399,7 +399,7 @@ public final class NetworkClient {
                 let inPage = at & 4095
                 let n = min(4096 - inPage, remaining)
                 extensionScratch.putLE(UInt64(n) | UInt64(inPage) << 32, at: 8 + 16 * ranges)
-                extensionScratch.putLE(slotFirstPage + UInt64(at >> 12), at: 16 + 16 * ranges)
+                extensionScratch.putLE(bus.pool.pfn(ofPage: slotFirstPage + UInt64(at >> 12)), at: 16 + 16 * ranges)
                 ranges += 1
                 at += n
                 remaining -= n

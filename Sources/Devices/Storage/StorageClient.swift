@@ -30,20 +30,24 @@ public struct SCSICompletion: Equatable, Sendable {
 
 /// A buffer in guest memory that the host reads or writes through GPA-direct pages.
 public final class GuestBuffer {
+    /// The first pool page.
     public let firstPage: UInt64
     public let pages: Int
     public let bytes: UnsafeMutableRawBufferPointer
+    /// Guest page frame number of each page, as GPA-direct ranges carry them.
+    public let pfns: [UInt64]
 
     public init(client: VMBusClient, bytes count: Int) throws(ClientError) {
         pages = (count + GpaRange.pageSize - 1) / GpaRange.pageSize
         firstPage = try client.allocatePages(pages)
-        do { bytes = try client.memory.buffer(gpa: firstPage << 12, count: pages << 12) } catch { throw .memory(error) }
+        do { bytes = try client.pool.buffer(page: firstPage, count: pages << 12) } catch { throw .memory(error) }
+        pfns = client.pool.pfns(first: firstPage, count: pages)
     }
 
     /// The GPA-direct range for the first `length` bytes.
     func range(_ length: Int) -> GpaRange {
         let n = max(1, (length + GpaRange.pageSize - 1) / GpaRange.pageSize)
-        return GpaRange(byteCount: UInt32(length), byteOffset: 0, pfns: (0..<UInt64(n)).map { firstPage + $0 })
+        return GpaRange(byteCount: UInt32(length), byteOffset: 0, pfns: Array(pfns[0..<n]))
     }
 }
 
@@ -210,7 +214,7 @@ public final class StorageClient {
     /// encodes, with `buffer.range(length)` as the only range.
     private func executeSRB(lun: UInt8, cdb: UnsafeRawBufferPointer, direction: SCSIDataDirection, buffer: GuestBuffer?, length: Int,
                             commit: Bool, completion: @escaping (SCSICompletion) -> Void) -> Bool {
-        guard state == .ready else { return false }
+        guard state == .ready, length >= 0, length <= (buffer?.pages ?? 0) << 12 else { return false }
         let target = nextIOChannel()
         // vstor_packet header and vmscsi_request (offsets in the request as in `SCSIRequest.encoded`).
         let p = packetScratch
@@ -237,7 +241,7 @@ public final class StorageClient {
             e.putLE(UInt32(0), at: 0)
             e.putLE(UInt32(1), at: 4)
             e.putLE(UInt64(UInt32(length)), at: 8)
-            for i in 0..<pages { e.putLE(buffer.firstPage + UInt64(i), at: 16 + 8 * i) }
+            for i in 0..<pages { e.putLE(buffer.pfns[i], at: 16 + 8 * i) }
         }
         let extensionView = UnsafeRawBufferPointer(rebasing: extensionScratch[0..<extensionBytes])
         return post(UnsafeRawBufferPointer(p), extension: extensionBytes > 0 ? extensionView : nil, on: target, commit: commit,

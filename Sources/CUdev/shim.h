@@ -1,0 +1,2 @@
+/* CUdev: libudev (Debian's libudev-dev), for finding KernelGlue devices. */
+#include <libudev.h>

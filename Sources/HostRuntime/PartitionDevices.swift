@@ -1,0 +1,127 @@
+// A partition's devices, built from its configuration: IC providers, SCSI controllers, NICs, emulated IDE and NE2000.
+
+import CSystem
+import EchoDevice
+import EmulatedDevices
+import Foundation
+import Glibc
+import Hypervisor
+import IntegrationServices
+import Logging
+import SyntheticNetwork
+import SyntheticStorage
+import VMBusWire
+
+/// Every device one partition's configuration asks for, made once when the partition starts and
+/// kept across guests (a new guest gets the same disks, TAPs and KVP pool).
+final class PartitionDevices {
+    /// The VMBus devices in offer order.
+    let all: [any VMBusDevice]
+    let heartbeat: HeartbeatProvider?
+    let timeSync: TimeSyncProvider?
+    let shutdownService: ShutdownProvider?
+    let kvp: KVPProvider?
+    /// Synthetic SCSI controllers, by controller number (disks name theirs; default 0).
+    let controllers: [Int: StorageVSP]
+    /// I/O threads of the partition's devices.
+    let workers: WorkerPool
+    /// Synthetic network adapters, in configuration order.
+    let nics: [NetworkVSP]
+    let ide: ATAController?
+    let ne2000: NE2000?
+
+    init(configuration: PartitionConfiguration, id: UInt32, imageDirectory: String, logger: Logger) throws {
+        let echo: [any VMBusDevice] = (0..<configuration.echoDevices).map { i in
+            EchoDevice(instanceID: GUID(low: 0x484F_4345_4D52_4956, high: UInt64(id) << 32 | UInt64(i + 1)), logger: logger)
+        }
+        let services = Set(configuration.integrationServices)
+        func instance(_ n: UInt64) -> GUID { GUID(low: 0x4349_4E44_4952_4956, high: UInt64(id) << 32 | n) }
+        let clock = viridian_now_ns
+        let name = configuration.name
+        let hb = services.contains("heartbeat")
+            ? HeartbeatProvider(instanceID: instance(1), intervalNs: UInt64(configuration.heartbeatIntervalMs) * 1_000_000, logger: logger, now: clock) : nil
+        hb?.onStateChange = { old, new in
+            if old != .unknown || new != .ok { logger.notice("\(name): heartbeat \(old.rawValue) → \(new.rawValue)") }
+        }
+        heartbeat = hb
+        timeSync = services.contains("timesync")
+            ? TimeSyncProvider(instanceID: instance(2), intervalNs: UInt64(configuration.timesyncIntervalMs) * 1_000_000,
+                               source: SystemTimeSource(offsetNs: Int64(configuration.timeOffsetMs) * 1_000_000), logger: logger, now: clock) : nil
+        shutdownService = services.contains("shutdown") ? ShutdownProvider(instanceID: instance(3), logger: logger, now: clock) : nil
+        kvp = services.contains("kvp") ? KVPProvider(instanceID: instance(4), logger: logger, now: clock) : nil
+        // LUNs are numbered in configuration order within each controller.
+        var luns: [Int: [UInt8: SCSIDisk]] = [:]
+        for disk in configuration.disks(imageDirectory: imageDirectory) {
+            let lun = UInt8(luns[disk.controller, default: [:]].count)
+            guard lun < 255 else { continue }
+            let directory = (disk.path as NSString).deletingLastPathComponent
+            if !disk.readOnly { try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+            let backend = try FileBackend(path: disk.path, readOnly: disk.readOnly,
+                                          createSize: disk.readOnly ? nil : UInt64(disk.sizeMiB) << 20)
+            luns[disk.controller, default: [:]][lun] = SCSIDisk(backend: backend, serial: "\(configuration.name.prefix(10))-\(disk.controller)-\(lun)")
+            logger.info("\(configuration.name): controller \(disk.controller) LUN \(lun) = \(disk.path) (\(backend.sizeBytes >> 20) MiB\(disk.readOnly ? ", read-only" : ""))")
+        }
+        workers = try WorkerPool(threads: 4)
+        var controllers: [Int: StorageVSP] = [:]
+        for (number, set) in luns {
+            let vsp = StorageVSP(instanceID: instance(0x100 + UInt64(number)), luns: set, logger: logger)
+            vsp.pollNanoseconds = UInt64(configuration.storagePollMicroseconds) * 1000
+            vsp.executor = workers
+            controllers[number] = vsp
+        }
+        self.controllers = controllers
+        var nics: [NetworkVSP] = []
+        for (index, nic) in configuration.nic.enumerated() {
+            let tap: TapDevice
+            let queues = nic.queues ?? min(configuration.vps, 8)
+            do {
+                tap = try TapDevice(name: nic.tap, namespace: nic.netns, multiQueue: queues > 1)
+                try tap.configure(mtu: nic.mtu, up: true)
+            } catch {
+                throw ConfigurationError.invalid("\(configuration.name): nic \(index) (TAP \(nic.tap)\(nic.netns.map { " in netns \($0)" } ?? "")): \(error)"
+                    + (getuid() != 0 ? " (TAP devices need root or CAP_NET_ADMIN)" : ""))
+            }
+            let mac = nic.macAddress(partitionID: id, index: index)
+            let vsp = NetworkVSP(instanceID: instance(0x200 + UInt64(index)), port: tap, mac: mac, mtu: nic.mtu, logger: logger)
+            vsp.maximumQueues = queues
+            let (name, netns) = (tap.name, nic.netns)
+            vsp.openQueuePort = { [logger] _ in
+                do { return try TapDevice(name: name, namespace: netns, multiQueue: true) } catch {
+                    logger.warning("TAP \(name): no further queue: \(error)")
+                    return nil
+                }
+            }
+            nics.append(vsp)
+            logger.info("\(configuration.name): NIC \(index) = TAP \(tap.name)\(nic.netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(mac)), MTU \(nic.mtu)")
+        }
+        self.nics = nics
+        if configuration.ide.isEmpty {
+            ide = nil
+        } else {
+            let backends: [(any BlockBackend)?] = try configuration.ide.map { disk in
+                if !disk.readOnly {
+                    try? FileManager.default.createDirectory(atPath: (disk.path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                }
+                return try FileBackend(path: disk.path, readOnly: disk.readOnly, createSize: disk.readOnly ? nil : UInt64(disk.sizeMiB) << 20)
+            }
+            ide = ATAController(disks: backends)
+            logger.info("\(configuration.name): emulated IDE channel 0x1F0/IRQ 14: \(configuration.ide.map(\.path).joined(separator: ", "))")
+        }
+        if let nic = configuration.ne2000 {
+            let tap: TapDevice
+            do {
+                tap = try TapDevice(name: nic.tap, namespace: nic.netns)
+                try tap.configure(mtu: 1500, up: true)
+            } catch {
+                throw ConfigurationError.invalid("\(configuration.name): ne2000 (TAP \(nic.tap)): \(error)" + (getuid() != 0 ? " (TAP devices need root)" : ""))
+            }
+            let mac = nic.macAddress(partitionID: id, index: 0x80)
+            ne2000 = NE2000(base: 0x300, mac: mac, port: tap, line: InterruptLine(irq: 9))
+            logger.info("\(configuration.name): emulated NE2000 0x300/IRQ 9 = TAP \(tap.name), MAC \(MACAddress.format(mac))")
+        } else {
+            ne2000 = nil
+        }
+        all = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 }
+            + controllers.keys.sorted().map { controllers[$0]! } + nics
+    }
+}

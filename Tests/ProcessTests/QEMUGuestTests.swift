@@ -1,0 +1,207 @@
+// A real Linux guest: Debian's cloud kernel under QEMU (TCG) joins viridian-host through KernelGlue.
+
+import Foundation
+import Glibc
+import HostRuntime
+import Testing
+
+/// The QEMU test guest that `make guest-image` (scripts/guest/make-image.sh) leaves in .cache/guest.
+enum GuestImage {
+    static let root: URL = {
+        // Tests/ProcessTests/QEMUGuestTests.swift → the repository root.
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }()
+    static var directory: URL {
+        ProcessInfo.processInfo.environment["VIRIDIAN_GUEST_DIR"].map { URL(fileURLWithPath: $0) }
+            ?? root.appendingPathComponent(".cache/guest")
+    }
+    static var present: Bool {
+        FileManager.default.fileExists(atPath: directory.appendingPathComponent("vmboot.stamp").path)
+            || (FileManager.default.fileExists(atPath: directory.appendingPathComponent("vmlinuz").path)
+                && FileManager.default.fileExists(atPath: directory.appendingPathComponent("initrd.cpio.gz").path))
+    }
+    /// The guest must run where CI runs (root); elsewhere it runs when the image was built.
+    static var required: Bool { getuid() == 0 && ProcessInfo.processInfo.environment["CI"] != nil }
+    static var script: URL { root.appendingPathComponent("scripts/guest") }
+}
+
+/// One booted guest: viridian-host with a QEMU partition, QEMU itself, and the guest's serial console.
+final class QEMUGuestRig: @unchecked Sendable {
+    let fixture: HostFixture
+    let qemu: Child
+    let console: String
+    let hostNS: String
+    let subnet: Int
+    let image: String
+
+    init(subnet: Int = 91) throws {
+        self.subnet = subnet
+        hostNS = "vqh-\(getpid())"
+        _ = try ipCommand(["netns", "add", hostNS])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-qemu-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        image = dir.appendingPathComponent("disk0.img").path
+        let ram = "/dev/shm/viridian-test-\(getpid()).ram"
+        fixture = try HostFixture(config: """
+            [[partition]]
+            name = "guest1"
+            carrier = "qemu"
+            memory_mib = 1024
+            vps = 2
+            echo_devices = 0
+            heartbeat_interval_ms = 1000
+            ram_file = "\(ram)"
+            [[partition.disk]]
+            path = "\(image)"
+            size_mib = 64
+            [[partition.nic]]
+            tap = "vq0"
+            netns = "\(hostNS)"
+            mac = "00:15:5d:51:00:02"
+            """)
+        console = fixture.directory.appendingPathComponent("console.sock").path
+        qemu = try Child(GuestImage.script.appendingPathComponent("run-qemu.sh").path, [
+            "--ram-file", ram, "--memory", "1024", "--vps", "2",
+            "--ivshmem-socket", fixture.directory.appendingPathComponent("guest1.ivshmem").path, "--vectors", "32",
+            "--console-socket", console,
+        ])
+        try waitFor(path: console, seconds: 30)
+        _ = try ipCommand(["-n", hostNS, "addr", "add", "10.77.\(subnet).1/24", "dev", "vq0"])
+        _ = try ipCommand(["-n", hostNS, "link", "set", "vq0", "up"])
+    }
+
+    /// Runs `command` in the guest's root shell; its status and output.
+    @discardableResult
+    func guest(_ command: String, seconds: Double = 120) throws -> (Int32, String) {
+        try run("/usr/bin/python3", [GuestImage.script.appendingPathComponent("console.py").path, "--socket", console,
+                                     "run", "--timeout", String(Int(seconds)), "--", command], seconds: seconds + 10)
+    }
+
+    func waitForLogin(seconds: Double = 240) throws -> (Int32, String) {
+        try run("/usr/bin/python3", [GuestImage.script.appendingPathComponent("console.py").path, "--socket", console,
+                                     "wait-login", "--timeout", String(Int(seconds))], seconds: seconds + 10)
+    }
+
+    func host(_ arguments: [String]) throws -> (Int32, String) {
+        try run("viridian-host", arguments + ["--runtime-dir", fixture.directory.path])
+    }
+
+    func tearDown() {
+        qemu.signal(SIGKILL)
+        qemu.wait(seconds: 10)
+        _ = try? ipCommand(["netns", "delete", hostNS])
+        unlink("/dev/shm/viridian-test-\(getpid()).ram")
+    }
+}
+
+@Suite("A real Linux guest under QEMU", .serialized)
+struct QEMUGuestTests {
+    @Test("Stock Debian kernel boots, KernelGlue and the agent join; disk, NIC, KVP, shutdown; bad doorbells and a second QEMU are refused")
+    func realGuest() throws {
+        guard GuestImage.present || GuestImage.required else {
+            print("QEMU guest test not run: no guest image (make guest-image builds it, as root)")
+            return
+        }
+        #expect(GuestImage.present, "the guest image is missing: make guest-image")
+        guard GuestImage.present else { return }
+        let started = Date()
+        let rig = try QEMUGuestRig()
+        defer { rig.tearDown() }
+        let (login, loginOut) = try rig.waitForLogin()
+        try #require(login == 0, "no login prompt: \(loginOut)\nQEMU: \(rig.qemu.text)\nhost: \(rig.fixture.host.text)")
+        let bootSeconds = Date().timeIntervalSince(started)
+
+        // The agent joins by itself (systemd, udev): heartbeat ok, every device listed.
+        let joined = try eventually(seconds: 180) { try rig.fixture.status().partitions[0].heartbeat == "ok" }
+        let joinSeconds = Date().timeIntervalSince(started)
+        let journal = joined ? "" : try rig.guest("journalctl -b -u viridian-agent --no-pager | tail -40").1
+        #expect(joined, "host: \(rig.fixture.host.text)\nguest: \(journal)")
+        let (_, lsmod) = try rig.guest("lsmod | grep -c viridian_glue; uname -r")
+        #expect(lsmod.hasPrefix("1"), "\(lsmod)")
+        let status = try rig.fixture.status().partitions[0]
+        #expect(status.carrier == "qemu" && status.state == "attached")
+        _ = try #require(try eventually(seconds: 60) { try rig.guest("viridian-agent list --running").0 == 0 })
+        let (_, list) = try rig.guest("viridian-agent list --running")
+        for device in ["Heartbeat", "Time Synchronization", "Shutdown", "Data Exchange", "Synthetic SCSI Controller", "Synthetic network adapter"] {
+            #expect(list.contains(device), "\(device) missing from:\n\(list)")
+        }
+        print("QEMU guest: login after \(Int(bootSeconds)) s, heartbeat ok after \(Int(joinSeconds)) s")
+        print(list)
+
+        // Storage: the kernel's nbd driver on the agent's export; ext4 made, filled and checked in the guest.
+        let (fsCode, fsOut) = try rig.guest("""
+            set -e; modprobe nbd; sock=$(ls /run/viridian/disks/*.sock | head -1); nbd-client -unix $sock /dev/nbd0 -b 4096 >/dev/null
+            mkfs.ext4 -q -F /dev/nbd0; mkdir -p /mnt/d; mount /dev/nbd0 /mnt/d
+            for i in $(seq 1 100); do head -c $((i * 397 % 60000 + 1)) /dev/urandom > /mnt/d/file$i; done
+            (cd /mnt/d && sha256sum file* | sort) > /root/sums; sync; umount /mnt/d
+            e2fsck -f -n /dev/nbd0 >/dev/null; nbd-client -d /dev/nbd0 >/dev/null; cat /root/sums
+            """, seconds: 600)
+        #expect(fsCode == 0, "\(fsOut)")
+        let guestSums = fsOut.split(separator: "\n").filter { $0.contains("file") }.map(String.init)
+        #expect(guestSums.count == 100, "\(fsOut)")
+        let mnt = rig.fixture.directory.appendingPathComponent("mnt").path
+        let (hostCode, hostSums) = try sh("mkdir -p \(mnt) && mount -o ro,loop,noload \(rig.image) \(mnt) && (cd \(mnt) && sha256sum file* | sort); umount \(mnt)")
+        #expect(hostCode == 0 && hostSums.split(separator: "\n").map(String.init) == guestSums, "host: \(hostSums)")
+
+        // Network: the guest TAP has the host's MAC; ping and TCP both ways across VMBus.
+        let (_, link) = try rig.guest("ip -o link show viridian0")
+        #expect(link.contains("00:15:5d:51:00:02"), "\(link)")
+        try rig.guest("ip addr add 10.77.\(rig.subnet).2/24 dev viridian0; ip link set viridian0 up")
+        let (ping, pingOut) = try netnsExec(rig.hostNS, ["ping", "-c", "3", "-W", "5", "10.77.\(rig.subnet).2"], seconds: 60)
+        #expect(ping == 0, "\(pingOut)")
+        let payload = rig.fixture.directory.appendingPathComponent("payload").path
+        _ = try sh("head -c 4194304 /dev/urandom > \(payload)")
+        let (_, payloadSum) = try sh("sha256sum < \(payload)")
+        // host → guest
+        try rig.guest("(nc -l -p 5001 > /root/rx &) ; sleep 1")
+        let (sendCode, sendOut) = try netnsExec(rig.hostNS, ["sh", "-c", "nc -q 1 -w 30 10.77.\(rig.subnet).2 5001 < \(payload)"], seconds: 120)
+        #expect(sendCode == 0, "\(sendOut)")
+        #expect(try eventually(seconds: 60) { try rig.guest("sha256sum < /root/rx").1.contains(payloadSum.prefix(64)) })
+        // guest → host
+        let received = rig.fixture.directory.appendingPathComponent("received").path
+        let listener = try Child(nsenterTool, netnsEnter(rig.hostNS) + ["sh", "-c", "nc -l -p 5002 -q 1 > \(received)"])
+        usleep(500_000)
+        let (upCode, upOut) = try rig.guest("nc -q 1 -w 30 10.77.\(rig.subnet).1 5002 < /root/rx", seconds: 180)
+        #expect(upCode == 0, "\(upOut)")
+        listener.wait(seconds: 60)
+        #expect(try sh("sha256sum < \(received)").1 == payloadSum)
+
+        // KVP: the guest's real OS name, kernel release and address.
+        let (_, release) = try rig.guest("uname -r")
+        let (kvpCode, kvp) = try rig.host(["kvp", "get", "guest1"])
+        #expect(kvpCode == 0 && kvp.contains("Debian") && kvp.contains(release.trimmingCharacters(in: .whitespacesAndNewlines))
+                && kvp.contains("10.77.\(rig.subnet).2"), "\(kvp)")
+
+        // Hostile: a second QEMU on the ivshmem socket; a doorbell rung by a guest that never joined.
+        let (_, second) = try run("/usr/bin/socat", ["-u", "UNIX-CONNECT:\(rig.fixture.directory.path)/guest1.ivshmem", "OPEN:/dev/null"], seconds: 10)
+        #expect(eventually(seconds: 10) { rig.fixture.host.text.contains("refused a second QEMU") }, "\(second)")
+        try rig.guest("systemctl stop viridian-agent")
+        #expect(try eventually(seconds: 30) { try rig.fixture.status().partitions[0].state == "waiting" })
+        let (ringCode, ringOut) = try rig.guest("viridian-agent glue ring 1")
+        #expect(ringCode == 0, "\(ringOut)")
+        #expect(eventually(seconds: 10) { rig.fixture.host.text.contains("before the KernelGlue ready handshake") })
+        try rig.guest("systemctl start viridian-agent")
+        #expect(try eventually(seconds: 120) {
+            let p = try rig.fixture.status().partitions[0]
+            return p.state == "attached" && p.heartbeat == "ok" && p.attachCount >= 2
+        }, "the agent rejoined: \(rig.fixture.host.text)")
+
+        // Shutdown through systemd: QEMU exits by itself.
+        let (offCode, offOut) = try rig.host(["shutdown", "guest1"])
+        #expect(offCode == 0, "\(offOut)")
+        #expect(rig.qemu.wait(seconds: 120) != nil, "QEMU still running after shutdown")
+        print("QEMU guest: whole test \(Int(Date().timeIntervalSince(started))) s")
+    }
+}
+
+@Suite("KernelGlue carrier errors")
+struct KernelGlueErrorTests {
+    @Test("An agent with link = kernelglue and no module says so in one line")
+    func noModule() throws {
+        guard access("/sys/module/viridian_glue", F_OK) != 0 else { return }
+        let (code, out) = try run("viridian-agent", ["run", "--link", "kernelglue"], seconds: 30)
+        #expect(code != 0)
+        let lines = out.split(separator: "\n").filter { !$0.isEmpty }
+        #expect(lines.count == 1 && out.contains("KernelGlue is not loaded") && out.contains("modprobe viridian_glue"), "\(out)")
+    }
+}
