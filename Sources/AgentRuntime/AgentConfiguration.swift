@@ -19,9 +19,9 @@ import VMBusWire
 /// timesync = "chrony"                      # "chrony" (SOCK refclock), "clock" (discipline the system clock), "off"
 /// chrony_socket = "/run/chrony/viridian.sock"  # chrony: refclock SOCK path
 /// clock_step_threshold_ms = 1000           # clock mode: step when off by more, slew otherwise
-/// poweroff_command = "systemctl poweroff"  # shutdown actions, run with /bin/sh -c
-/// reboot_command = "systemctl reboot"
-/// hibernate_command = "systemctl hibernate"
+/// poweroff_command = "systemctl poweroff --no-block"  # shutdown actions, run with /bin/sh -c (the answer waits for them)
+/// reboot_command = "systemctl reboot --no-block"
+/// hibernate_command = "systemctl hibernate --no-block"
 /// state_dir = "/var/lib/viridian"          # KVP pools live in <state_dir>/kvp
 /// kvp_interfaces_include = ["*"]           # interfaces whose addresses KVP reports (shell patterns)
 /// kvp_interfaces_exclude = ["docker*", "veth*", "virbr*", "lo"]
@@ -76,9 +76,9 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         timesync = "chrony"
         chronySocket = "/run/chrony/viridian.sock"
         clockStepThresholdMs = 1000
-        poweroffCommand = "systemctl poweroff"
-        rebootCommand = "systemctl reboot"
-        hibernateCommand = "systemctl hibernate"
+        poweroffCommand = "systemctl poweroff --no-block"
+        rebootCommand = "systemctl reboot --no-block"
+        hibernateCommand = "systemctl hibernate --no-block"
         stateDir = getuid() == 0 ? "/var/lib/viridian" : "/tmp/viridian-\(getuid())/state"
         kvpInterfacesInclude = ["*"]
         kvpInterfacesExclude = ["docker*", "veth*", "virbr*", "lo"]

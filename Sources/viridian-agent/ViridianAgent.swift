@@ -135,6 +135,9 @@ struct Run: ParsableCommand {
                     lastWatchdog = viridianNow()
                 }
             }
+            // A stop signal during the host's shutdown request (the action itself stops this service):
+            // the answer goes out before the agent leaves the bus.
+            if !ShutdownService.waitForAnswers(timeoutMs: 10_000) { logger.warning("shutdown: the answer to the host is still pending; leaving") }
             withExtendedLifetime(drivers) {}
             if let lost = session.hostLost {
                 session.stop()

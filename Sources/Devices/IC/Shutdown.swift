@@ -2,6 +2,7 @@
 
 import Foundation
 import Logging
+import Synchronization
 import VMBusWire
 
 /// What the host asks the guest to do.
@@ -57,6 +58,20 @@ public final class ShutdownService: ICGuestService {
     /// Runs a closure with the bus locked (to send the answer).
     let withBus: @Sendable (@escaping @Sendable () -> Void) -> Void
     let logger: Logger
+    /// Answers still to be sent, in every session of this process. A guest's own `systemctl
+    /// poweroff` stops the agent (SIGTERM) while the action is being started; the agent lets these
+    /// answers go out before it leaves the bus (`waitForAnswers`).
+    static let answersInFlight = Atomic<Int>(0)
+
+    /// Waits up to `timeoutMs` until no shutdown answer is pending; false if one still is.
+    public static func waitForAnswers(timeoutMs: Int) -> Bool {
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        while answersInFlight.load(ordering: .acquiring) > 0 {
+            guard Date() < deadline else { return false }
+            usleep(10_000)
+        }
+        return true
+    }
 
     public init(logger: Logger, run: @escaping @Sendable (ShutdownKind, Bool, String) -> Bool,
                 withBus: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void) {
@@ -85,9 +100,11 @@ public final class ShutdownService: ICGuestService {
         let run = self.run, withBus = self.withBus
         let force = flags & 1 != 0
         nonisolated(unsafe) let answer = client
+        Self.answersInFlight.add(1, ordering: .acquiringAndReleasing)
         Thread.detachNewThread {
             let ok = run(kind, force, reason)
             withBus { answer.respond(reply, status: ok ? ICStatus.ok : ICStatus.fail, transactionID: transactionID) }
+            Self.answersInFlight.subtract(1, ordering: .acquiringAndReleasing)
         }
         return nil
     }
