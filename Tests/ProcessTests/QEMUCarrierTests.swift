@@ -209,4 +209,39 @@ struct QEMUCarrierTests {
         #expect(try fixture.status().partitions[0].attachCount == 2)
         session2.stop()
     }
+
+    @Test("A hostile guest: random header states, VP blocks and doorbells; the host survives and serves the next QEMU")
+    func hostileGuest() throws {
+        let (fixture, ram) = try start()
+        defer { unlink(ram); unlink(fixture_image(ram)) }
+        let socket = fixture.directory.appendingPathComponent("guest1.ivshmem").path
+        try waitFor(path: socket)
+        do {
+            let qemu = try FakeQEMU(path: socket, vectors: 32)
+            let guest = try FakeGluePlatform(qemu: qemu, ramFile: ram, poolPages: 64)
+            var rng = SystemRandomNumberGenerator()
+            for round in 0..<5000 {
+                // Whatever the guest may write: its header fields, both VP blocks, any vector.
+                guest.header.guestState = round % 7 == 0 ? UInt32.random(in: 0...2, using: &rng) : rng.next()
+                guest.header.guestGeneration = UInt32.random(in: 0...4, using: &rng)
+                let block = guest.shared + GlueSharedHeader.vpBlocksOffset + Int.random(in: 0..<2, using: &rng) * 64
+                for i in 0..<8 { block.storeBytes(of: rng.next() as UInt64, toByteOffset: i * 8, as: UInt64.self) }
+                if round % 3 == 0 { block.storeBytes(of: UInt32.random(in: 0...6, using: &rng), toByteOffset: 0, as: UInt32.self) }
+                qemu.hostVectors[Int.random(in: 0..<32, using: &rng)].ring()
+                usleep(50)  // let the host serve most doorbells one by one rather than coalesced
+            }
+            let status = try fixture.status().partitions[0]
+            #expect(status.attachCount >= 1, "the storm's READY states were served (\(status.attachCount) attaches)")
+        }
+        // That QEMU went away; a new one gets a working partition.
+        #expect(eventually(seconds: 10) { fixture.host.text.contains("QEMU left") })
+        let qemu = try FakeQEMU(path: socket, vectors: 32)
+        let guest = try FakeGluePlatform(qemu: qemu, ramFile: ram, poolPages: 512)
+        #expect(guest.header.guestState == 0 && guest.header.guestGeneration == 0, "guest fields reset for a new QEMU")
+        #expect(guest.join(generation: 1))
+        let session = try AgentSession(platform: guest, versions: VMBusVersion.linuxPreference, logger: Logger(label: "test"))
+        try session.start(timeoutMs: 10_000)
+        #expect(try session.echo(packets: 500, payloadBytes: 512, channels: 2).mismatches == 0)
+        session.stop()
+    }
 }

@@ -3,7 +3,8 @@
 #
 # Usage: scripts/guest/run-qemu.sh [options] [-- extra QEMU arguments]
 #   --ram-file PATH        guest RAM is this existing file (shared mapping, share=on), so the host
-#                          can map the guest's memory; size must be 0 or --memory MiB
+#                          can map the guest's memory; empty (QEMU grows it) or at least --memory
+#                          MiB (QEMU refuses a smaller one)
 #   --memory MIB           guest RAM (default 1024)
 #   --vps N                virtual processors (default 2)
 #   --ivshmem-socket PATH  add an ivshmem-doorbell PCI device (1af4:1110) served by the
