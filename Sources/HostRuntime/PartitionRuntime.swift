@@ -81,12 +81,14 @@ final class PartitionRuntime: InterruptSink {
             let size = Int(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.control, as: UInt64.self))
             portIO?.write(port: port, size: size, value: UInt32(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.value, as: UInt64.self)))
             block.storeBytes(of: UInt64(0), toByteOffset: VPBlock.result, as: UInt64.self)
+            VPBlock.markCompleted(block)
             carrier.complete(vp: vp)
             afterPortWrite?()
             return
         case nil:
             block.storeBytes(of: HypercallResult(status: .invalidHypercallInput).rawValue, toByteOffset: VPBlock.result, as: UInt64.self)
         }
+        VPBlock.markCompleted(block)
         carrier.complete(vp: vp)
     }
 }

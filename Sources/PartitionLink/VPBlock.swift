@@ -14,6 +14,17 @@ public enum VPBlock {
     public static let output = 24
     public static let value = 32
     public static let result = 40
+    /// The guest's number for this exit (it counts up per VP); the host copies it to `completed`
+    /// before it completes, so a completion that is not this exit's (stale, spurious, hostile) is
+    /// recognised and waited past instead of being taken for the answer.
+    public static let sequence = 48
+    public static let completed = 56
+
+    /// The host side of the sequence rule: marks the exit in `block` as answered.
+    @inline(__always)
+    public static func markCompleted(_ block: UnsafeMutableRawPointer) {
+        block.storeBytes(of: block.load(fromByteOffset: sequence, as: UInt64.self), toByteOffset: completed, as: UInt64.self)
+    }
 
     /// What trapped.
     public enum Kind: UInt32, Sendable {

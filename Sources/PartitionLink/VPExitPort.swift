@@ -13,6 +13,8 @@ public final class VPExitPort: @unchecked Sendable {
     let completions: [EventFD]
     let locks: [Lock]
     let closed: ManagedAtomic<Bool>
+    /// The last exit number per VP (each guarded by that VP's lock).
+    let sequences: UnsafeMutablePointer<UInt64>
     public let roundTrips = ManagedAtomic<UInt64>(0)
 
     /// `blocks` holds `vpCount` blocks of `VPBlock.size` bytes; `closed` turns every exit into a failure.
@@ -24,7 +26,11 @@ public final class VPExitPort: @unchecked Sendable {
         self.closed = closed
         self.ringDoorbell = ringDoorbell
         locks = (0..<vpCount).map { _ in Lock() }
+        sequences = .allocate(capacity: max(vpCount, 1))
+        sequences.initialize(repeating: 0, count: max(vpCount, 1))
     }
+
+    deinit { sequences.deallocate() }
 
     /// Wakes every VP waiting for a completion (the carrier closed).
     public func wakeAll() { for c in completions { c.ring() } }
@@ -43,12 +49,20 @@ public final class VPExitPort: @unchecked Sendable {
         return locks[Int(vp)].withLock {
             // VP n's block is the n-th 64 bytes of the block area (n < vpCount, checked above).
             let block = blocks + Int(vp) * VPBlock.size
+            let sequence = sequences[Int(vp)] &+ 1
+            sequences[Int(vp)] = sequence
             block.storeBytes(of: kind.rawValue, toByteOffset: VPBlock.kind, as: UInt32.self)
+            block.storeBytes(of: sequence, toByteOffset: VPBlock.sequence, as: UInt64.self)
             fill(block)
             roundTrips.wrappingIncrement(ordering: .relaxed)
             ringDoorbell(Int(vp))
-            completions[Int(vp)].wait()
-            guard !closed.load(ordering: .acquiring) else { return nil }
+            // A completion that is not this exit's (a count left over, or rung by a confused host)
+            // is waited past: only the host's copy of the sequence number answers this exit.
+            repeat {
+                completions[Int(vp)].wait()
+                guard !closed.load(ordering: .acquiring) else { return nil }
+            } while UnsafeAtomic<UInt64>(at: (block + VPBlock.completed).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
+                .load(ordering: .acquiring) != sequence
             return read(block)
         }
     }

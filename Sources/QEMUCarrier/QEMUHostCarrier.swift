@@ -273,6 +273,7 @@ public final class QEMUHostCarrier: HostCarrier {
         }
         if let block = vpBlock(vp) {
             block.storeBytes(of: HypercallResult(status: .invalidHypercallInput).rawValue, toByteOffset: VPBlock.result, as: UInt64.self)
+            VPBlock.markCompleted(block)
         }
         complete(vp: vp)
     }

@@ -126,9 +126,12 @@ final class FakeGluePlatform: GuestPlatform, @unchecked Sendable {
         return !isClosed
     }
     func kick(vp: Int) { guestVectors[GlueSharedHeader.Vector.interrupt(vp: vp)].ring() }
-    /// No exit is pending when the session detaches; waking the completions would leave a count in
-    /// eventfds the next platform on this fake QEMU shares.
-    func detach() { closed.store(true, ordering: .releasing) }
+    /// Wakes waiting exits; the count this leaves in the completion eventfds (shared by the next
+    /// platform on this fake QEMU) is a stale completion the sequence numbers in the VP blocks skip.
+    func detach() {
+        closed.store(true, ordering: .releasing)
+        exits.wakeAll()
+    }
     func portIn(vp: UInt32, port: UInt16, size: Int) -> UInt32? { exits.portIn(vp: vp, port: port, size: size) }
     func portOut(vp: UInt32, port: UInt16, size: Int, value: UInt32) -> Bool { exits.portOut(vp: vp, port: port, size: size, value: value) }
     func interruptLine(_ irq: UInt32) -> EventFD? { nil }
