@@ -43,7 +43,8 @@ final class Child: @unchecked Sendable {
         return process.isRunning ? nil : process.terminationStatus
     }
 
-    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+    /// Signals the child while it runs (never a pid that may have been reused after it exited).
+    func signal(_ sig: Int32) { if process.isRunning { kill(process.processIdentifier, sig) } }
 
     deinit {
         if process.isRunning {
