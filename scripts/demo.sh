@@ -9,7 +9,8 @@ dir=$(mktemp -d /tmp/viridian-demo.XXXXXX)
 "$bin/viridian-host" run --runtime-dir "$dir" --image-dir "$dir" --log-level warning &
 host=$!
 agent=
-trap 'kill -TERM $agent $host 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+# The agent leaves first (UNLOAD needs the host), then the host stops.
+trap '[ -n "$agent" ] && { kill -TERM $agent 2>/dev/null; wait $agent 2>/dev/null; }; kill -TERM $host 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do [ -S "$dir/guest1.sock" ] && break; sleep 0.1; done
 link="unix:$dir/guest1.sock"
 echo "== viridian-agent list -v"
