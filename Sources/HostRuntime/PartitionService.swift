@@ -179,7 +179,9 @@ public final class PartitionService: @unchecked Sendable {
 
 extension PartitionService: CarrierDelegate {
     public func guestArrived(memory: GuestPhysicalMemory, description: String) throws {
-        if runtime != nil { detach(reason: "a new guest replaced the old one") }
+        // Carriers report a guest's leaving before the next one arrives; a second guest is refused,
+        // never allowed to tear down the carrier state of the one being attached.
+        guard runtime == nil else { throw LinkError.refused(LinkRefusal.busy, "partition \(configuration.name) already has a guest") }
         let runtime = PartitionRuntime(memory: memory, carrier: carrier, guest: description, id: id, configuration: configuration,
                                        serverConfiguration: serverConfiguration, logger: logger)
         if let trace {

@@ -198,7 +198,7 @@ public final class GlueLink: GuestPlatform, @unchecked Sendable {
         let c = HypercallControl(rawValue: control)
         if c.code == HypercallCode.signalEvent.rawValue, c.isFast, input >> 32 == 0, input != 0 {
             let connection = UInt32(truncatingIfNeeded: input)
-            for slot in 0..<min(GlueSharedHeader.signalSlots, GlueSharedHeader.maximumVectors - 1 - vpCount)
+            for slot in 0..<GlueSharedHeader.Vector.signalSlots(vps: vpCount)
             where header.signalSlot(slot) == connection {
                 fastSignals.wrappingIncrement(ordering: .relaxed)
                 device.ring(peer: hostPeer, vector: GlueSharedHeader.Vector.signal(slot: slot, vps: vpCount))

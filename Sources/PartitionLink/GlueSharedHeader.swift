@@ -84,6 +84,9 @@ public struct GlueSharedHeader: @unchecked Sendable {
         public static let control = Int(VGLUE_VECTOR_CONTROL)
         /// Guest → host: VP `vp` trapped (its register block holds the exit).
         public static func exit(vp: Int) -> Int { 1 + vp }
+        /// How many signal slots a partition of `vps` VPs has: the header's table, as far as the
+        /// vectors left after control and the exits reach.
+        public static func signalSlots(vps: Int) -> Int { max(0, min(GlueSharedHeader.signalSlots, GlueSharedHeader.maximumVectors - 1 - vps)) }
         /// Guest → host: a fast HvSignalEvent on the connection in signal slot `slot`.
         public static func signal(slot: Int, vps: Int) -> Int { 1 + vps + slot }
         /// Host → guest: VP `vp`'s SINT interrupt.

@@ -72,7 +72,7 @@ public final class QEMUHostCarrier: HostCarrier {
         self.vps = vps
         self.logger = logger
         self.name = name
-        slots = [UInt32](repeating: 0, count: min(GlueSharedHeader.signalSlots, GlueSharedHeader.maximumVectors - 1 - vps))
+        slots = [UInt32](repeating: 0, count: GlueSharedHeader.Vector.signalSlots(vps: vps))
         let dir = (ramFile as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let fd = viridian_open(ramFile, O_RDWR | O_CREAT, 0o600)
@@ -221,7 +221,6 @@ public final class QEMUHostCarrier: HostCarrier {
         header.guestGeneration = 0
         header.hostJoined = 0
         header.hostReleased = 0
-        joined = nil
         guestDetached()
         earlyDoorbells = 0
     }
