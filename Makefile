@@ -1,30 +1,48 @@
 # Common loops for Viridian. `make help` lists them.
 SWIFT ?= swift
-APT_PACKAGES := libudev-dev libdrm-dev pkg-config chrony iproute2 libnbd-bin fuse3 fio e2fsprogs iperf3 socat iputils-ping \
-	qemu-system-x86 debootstrap cpio lz4 python3 sparse make gcc xz-utils linux-headers-cloud-amd64 linux-headers-amd64
+VERSION := $(shell cat VERSION)
+# What the build and `make demo` need: libraries and tools, none of which ships a service.
+DEMO_PACKAGES := libudev-dev libdrm-dev pkg-config iproute2 libnbd-bin
+# What the tests need on top (installed by `make test`, which CI runs): the tools the process tests
+# drive, QEMU and debootstrap for the real guest, the kernel headers and sparse for KernelGlue's
+# checks, and the Debian packaging tools. chronyd is not installed (that would replace
+# systemd-timesyncd): scripts/test-tools.sh unpacks it into .cache/tools, with the libraries it
+# links against installed here.
+TEST_PACKAGES := fuse3 fio e2fsprogs iperf3 socat iputils-ping qemu-system-x86 debootstrap cpio lz4 python3 \
+	sparse make gcc xz-utils linux-headers-cloud-amd64 linux-headers-amd64 rsync \
+	dpkg-dev debhelper dh-dkms help2man lintian \
+	libcap2 libedit2 libgnutls30 libnettle8 libseccomp2
+DEB_PACKAGES := dpkg-dev debhelper dh-dkms help2man lintian
 
-.PHONY: help deps build demo test bench clean guest guest-image guest-agent kernelglue-check
+.PHONY: help deps test-deps deb-deps build demo test bench clean guest guest-image debs kernelglue-check
 
 help:
 	@echo "make demo   install build dependencies, build, start viridian-host and join it with viridian-agent"
-	@echo "make test   run the test suite"
+	@echo "make test   install the test packages, run the test suite (as root also KernelGlue's checks, the packages and the QEMU guest)"
 	@echo "make bench  run the ring and process-boundary benchmarks (release build)"
-	@echo "make deps   install the Debian packages the build needs (needs root)"
+	@echo "make deps   install the Debian packages the build and the demo need (needs root)"
+	@echo "make debs   build the viridian-agent, viridian-glue-dkms and viridian-host .debs into dist/, lintian them"
 	@echo "make guest  boot Debian's stock kernel in QEMU, join it to viridian-host through KernelGlue, list its devices (root)"
-	@echo "make guest-image    build the QEMU test guest into .cache/guest (debootstrap, kernel, KernelGlue, agent; root)"
+	@echo "make guest-image    build the QEMU test guest into .cache/guest (debootstrap, kernel, the .debs installed by apt; root)"
 	@echo "make kernelglue-check  build KernelGlue with W=1 against both Debian 12 header flavours, sparse, checkpatch"
 
-# Debian packages; skipped when they are all present already. Services the packages ship (chrony)
-# are not started: policy-rc.d refuses them during the install, so nothing touches this machine's clock.
-deps:
-	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then echo "deps: already installed"; else \
+# Installs the named Debian packages that are missing (apt-get, as root or through sudo).
+define apt_install
+	@if dpkg -s $(1) >/dev/null 2>&1; then echo "$(2): already installed"; else \
 		export DEBIAN_FRONTEND=noninteractive; \
 		sudo=$(if $(filter 0,$(shell id -u)),,sudo); \
-		$$sudo apt-get update -qq && \
-		if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null; \
-			$$sudo chmod +x /usr/sbin/policy-rc.d; added=1; fi; \
-		$$sudo apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); rc=$$?; \
-		[ -n "$$added" ] && $$sudo rm -f /usr/sbin/policy-rc.d; exit $$rc; fi
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $(1); fi
+endef
+
+deps:
+	$(call apt_install,$(DEMO_PACKAGES),deps)
+
+test-deps: deps
+	$(call apt_install,$(TEST_PACKAGES),test-deps)
+	scripts/test-tools.sh
+
+deb-deps: deps
+	$(call apt_install,$(DEB_PACKAGES),deb-deps)
 
 build:
 	$(SWIFT) build
@@ -33,24 +51,29 @@ demo: deps build
 	./scripts/demo.sh
 
 # The process tests start the built viridian-host and viridian-agent, so build everything first. As
-# root (CI), the KernelGlue checks run and the QEMU test guest is built (cached in .cache/) so its
-# end-to-end test runs too.
+# root (CI), the KernelGlue checks run, the packages are built and linted, and the QEMU test guest
+# is built from them (cached in .cache/) so its end-to-end tests run too.
 # The QEMU guest runs last, on its own: software emulation takes both cores while the guest boots,
 # and the timing-sensitive tests (heartbeat loss) should not share them with it.
-test:
+test: test-deps
 	$(SWIFT) build --build-tests
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory kernelglue-check guest-image; \
-		else echo "test: not root: KernelGlue checks and the QEMU guest test are skipped"; fi
+		else echo "test: not root: KernelGlue checks, the packages and the QEMU guest tests are skipped"; fi
 	$(SWIFT) test --skip QEMUGuestTests
 	$(SWIFT) test --filter QEMUGuestTests
 
-# The agent for the guest: release build, Swift runtime linked statically (the guest has no Swift).
-GUEST_AGENT := .build-guest/release/viridian-agent
-guest-agent:
-	$(SWIFT) build -c release --product viridian-agent --static-swift-stdlib --scratch-path .build-guest
+# The three packages (release binaries with the Swift runtime linked statically), linted.
+debs: deb-deps
+	Packaging/build-debs.sh
 
-guest-image: guest-agent
-	scripts/guest/make-image.sh --agent $(GUEST_AGENT)
+# The test guest: the packages installed by apt in its root, and a newer build of the agent's
+# package (revision 2) staged in /root/debs for the upgrade test.
+DEB_AGENT := dist/viridian-agent_$(VERSION)-1_amd64.deb
+DEB_GLUE := dist/viridian-glue-dkms_$(VERSION)-1_all.deb
+DEB_AGENT_UPGRADE := dist/upgrade/viridian-agent_$(VERSION)-2_amd64.deb
+guest-image: debs
+	Packaging/build-debs.sh --revision 2 --only viridian-agent --no-lintian --out dist/upgrade
+	scripts/guest/make-image.sh --deb $(DEB_AGENT) --deb $(DEB_GLUE) --stage-deb $(DEB_AGENT_UPGRADE)
 
 guest: deps build guest-image
 	scripts/guest/demo.sh
@@ -64,4 +87,4 @@ bench:
 	.build/release/viridian-bench link
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-deb dist

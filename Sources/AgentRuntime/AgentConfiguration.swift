@@ -22,7 +22,7 @@ import VMBusWire
 /// poweroff_command = "systemctl poweroff --no-block"  # shutdown actions, run with /bin/sh -c (the answer waits for them)
 /// reboot_command = "systemctl reboot --no-block"
 /// hibernate_command = "systemctl hibernate --no-block"
-/// state_dir = "/var/lib/viridian"          # KVP pools live in <state_dir>/kvp
+/// state_dir = "/var/lib/viridian/agent"    # KVP pools live in <state_dir>/kvp
 /// kvp_interfaces_include = ["*"]           # interfaces whose addresses KVP reports (shell patterns)
 /// kvp_interfaces_exclude = ["docker*", "veth*", "virbr*", "lo"]
 /// storage = true                           # export the synthetic SCSI LUNs over NBD
@@ -79,7 +79,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         poweroffCommand = "systemctl poweroff --no-block"
         rebootCommand = "systemctl reboot --no-block"
         hibernateCommand = "systemctl hibernate --no-block"
-        stateDir = getuid() == 0 ? "/var/lib/viridian" : "/tmp/viridian-\(getuid())/state"
+        stateDir = getuid() == 0 ? "/var/lib/viridian/agent" : "/tmp/viridian-\(getuid())/state"
         kvpInterfacesInclude = ["*"]
         kvpInterfacesExclude = ["docker*", "veth*", "virbr*", "lo"]
         storage = true

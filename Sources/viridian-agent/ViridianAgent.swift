@@ -16,6 +16,7 @@ struct ViridianAgent: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-agent",
         abstract: "Viridian's guest agent: joins a partition and runs its VMBus clients.",
+        version: ViridianVersion.current,
         subcommands: [Run.self, List.self, Echo.self, KVPCommand.self, DiskCommand.self, NICCommand.self, GlueCommand.self],
         defaultSubcommand: Run.self)
 }
@@ -81,11 +82,15 @@ struct Run: ParsableCommand {
         let stop = try EventFD()
         _ = viridianRouteSignals(stop)
         if noEnlightenments { return try runEmulated(configuration, logger, stop) }
+        var watchdog = ServiceWatchdog()
         while true {
             let session: AgentSession
+            watchdog.status("joining \(configuration.link)")
             do { session = try common.join(configuration, logger) } catch {
                 guard configuration.reconnect else { throw error }
                 logger.notice("\(error); retrying in \(configuration.reconnectIntervalMs) ms")
+                watchdog.status("waiting for the host at \(configuration.link)")
+                watchdog.pet()
                 if waitOrStop(stop, ms: configuration.reconnectIntervalMs) { return }
                 continue
             }
@@ -119,8 +124,7 @@ struct Run: ParsableCommand {
             }
             defer { network?.stop() }
             systemdNotify("READY=1")
-            let watchdog = getenv("WATCHDOG_USEC").flatMap { UInt64(String(cString: $0)) }
-            var lastWatchdog: UInt64 = 0
+            watchdog.status("joined partition \(session.link.partitionName) with \(session.devices().count) devices")
             // Serve until a stop signal or the host going away; each pass proves the agent alive.
             while !waitOrStop(stop, ms: 200) {
                 if session.hostLost != nil { break }
@@ -130,10 +134,7 @@ struct Run: ParsableCommand {
                     disks.busChanged.wait()
                     do { try disks.rescan() } catch { logger.error("storage: rescan failed: \(error)") }
                 }
-                if let watchdog, viridianNow() - lastWatchdog >= watchdog / 2 {
-                    systemdNotify("WATCHDOG=1")
-                    lastWatchdog = viridianNow()
-                }
+                watchdog.pet()
             }
             // A stop signal during the host's shutdown request (the action itself stops this service):
             // the answer goes out before the agent leaves the bus.

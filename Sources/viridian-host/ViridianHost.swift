@@ -12,6 +12,7 @@ struct ViridianHost: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-host",
         abstract: "Viridian's VMM: partitions, SynIC, hypercalls, the VMBus server and its devices.",
+        version: ViridianVersion.current,
         subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Disk.self, NIC.self, Demo.self])
 }
 

@@ -107,8 +107,12 @@ struct IntegrationServiceProcessTests {
 
     @Test("Time sync feeds chronyd's SOCK refclock: its offset is the injected one within 1 ms")
     func chrony() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/chronyd") else {
-            Issue.record("chronyd is not installed (make deps installs chrony)")
+        // scripts/test-tools.sh (make test-deps) unpacks chrony into .cache/tools without installing it.
+        let unpacked = GuestImage.root.appendingPathComponent(".cache/tools/chrony/usr").path
+        let (chronydPath, chronycPath) = FileManager.default.isExecutableFile(atPath: "\(unpacked)/sbin/chronyd")
+            ? ("\(unpacked)/sbin/chronyd", "\(unpacked)/bin/chronyc") : ("/usr/sbin/chronyd", "/usr/bin/chronyc")
+        guard FileManager.default.isExecutableFile(atPath: chronydPath) else {
+            Issue.record("no chronyd: make test-deps unpacks it into .cache/tools/chrony")
             return
         }
         let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\ntimesync_interval_ms = 200\ntime_offset_ms = 250\n")
@@ -125,7 +129,7 @@ struct IntegrationServiceProcessTests {
             driftfile \(dir)/drift
             """.write(toFile: "\(dir)/chrony.conf", atomically: true, encoding: .utf8)
         // -x: never touch this machine's clock; -d: stay in the foreground (the test owns it).
-        let chronyd = try Child("/usr/sbin/chronyd", ["-x", "-d", "-u", "root", "-f", "\(dir)/chrony.conf", "-L", "0"])
+        let chronyd = try Child(chronydPath, ["-x", "-d", "-u", "root", "-f", "\(dir)/chrony.conf", "-L", "0"])
         defer {
             chronyd.signal(SIGTERM)
             chronyd.wait(seconds: 5)
@@ -137,7 +141,7 @@ struct IntegrationServiceProcessTests {
             """)])
         var offset: Double?
         _ = try eventually(seconds: 30) {
-            let (code, csv) = try run("/usr/bin/chronyc", ["-h", "\(dir)/chronyd.sock", "-c", "sources"], seconds: 5)
+            let (code, csv) = try run(chronycPath, ["-h", "\(dir)/chronyd.sock", "-c", "sources"], seconds: 5)
             // Fields: mode, state, name, stratum, poll, reach, last rx, adjusted offset, measured offset, error.
             guard code == 0, let line = csv.split(separator: "\n").first(where: { $0.contains("HYPV") }) else { return false }
             let fields = line.split(separator: ",")
@@ -145,7 +149,7 @@ struct IntegrationServiceProcessTests {
             offset = Double(fields[8])
             return true
         }
-        let (_, verbose) = try run("/usr/bin/chronyc", ["-h", "\(dir)/chronyd.sock", "sources", "-v"], seconds: 5)
+        let (_, verbose) = try run(chronycPath, ["-h", "\(dir)/chronyd.sock", "sources", "-v"], seconds: 5)
         #expect(verbose.contains("HYPV"), "\(verbose)")
         // chrony reports local minus reference: the host is 250 ms ahead, so the local clock is 250 ms behind.
         let measured = try #require(offset)

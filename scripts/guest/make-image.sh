@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Builds the QEMU test guest (Debian bookworm kernel + a systemd root as initramfs, with
-# viridian_glue.ko and viridian-agent) into .cache/guest/: vmlinuz and initrd.cpio.lz4 (.gz etc.
-# with --compress).
+# Builds the QEMU test guest (Debian bookworm kernel + a systemd root as initramfs, with the
+# viridian-agent and viridian-glue-dkms packages installed by apt) into .cache/guest/: vmlinuz and
+# initrd.cpio.lz4 (.gz etc. with --compress).
 #
-# Usage: scripts/guest/make-image.sh --agent PATH [options]   (as root)
-#   --agent PATH          viridian-agent binary to install as /usr/bin/viridian-agent
-#   --no-agent            build without an agent (no binary, unit stays inactive)
-#   --agent-config FILE   /etc/viridian/agent.toml (default: scripts/guest/agent.toml)
-#   --skip-glue           do not build or install KernelGlue's viridian_glue.ko
+# Usage: scripts/guest/make-image.sh --deb FILE... [options]   (as root)
+#   --deb FILE            a package to install in the root with apt-get install ./FILE (give
+#                         viridian-agent's and viridian-glue-dkms's; make debs builds them): DKMS
+#                         builds the module there against the guest kernel's headers
+#   --stage-deb FILE      a package to copy into the guest's /root/debs/ without installing it
+#                         (the packaging test upgrades to it)
+#   --no-agent            build without packages (no agent, no module)
+#   --agent-config FILE   the guest's /etc/viridian/agent.toml, replacing the package's conffile
+#                         as an administrator would (default: scripts/guest/agent.toml)
 #   --kernel-release REL  kernel ABI, e.g. 6.1.0-57-cloud-amd64 (default: the newest
 #                         /usr/src/linux-headers-*-cloud-amd64)
 #   --extra-packages LIST more Debian packages for the root, comma-separated (e.g. libraries the
@@ -18,11 +22,14 @@
 #                         initrd.cpio.lz4, .gz, .zst or initrd.cpio (the others are removed)
 #   --rebuild             ignore every cached step
 #
-# The initrd is three compressed newc cpio archives concatenated (the kernel unpacks them in
-# order, later files replacing earlier ones): base (the debootstrap'd root, rebuilt only when the
-# package list changes), modules (the kernel's modules) and top (KernelGlue's module, depmod's
-# output, the agent and the guest configuration: small, repacked in a second). Each step keeps a
-# stamp file with the key of its inputs and is skipped when the key is unchanged.
+# The initrd is four compressed newc cpio archives concatenated (the kernel unpacks them in
+# order, later files replacing earlier ones): base (the debootstrap'd root with DKMS and the guest
+# kernel's headers, rebuilt only when the package list or the kernel changes), modules (the
+# kernel's modules), packages (what apt-get install of the .debs added or changed in the root,
+# DKMS's viridian_glue.ko among it) and top (depmod's output and the guest configuration: small,
+# repacked in a second). Each step keeps a stamp file with the key of its inputs and is skipped
+# when the key is unchanged. The compiler and the kernel headers stay out of the packed base: the
+# guest never builds anything (they take 150 MB of guest RAM).
 # lz4 is the default because the guest unpacks it fastest under TCG (measured on 2 cores: initrd
 # of 210 MB, login after 15 s with lz4 or none, 22 s with zstd, 23 s with gzip -1).
 set -euo pipefail
@@ -34,20 +41,21 @@ root=$(cd "$here/../.." && pwd)
 self="$here/$(basename "${BASH_SOURCE[0]}")"
 
 suite=bookworm
-include=systemd,systemd-sysv,udev,kmod,iproute2,nbd-client,e2fsprogs,iputils-ping,netcat-openbsd,coreutils,procps,libudev1
-base_rev=1            # bump when the trimming of the debootstrap'd root changes
+# dkms (and the compiler it depends on) so DKMS builds the module inside the root, as on a user's guest.
+include=systemd,systemd-sysv,udev,kmod,iproute2,nbd-client,e2fsprogs,iputils-ping,netcat-openbsd,coreutils,procps,libudev1,dkms
+base_rev=2            # bump when the trimming of the debootstrap'd root changes
 cache="$root/.cache/guest"
-agent= agent_config="$here/agent.toml" no_agent=0 skip_glue=0 release= mirror= rebuild=0 compress=lz4
+debs=() stage_debs=() agent_config="$here/agent.toml" no_agent=0 release= mirror= rebuild=0 compress=lz4
 
 die() { printf 'make-image: error: %s\n' "$*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$self"; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --agent) agent=${2:?--agent needs a path}; shift 2 ;;
+        --deb) debs+=("${2:?--deb needs a file}"); shift 2 ;;
+        --stage-deb) stage_debs+=("${2:?--stage-deb needs a file}"); shift 2 ;;
         --no-agent) no_agent=1; shift ;;
         --agent-config) agent_config=${2:?--agent-config needs a file}; shift 2 ;;
-        --skip-glue) skip_glue=1; shift ;;
         --kernel-release) release=${2:?}; shift 2 ;;
         --mirror) mirror=${2:?}; shift 2 ;;
         --extra-packages) include="$include,${2:?}"; shift 2 ;;
@@ -61,10 +69,18 @@ done
 
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot and device nodes need it)"
 if [ "$no_agent" = 0 ]; then
-    [ -n "$agent" ] || die "--agent PATH is required (or --no-agent)"
-    [ -f "$agent" ] || die "agent binary $agent does not exist"
-    agent=$(realpath "$agent")
+    [ ${#debs[@]} -gt 0 ] || die "--deb FILE is required (the viridian-agent and viridian-glue-dkms packages; make debs builds them), or --no-agent"
+else
+    debs=()
 fi
+for i in "${!debs[@]}"; do
+    [ -f "${debs[$i]}" ] || die "package ${debs[$i]} does not exist"
+    debs[$i]=$(realpath "${debs[$i]}")
+done
+for i in "${!stage_debs[@]}"; do
+    [ -f "${stage_debs[$i]}" ] || die "package ${stage_debs[$i]} does not exist"
+    stage_debs[$i]=$(realpath "${stage_debs[$i]}")
+done
 [ -f "$agent_config" ] || die "agent configuration $agent_config does not exist"
 case $compress in   # compressor (formats the kernel unpacks: lz4 needs the legacy frame) and suffix
     lz4) zip=(lz4 -l -1 -q) ext=.lz4 zpkg=lz4 ;;
@@ -113,12 +129,17 @@ hash_files() { sha256sum "$@" | sha256sum | cut -c1-16; }
 # Packs DIR as the layer NAME.cpio$ext (a compressed newc cpio) unless that is cached for KEY.
 # The directory modes matter: the kernel chmods existing directories to the archive's mode, so
 # "." must be 0755. Prints the layer's size.
+# Paths given after KEY (./usr/src/..., shell patterns) are left out of the layer.
 pack_layer() {
-    local name=$1 dir=$2 key="$3 compress=$compress" out="$cache/$1.cpio$ext"
+    local name=$1 dir=$2 key="$3 compress=$compress" out="$cache/$1.cpio$ext"; shift 3
+    local prune=() p
+    for p in "$@"; do prune+=(${prune[0]:+-o} -path "$p"); done
+    [ ${#prune[@]} = 0 ] || prune=(\( "${prune[@]}" \) -prune -o)
+    key="$key prune=$*"
     if ! stamp_ok "$name-pack" "$key" "$out"; then
         rm -f "$cache/$name".cpio*
         chmod 0755 "$dir"
-        (cd "$dir" && find . -print0 | cpio --null -o -H newc --quiet | "${zip[@]}") > "$out.tmp"
+        (cd "$dir" && find . "${prune[@]}" -print0 | cpio --null -o -H newc --quiet | "${zip[@]}") > "$out.tmp"
         mv "$out.tmp" "$out"
         stamp_write "$name-pack" "$key"
     fi
@@ -170,19 +191,38 @@ case $release in *.*-*) ;; *) die "odd kernel release '$release'" ;; esac
 # --- b. debootstrap'd base root ----------------------------------------------------------------
 
 step_start base
+# What DKMS needs to build in the root but the running guest never uses: kernel headers, the
+# compiler's own files (gcc, cc1) and the assembler and linker.
+base_prune=("./usr/src/linux-headers-*" ./usr/lib/gcc ./usr/libexec/gcc "./usr/lib/x86_64-linux-gnu/libbfd*"
+    "./usr/lib/x86_64-linux-gnu/libctf*" "./usr/lib/x86_64-linux-gnu/libopcodes*" "./usr/bin/x86_64-linux-gnu-*")
 [ -n "$mirror" ] || mirror=$(apt_mirror) ||
     die "no '$suite' mirror in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; pass --mirror URL"
 base="$cache/base/root"
-base_key="suite=$suite mirror=$mirror include=$include rev=$base_rev"
-if stamp_ok base "$base_key" "$base/etc/os-release"; then
-    step_done "cached ($suite from $mirror)" "$(pack_layer base "$base" "$base_key")"
+base_key="suite=$suite mirror=$mirror include=$include rev=$base_rev headers=linux-headers-$release=$kver"
+if stamp_ok base "$base_key" "$base/etc/os-release" "$base/usr/src/linux-headers-$release"; then
+    step_done "cached ($suite from $mirror)" "$(pack_layer base "$base" "$base_key" "${base_prune[@]}")"
 else
     rm -rf "$cache/base" "$cache/base.stamp"
     mkdir -p "$cache/base" "$cache/debs"   # debs: debootstrap's download cache, kept for rebuilds
     : > "$cache/logs/debootstrap.log"
     logged "$cache/logs/debootstrap.log" debootstrap --variant=minbase --include="$include" \
         --cache-dir="$cache/debs" "$suite" "$cache/base/root.tmp" "$mirror"
-    mv "$cache/base/root.tmp" "$base"
+    # The guest kernel's headers, for DKMS, at the kernel's own version: apt inside the root, with
+    # this machine's sources (the kernel's security updates are not on the debootstrap mirror).
+    rb="$cache/base/root.tmp"
+    cp -a "$rb/etc/apt" "$cache/base/apt.orig"
+    rm -f "$rb/etc/apt/sources.list"
+    cp -L /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list /etc/apt/sources.list "$rb/etc/apt/sources.list.d/" 2>/dev/null || true
+    [ -n "$(ls "$rb/etc/apt/sources.list.d/")" ] || die "no apt sources on this machine to fetch linux-headers-$release from"
+    mv -f "$rb/etc/apt/sources.list.d/sources.list" "$rb/etc/apt/sources.list" 2>/dev/null || true
+    cp -L /etc/resolv.conf "$rb/etc/resolv.conf" 2>/dev/null || true
+    logged "$cache/logs/debootstrap.log" chroot "$rb" apt-get -q update
+    logged "$cache/logs/debootstrap.log" chroot "$rb" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "linux-headers-$release=$kver"
+    [ -d "$rb/usr/src/linux-headers-$release" ] || die "linux-headers-$release did not install in the root (see $cache/logs/debootstrap.log)"
+    rm -rf "$rb/etc/apt"; mv "$cache/base/apt.orig" "$rb/etc/apt"
+    : > "$rb/etc/resolv.conf"
+    mv "$rb" "$base"
     # Trim what a test guest never reads (it all sits in guest RAM): docs, man pages,
     # translations, apt's caches and lists, logs of the bootstrap.
     rm -rf "$base"/usr/share/{doc,man,info,locale,lintian}/* "$base"/var/cache/apt/* \
@@ -192,7 +232,7 @@ else
     [ -c "$base/dev/console" ] || mknod -m 600 "$base/dev/console" c 5 1
     [ -c "$base/dev/null" ] || mknod -m 666 "$base/dev/null" c 1 3
     stamp_write base "$base_key"
-    step_done "debootstrap $suite from $mirror, root $(size_of "$base")" "$(pack_layer base "$base" "$base_key")"
+    step_done "debootstrap $suite from $mirror, root $(size_of "$base")" "$(pack_layer base "$base" "$base_key" "${base_prune[@]}")"
 fi
 # Merged /usr (bookworm's default): modules go to usr/lib/modules, /lib is a symlink to it.
 if [ -L "$base/lib" ]; then moddir=usr/lib/modules; else moddir=lib/modules; fi
@@ -229,66 +269,58 @@ else
     step_done "$kernel_key, modules $(size_of "$kmods")" "$(pack_layer modules "$kdir/root" "$kernel_key")"
 fi
 
-# --- d. KernelGlue's module ------------------------------------------------------------------
+# --- d. the packages, installed by apt in a copy of the root ------------------------------------
 
-step_start glue
-ko=
-if [ "$skip_glue" = 1 ]; then
-    step_done "skipped (--skip-glue)"
-else
-    check="$root/scripts/kernelglue-check.sh"
-    [ -x "$check" ] || die "$check is missing or not executable; pass --skip-glue to build without the module"
-    srcs=$(cd "$root" && find KernelGlue -type f \( -name '*.c' -o -name '*.h' -o -name Kbuild -o -name Makefile \) | sort)
-    [ -n "$srcs" ] || die "KernelGlue/ has no sources; pass --skip-glue"
-    glue_key="$release $(cd "$root" && hash_files $srcs scripts/kernelglue-check.sh)"
-    ko="$cache/glue/viridian_glue.ko"
-    if stamp_ok glue "$glue_key" "$ko"; then
-        step_done "cached" "$(size_of "$ko")"
-    else
-        rm -rf "$cache/glue" "$cache/glue.stamp"
-        mkdir -p "$cache/glue"
-        : > "$cache/logs/glue.log"
-        logged "$cache/logs/glue.log" "$check" --ko-for "/usr/src/linux-headers-$release" "$cache/glue"
-        [ -f "$ko" ] || die "$check --ko-for did not leave viridian_glue.ko in $cache/glue (see $cache/logs/glue.log)"
-        vermagic=$(modinfo -F vermagic "$ko")
-        [ "${vermagic%% *}" = "$release" ] || die "viridian_glue.ko is built for '${vermagic%% *}', not $release"
-        stamp_write glue "$glue_key"
-        step_done "built against linux-headers-$release" "$(size_of "$ko")"
-    fi
-fi
-
-# --- e. the agent ------------------------------------------------------------------------------
-
-step_start agent
-if [ "$no_agent" = 1 ]; then
+step_start packages
+ko= pkgs="$cache/pkgs"
+if [ ${#debs[@]} = 0 ]; then
+    rm -rf "$pkgs" "$cache"/packages.cpio* "$cache/packages.stamp" "$cache/packages-pack.stamp"
     step_done "none (--no-agent)"
 else
-    # Every library the agent links against must be in the guest root (same bookworm paths).
-    ldd_out=$(ldd "$agent" 2>&1) || true
-    missing=()
-    if grep -qE 'not a dynamic executable|statically linked' <<<"$ldd_out"; then
-        libs="static"
+    pkgs_key="$(hash_files "${debs[@]}") base=$(cat "$cache/base.stamp")"
+    if stamp_ok packages "$pkgs_key" "$pkgs/layer/var/lib/dpkg/status"; then
+        step_done "cached ($(for d in "${debs[@]}"; do basename "$d"; done | tr '\n' ' '))" \
+            "$(pack_layer packages "$pkgs/layer" "$pkgs_key")"
     else
-        while read -r line; do
-            case $line in
-                *"not found"*) missing+=("${line%% *} (not found on this machine either)") ;;
-                *"=> /"*) p=${line#*=> }; p=${p%% (*}
-                          chroot "$base" test -e "$p" || missing+=("$p") ;;
-                /*) p=${line%% (*}; chroot "$base" test -e "$p" || missing+=("$p") ;;
-            esac
-        done <<<"$ldd_out"
-        libs="dynamic: $(grep -c '=>' <<<"$ldd_out") libraries, all in the root"
+        rm -rf "$pkgs" "$cache/packages.stamp"
+        mkdir -p "$pkgs"
+        plog="$cache/logs/packages.log"; : > "$plog"
+        w="$pkgs/root"
+        cp -a "$base" "$w"
+        # As on a running system, except that no service starts in the root (policy-rc.d says no).
+        printf '#!/bin/sh\nexit 101\n' > "$w/usr/sbin/policy-rc.d"; chmod 0755 "$w/usr/sbin/policy-rc.d"
+        mkdir -p "$w/tmp/viridian-debs"
+        cp "${debs[@]}" "$w/tmp/viridian-debs/"
+        mount -t proc proc "$w/proc"
+        mkdir -p "$w/dev/pts" && mount -t devpts devpts "$w/dev/pts"   # apt's terminal log
+        rc=0
+        chroot "$w" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            $(for d in "${debs[@]}"; do printf '/tmp/viridian-debs/%s ' "$(basename "$d")"; done) >>"$plog" 2>&1 || rc=$?
+        chroot "$w" dkms status >>"$plog" 2>&1 || true
+        umount "$w/dev/pts" "$w/proc"
+        if [ "$rc" != 0 ]; then
+            printf '\nmake-image: error: apt-get install of the packages failed; last lines of %s:\n' "$plog" >&2
+            tail -n 30 "$plog" >&2; exit 1
+        fi
+        rm -rf "$w/tmp/viridian-debs" "$w/usr/sbin/policy-rc.d" "$w"/var/cache/apt/*.bin "$w"/var/log/apt/* \
+            "$w"/var/cache/debconf/*-old "$w"/var/lib/dpkg/*-old "$w"/var/log/*.log
+        # The layer: what the install added or changed (rsync leaves out files equal to the base's).
+        logged "$plog" rsync -a --prune-empty-dirs --compare-dest="$base/" "$w/" "$pkgs/layer/"
+        gone=$(rsync -a --dry-run --delete --itemize-changes "$w/" "$base/" | sed -n 's/^\*deleting //p' | head -n 5)
+        [ -z "$gone" ] || printf 'make-image: note: the install removed files the base has (they stay in the guest): %s\n' "$gone" >&2
+        stamp_write packages "$pkgs_key"
+        step_done "apt-get install $(for d in "${debs[@]}"; do basename "$d"; done | tr '\n' ' ')" \
+            "$(pack_layer packages "$pkgs/layer" "$pkgs_key")"
     fi
-    if [ ${#missing[@]} -gt 0 ]; then
-        printf 'make-image: error: %s links against libraries the guest root lacks:\n' "$agent" >&2
-        for p in "${missing[@]}"; do
-            pkg=$(dpkg -S "$p" 2>/dev/null || dpkg -S "$(realpath -q "$p")" 2>/dev/null || true)
-            printf '  %s%s\n' "$p" "${pkg:+  (package ${pkg%%:*})}" >&2
-        done
-        printf 'add the packages with --extra-packages (or to include= in %s)\n' "$self" >&2
-        exit 1
+    # DKMS's module for the guest kernel (the top layer's depmod needs it).
+    ko=$(find "$pkgs/layer/$moddir/$release" -name 'viridian_glue.ko*' 2>/dev/null | head -n1)
+    if [ -z "$ko" ] && printf '%s\n' "${debs[@]}" | grep -q viridian-glue-dkms; then
+        die "DKMS built no viridian_glue.ko for $release (see $cache/logs/packages.log)"
     fi
-    step_done "$agent ($libs)" "$(size_of "$agent")"
+    if [ -n "$ko" ]; then
+        vermagic=$(modinfo -F vermagic "$ko")
+        [ "${vermagic%% *}" = "$release" ] || die "DKMS's viridian_glue.ko is built for '${vermagic%% *}', not $release"
+    fi
 fi
 
 # --- f. guest configuration, g. packing ------------------------------------------------------
@@ -297,8 +329,7 @@ fi
 # Debian files the guest changes.
 write_top() {
     local t=$1; local r=$t/$moddir/$release
-    mkdir -p "$t"/etc/systemd/system/{getty.target.wants,multi-user.target.wants} \
-        "$t"/etc/{sysctl.d,udev/rules.d,viridian} "$t/root" "$t/usr/bin" "$r"
+    mkdir -p "$t"/etc/systemd/system/getty.target.wants "$t"/etc/{sysctl.d,viridian} "$t/root" "$r"
 
     echo viridian-guest > "$t/etc/hostname"
     printf '127.0.0.1\tlocalhost\n127.0.1.1\tviridian-guest\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$t/etc/hosts"
@@ -381,46 +412,30 @@ EOF
     { if [ -f "$base/etc/inputrc" ]; then cat "$base/etc/inputrc"; fi
       echo 'set enable-bracketed-paste off'; } > "$t/etc/inputrc"
 
-    # The agent: started by udev when KernelGlue's device appears, or at boot when it is there.
-    cat > "$t/etc/udev/rules.d/90-viridian-glue.rules" <<'EOF'
-# KernelGlue's /dev/viridian-glueN (one per ivshmem-doorbell function) starts viridian-agent.
-SUBSYSTEM=="misc", KERNEL=="viridian-glue*", TAG+="systemd", ENV{SYSTEMD_WANTS}+="viridian-agent.service"
-EOF
-    cat > "$t/etc/systemd/system/viridian-agent.service" <<'EOF'
-[Unit]
-Description=Viridian guest agent (VMBus clients over KernelGlue)
-ConditionPathExistsGlob=/dev/viridian-glue*
-ConditionPathExists=/usr/bin/viridian-agent
-After=systemd-udevd.service systemd-modules-load.service
+    # The agent comes from its package (unit, udev rule, conffile). The test configuration
+    # replaces the conffile, as an administrator's edit would, and, for timesync = "clock", the
+    # package's example drop-in grants the clock.
+    if [ ${#debs[@]} -gt 0 ]; then
+        cp "$agent_config" "$t/etc/viridian/agent.toml"
+        local dropin="$pkgs/layer/usr/share/doc/viridian-agent/examples/timesync-clock.conf"
+        if grep -qE '^timesync *= *"clock"' "$agent_config" && [ -f "$dropin" ]; then
+            mkdir -p "$t/etc/systemd/system/viridian-agent.service.d"
+            cp "$dropin" "$t/etc/systemd/system/viridian-agent.service.d/timesync-clock.conf"
+        fi
+    fi
+    if [ ${#stage_debs[@]} -gt 0 ]; then
+        mkdir -p "$t/root/debs"
+        cp "${stage_debs[@]}" "$t/root/debs/"
+    fi
 
-[Service]
-ExecStart=/usr/bin/viridian-agent run
-# SIGTERM to the agent only: a shutdown action it started (systemctl) finishes, and the agent
-# answers the host, before the rest of the service is killed.
-KillMode=mixed
-Restart=on-failure
-RestartSec=1
-
-[Install]
-WantedBy=multi-user.target
-EOF
-    ln -s ../viridian-agent.service "$t/etc/systemd/system/multi-user.target.wants/viridian-agent.service"
-    # The agent gives each guest TAP the MAC the host assigned; keep udev's MACAddressPolicy
-    # (persistent, for devices with a random MAC) from replacing it when the TAP appears.
-    mkdir -p "$t/etc/systemd/network"
-    printf '[Match]\nOriginalName=viridian*\n\n[Link]\nMACAddressPolicy=none\n' > "$t/etc/systemd/network/10-viridian-tap.link"
-    cp "$agent_config" "$t/etc/viridian/agent.toml"
-    [ "$no_agent" = 1 ] || install -s -m 0755 "$agent" "$t/usr/bin/viridian-agent"   # stripped: 80 MB → about a third
-
-    # KernelGlue's module (udev loads it for PCI 1af4:1110 through modules.alias) and depmod's
-    # output for the stock tree plus updates/.
+    # depmod's output for the stock tree plus DKMS's module in updates/dkms (udev loads it for
+    # PCI 1af4:1110 through modules.alias).
     local scratch=$t.depmod
     rm -rf "$scratch"; mkdir -p "$scratch/lib/modules"
     cp -al "$kmods" "$scratch/lib/modules/"
     if [ -n "$ko" ]; then
-        mkdir -p "$r/updates" "$scratch/lib/modules/$release/updates"
-        install -m 0644 "$ko" "$r/updates/viridian_glue.ko"
-        cp "$ko" "$scratch/lib/modules/$release/updates/"
+        mkdir -p "$scratch/lib/modules/$release/updates/dkms"
+        cp "$ko" "$scratch/lib/modules/$release/updates/dkms/"
     fi
     depmod -b "$scratch" "$release"
     cp -a "$scratch/lib/modules/$release"/modules.* "$r/"
@@ -433,23 +448,25 @@ EOF
 }
 
 step_start config
-top_key="$release $(hash_files "$self" "$agent_config" ${agent:+"$agent"} ${ko:+"$ko"}) \
-base=$(cat "$cache/base.stamp") kernel=$(cat "$cache/kernel.stamp") agent=${agent:-none} glue=${ko:-none}"
+top_key="$release $(hash_files "$self" "$agent_config" "${stage_debs[@]}" ${ko:+"$ko"}) \
+base=$(cat "$cache/base.stamp") kernel=$(cat "$cache/kernel.stamp") packages=$(cat "$cache/packages.stamp" 2>/dev/null || echo none) staged=${#stage_debs[@]}"
 if stamp_ok top-pack "$top_key compress=$compress" "$cache/top.cpio$ext"; then
     step_done "cached" "$(size_of "$cache/top.cpio$ext")"
 else
     rm -rf "$cache/top"
     write_top "$cache/top"
-    step_done "hostname viridian-guest, root shell on ttyS0, agent unit, ${ko:+viridian_glue.ko, }depmod" \
+    step_done "hostname viridian-guest, root shell on ttyS0, agent.toml, ${#stage_debs[@]} staged packages, depmod" \
         "$(pack_layer top "$cache/top" "$top_key")"
     rm -rf "$cache/top"
 fi
 
 step_start pack
 initrd="$cache/initrd.cpio$ext"
-cat "$cache/base.cpio$ext" "$cache/modules.cpio$ext" "$cache/top.cpio$ext" > "$initrd.tmp"
+layers=("$cache/base.cpio$ext" "$cache/modules.cpio$ext")
+[ ${#debs[@]} = 0 ] || layers+=("$cache/packages.cpio$ext")
+cat "${layers[@]}" "$cache/top.cpio$ext" > "$initrd.tmp"
 mv "$initrd.tmp" "$initrd"
 for f in "$cache"/initrd.cpio{,.gz,.lz4,.zst}; do [ "$f" = "$initrd" ] || rm -f "$f"; done   # other --compress
 cp "$kdir/vmlinuz" "$cache/vmlinuz.tmp" && mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"
-step_done "$initrd (base + modules + top), $cache/vmlinuz ($(size_of "$cache/vmlinuz"))" "$(size_of "$initrd")"
+step_done "$initrd (base + modules${debs:+ + packages} + top), $cache/vmlinuz ($(size_of "$cache/vmlinuz"))" "$(size_of "$initrd")"
 printf '[make-image] total     %s s\n' "$(since "$t0")"
