@@ -23,6 +23,13 @@ enum GuestImage {
     /// The guest must run where CI runs (root); elsewhere it runs when the image was built.
     static var required: Bool { getuid() == 0 && ProcessInfo.processInfo.environment["CI"] != nil }
     static var script: URL { root.appendingPathComponent("scripts/guest") }
+    /// The same guest after `apt-get purge` of the packages in its root (make-image.sh's purged/).
+    static var purgedDirectory: URL { directory.appendingPathComponent("purged") }
+    /// The release the packages carry (VERSION).
+    static var version: String {
+        ((try? String(contentsOf: root.appendingPathComponent("VERSION"), encoding: .utf8)) ?? "")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
 }
 
 /// One booted guest: viridian-host with a QEMU partition, QEMU itself, and the guest's serial console.
@@ -34,7 +41,8 @@ final class QEMUGuestRig: @unchecked Sendable {
     let subnet: Int
     let image: String
 
-    init(subnet: Int = 91) throws {
+    /// `memoryMiB`: the guest's RAM; its root (the initramfs) may fill half of it.
+    init(subnet: Int = 91, imageDirectory: URL = GuestImage.directory, memoryMiB: Int = 1024) throws {
         self.subnet = subnet
         hostNS = "vqh-\(getpid())"
         _ = try ipCommand(["netns", "add", hostNS])
@@ -46,7 +54,7 @@ final class QEMUGuestRig: @unchecked Sendable {
             [[partition]]
             name = "guest1"
             carrier = "qemu"
-            memory_mib = 1024
+            memory_mib = \(memoryMiB)
             vps = 2
             echo_devices = 0
             heartbeat_interval_ms = 1000
@@ -61,9 +69,9 @@ final class QEMUGuestRig: @unchecked Sendable {
             """)
         console = fixture.directory.appendingPathComponent("console.sock").path
         qemu = try Child(GuestImage.script.appendingPathComponent("run-qemu.sh").path, [
-            "--ram-file", ram, "--memory", "1024", "--vps", "2",
+            "--ram-file", ram, "--memory", String(memoryMiB), "--vps", "2",
             "--ivshmem-socket", fixture.directory.appendingPathComponent("guest1.ivshmem").path, "--vectors", "32",
-            "--console-socket", console,
+            "--console-socket", console, "--image-dir", imageDirectory.path,
         ])
         try waitFor(path: console, seconds: 30)
         _ = try ipCommand(["-n", hostNS, "addr", "add", "10.77.\(subnet).1/24", "dev", "vq0"])
@@ -127,6 +135,7 @@ struct QEMUGuestTests {
         }
         print("QEMU guest: login after \(Int(bootSeconds)) s, heartbeat ok after \(Int(joinSeconds)) s")
         print(list)
+        try checkInstalledPackages(rig)
 
         // Storage: the kernel's nbd driver on the agent's export; ext4 made, filled and checked in the guest.
         var phase = Date()
@@ -207,6 +216,84 @@ struct QEMUGuestTests {
         #expect(off, "\(offOut)")
         #expect(rig.qemu.wait(seconds: 120) != nil, "QEMU still running after shutdown")
         print("QEMU guest: whole test \(Int(Date().timeIntervalSince(started))) s")
+    }
+
+    /// What the packages installed, as a user of the guest sees it: systemd runs the agent from the
+    /// package's unit, DKMS built the module for this kernel, the unit's sandbox and syntax.
+    func checkInstalledPackages(_ rig: QEMUGuestRig) throws {
+        let (_, active) = try rig.guest("systemctl is-active viridian-agent; systemctl show -p FragmentPath --value viridian-agent")
+        #expect(active.hasPrefix("active\n/lib/systemd/system/viridian-agent.service"), "\(active)")
+        let (_, versions) = try rig.guest("dpkg-query -W -f='${Package} ${Version} ${db:Status-Status}\\n' viridian-agent viridian-glue-dkms")
+        for package in ["viridian-agent", "viridian-glue-dkms"] {
+            #expect(versions.contains("\(package) \(GuestImage.version)-1 installed"), "\(versions)")
+        }
+        let (_, release) = try rig.guest("uname -r")
+        let (_, dkms) = try rig.guest("dkms status; modinfo -n viridian_glue")
+        #expect(dkms.contains("viridian-glue/\(GuestImage.version), \(release.trimmingCharacters(in: .whitespacesAndNewlines)), x86_64: installed"), "\(dkms)")
+        #expect(dkms.contains("/updates/dkms/viridian_glue.ko"), "the loaded module is DKMS's: \(dkms)")
+        let (verifyCode, verify) = try rig.guest("systemd-analyze verify --man=no /lib/systemd/system/viridian-agent.service 2>&1; echo rc=$?")
+        #expect(verifyCode == 0 && verify.trimmingCharacters(in: .whitespacesAndNewlines) == "rc=0", "systemd-analyze verify: \(verify)")
+        let (_, security) = try rig.guest("systemd-analyze security --no-pager viridian-agent.service | tail -n 1")
+        // "→ Overall exposure level for viridian-agent.service: 2.7 OK :-)"
+        let score = security.range(of: ".service: ").flatMap { security[$0.upperBound...].split(separator: " ").first }.flatMap { Double($0) }
+        print("QEMU guest: systemd-analyze security viridian-agent.service: \(security.trimmingCharacters(in: .whitespacesAndNewlines))")
+        #expect(score.map { $0 < 4.0 } == true, "exposure \(security)")
+    }
+
+    @Test("Packages: an upgrade keeps the edited conffile and restarts the agent; purge removes module, unit and state; the purged root boots")
+    func packages() throws {
+        guard GuestImage.present || GuestImage.required else { return }
+        let upgrade = "/root/debs/viridian-agent_\(GuestImage.version)-2_amd64.deb"
+        do {
+            // The upgrade unpacks a second agent (60 MB) beside the first in the RAM-backed root.
+            let rig = try QEMUGuestRig(subnet: 92, memoryMiB: 2048)
+            defer { rig.tearDown() }
+            let (login, loginOut) = try rig.waitForLogin()
+            try #require(login == 0, "no login prompt: \(loginOut)")
+            #expect(try eventually(seconds: 180) { try rig.fixture.status().partitions[0].heartbeat == "ok" }, "\(rig.fixture.host.text)")
+            let (_, before) = try rig.guest("sha256sum < /etc/viridian/agent.toml; systemctl show -p MainPID --value viridian-agent")
+            let attaches = try rig.fixture.status().partitions[0].attachCount
+
+            // Upgrade to revision 2 with apt: the administrator's agent.toml stays, the service restarts.
+            let (code, out) = try rig.guest("DEBIAN_FRONTEND=noninteractive apt-get install -y \(upgrade) 2>&1", seconds: 300)
+            #expect(code == 0, "\(out)")
+            let (_, after) = try rig.guest("sha256sum < /etc/viridian/agent.toml; systemctl show -p MainPID --value viridian-agent")
+            let (beforeLines, afterLines) = (before.split(separator: "\n"), after.split(separator: "\n"))
+            #expect(beforeLines.count == 2 && afterLines.count == 2 && beforeLines[0] == afterLines[0], "conffile kept: \(before) → \(after)")
+            #expect(beforeLines.last != afterLines.last && afterLines.last != "0", "the agent restarted: \(before) → \(after)")
+            let (_, version) = try rig.guest("dpkg-query -W -f='${Version}' viridian-agent; ls /etc/viridian")
+            #expect(version.hasPrefix("\(GuestImage.version)-2") && !version.contains("dpkg-"), "\(version)\napt-get: \(out)")
+            #expect(try eventually(seconds: 120) {
+                let p = try rig.fixture.status().partitions[0]
+                return p.attachCount > attaches && p.heartbeat == "ok"
+            }, "the upgraded agent rejoined: \(rig.fixture.host.text)")
+
+            // Purge: the agent leaves the bus, and the module, the unit, the udev rule and the state go.
+            let (purgeCode, purgeOut) = try rig.guest("DEBIAN_FRONTEND=noninteractive apt-get purge -y viridian-agent viridian-glue-dkms 2>&1", seconds: 300)
+            #expect(purgeCode == 0, "\(purgeOut)")
+            #expect(try eventually(seconds: 30) { try rig.fixture.status().partitions[0].state == "waiting" }, "the agent left")
+            let (_, left) = try rig.guest("""
+                for f in /lib/systemd/system/viridian-agent.service /etc/systemd/system/multi-user.target.wants/viridian-agent.service \\
+                    /lib/udev/rules.d/60-viridian-agent.rules /etc/viridian /var/lib/viridian /usr/bin/viridian-agent \\
+                    /usr/src/viridian-glue-\(GuestImage.version) /var/lib/dkms/viridian-glue; do [ -e $f ] && echo "left: $f"; done
+                modinfo -n viridian_glue 2>/dev/null | sed 's/^/left: /'; dkms status | sed 's/^/left: /'
+                systemctl list-unit-files 'viridian-agent*' --no-legend | sed 's/^/left: /'; echo checked
+                """)
+            #expect(!left.contains("left:") && left.contains("checked"), "\(left)")
+        }
+        // The root the packages were installed in and purged from (by apt, in make-image.sh) boots.
+        let purged = GuestImage.purgedDirectory
+        #expect(FileManager.default.fileExists(atPath: purged.appendingPathComponent("vmlinuz").path), "make-image.sh made no purged image")
+        guard FileManager.default.fileExists(atPath: purged.appendingPathComponent("vmlinuz").path) else { return }
+        let rig = try QEMUGuestRig(subnet: 93, imageDirectory: purged)
+        defer { rig.tearDown() }
+        let (login, loginOut) = try rig.waitForLogin()
+        try #require(login == 0, "the purged root does not boot: \(loginOut)")
+        let (_, state) = try rig.guest("systemctl is-system-running --wait; systemctl --failed --no-legend; dpkg -l 'viridian*' 2>&1 | grep -c '^ii'")
+        #expect(state.hasPrefix("running\n0"), "the purged guest: \(state)")
+        #expect(try rig.fixture.status().partitions[0].state == "waiting", "no agent joins from the purged root")
+        let (_, off) = try run("/usr/bin/python3", [GuestImage.script.appendingPathComponent("console.py").path, "--socket", rig.console, "poweroff"], seconds: 90)
+        #expect(rig.qemu.wait(seconds: 90) != nil, "the purged guest did not power off: \(off)")
     }
 }
 

@@ -278,7 +278,7 @@ if [ ${#debs[@]} = 0 ]; then
     step_done "none (--no-agent)"
 else
     pkgs_key="$(hash_files "${debs[@]}") base=$(cat "$cache/base.stamp")"
-    if stamp_ok packages "$pkgs_key" "$pkgs/layer/var/lib/dpkg/status"; then
+    if stamp_ok packages "$pkgs_key" "$pkgs/layer/var/lib/dpkg/status" "$pkgs/purged/var/lib/dpkg/status"; then
         step_done "cached ($(for d in "${debs[@]}"; do basename "$d"; done | tr '\n' ' '))" \
             "$(pack_layer packages "$pkgs/layer" "$pkgs_key")"
     else
@@ -305,11 +305,28 @@ else
         rm -rf "$w/tmp/viridian-debs" "$w/usr/sbin/policy-rc.d" "$w"/var/cache/apt/*.bin "$w"/var/log/apt/* \
             "$w"/var/cache/debconf/*-old "$w"/var/lib/dpkg/*-old "$w"/var/log/*.log
         # The layer: what the install added or changed (rsync leaves out files equal to the base's).
-        logged "$plog" rsync -a --prune-empty-dirs --compare-dest="$base/" "$w/" "$pkgs/layer/"
+        logged "$plog" rsync -a --compare-dest="$base/" "$w/" "$pkgs/layer/"
+        find "$pkgs/layer" -mindepth 1 -depth -type d -empty -delete   # directories rsync made for skipped files
         gone=$(rsync -a --dry-run --delete --itemize-changes "$w/" "$base/" | sed -n 's/^\*deleting //p' | head -n 5)
         [ -z "$gone" ] || printf 'make-image: note: the install removed files the base has (they stay in the guest): %s\n' "$gone" >&2
+        # The same root after apt-get purge of the packages: what is left beside the base may only
+        # be dpkg's and DKMS's bookkeeping (the purged test image boots from it).
+        names=$(for d in "${debs[@]}"; do dpkg-deb -f "$d" Package; done | tr '\n' ' ')
+        mount -t proc proc "$w/proc"
+        rc=0
+        chroot "$w" env DEBIAN_FRONTEND=noninteractive apt-get purge -y $names >>"$plog" 2>&1 || rc=$?
+        umount "$w/proc"
+        [ "$rc" = 0 ] || { tail -n 30 "$plog" >&2; die "apt-get purge $names failed in the root (log: $plog)"; }
+        rm -rf "$w"/var/log/apt/* "$w"/var/cache/debconf/*-old "$w"/var/lib/dpkg/*-old "$w"/var/log/*.log "$w"/var/cache/apt/*.bin
+        logged "$plog" rsync -a --compare-dest="$base/" "$w/" "$pkgs/purged/"
+        find "$pkgs/purged" -mindepth 1 -depth -type d -empty -delete
+        # (depmod's index, rewritten by DKMS on removal, is replaced by the top layer's anyway.)
+        keep="^\./var/(lib/(dpkg|apt|dkms|systemd/deb-systemd-helper-enabled)|cache/apt)/|^\./$moddir/$release/modules\.[a-z.]+\$"
+        left=$(cd "$pkgs/purged" && find . ! -type d | grep -vE "$keep" | head -n 10 || true)
+        [ -z "$left" ] || die "apt-get purge $names left files behind: $left"
+        rm -rf "$w"
         stamp_write packages "$pkgs_key"
-        step_done "apt-get install $(for d in "${debs[@]}"; do basename "$d"; done | tr '\n' ' ')" \
+        step_done "apt-get install (and a checked purge) of $(for d in "${debs[@]}"; do basename "$d"; done | tr "\n" " ")" \
             "$(pack_layer packages "$pkgs/layer" "$pkgs_key")"
     fi
     # DKMS's module for the guest kernel (the top layer's depmod needs it).
@@ -458,6 +475,29 @@ else
     step_done "hostname viridian-guest, root shell on ttyS0, agent.toml, ${#stage_debs[@]} staged packages, depmod" \
         "$(pack_layer top "$cache/top" "$top_key")"
     rm -rf "$cache/top"
+fi
+
+# The purged image (with packages only): the root after apt-get purge, without the test
+# configuration; in $cache/purged/ (vmlinuz, initrd), for run-qemu.sh --image-dir.
+if [ ${#debs[@]} -gt 0 ]; then
+    step_start purged
+    purged_key="$top_key purged"
+    if ! stamp_ok top-purged-pack "$purged_key compress=$compress" "$cache/top-purged.cpio$ext"; then
+        rm -rf "$cache/top-purged"
+        (debs=() stage_debs=() ko= && write_top "$cache/top-purged")
+        pack_layer top-purged "$cache/top-purged" "$purged_key" >/dev/null
+        rm -rf "$cache/top-purged"
+    fi
+    pack_layer packages-purged "$pkgs/purged" "$(cat "$cache/packages.stamp") purged" >/dev/null
+    mkdir -p "$cache/purged"
+    cat "$cache/base.cpio$ext" "$cache/modules.cpio$ext" "$cache/packages-purged.cpio$ext" "$cache/top-purged.cpio$ext" \
+        > "$cache/purged/initrd.cpio$ext.tmp"
+    mv "$cache/purged/initrd.cpio$ext.tmp" "$cache/purged/initrd.cpio$ext"
+    for f in "$cache"/purged/initrd.cpio{,.gz,.lz4,.zst}; do [ "$f" = "$cache/purged/initrd.cpio$ext" ] || rm -f "$f"; done
+    ln -f "$kdir/vmlinuz" "$cache/purged/vmlinuz"
+    step_done "the root after apt-get purge: $cache/purged/initrd.cpio$ext" "$(size_of "$cache/purged/initrd.cpio$ext")"
+else
+    rm -rf "$cache/purged"
 fi
 
 step_start pack
