@@ -147,7 +147,7 @@ let package = Package(
         .executableTarget(
             name: "viridian-host",
             dependencies: [
-                "Loopback", "VMBusWire", "HostRuntime",
+                "Loopback", "VMBusWire", "HostRuntime", "IntegrationServices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

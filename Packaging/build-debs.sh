@@ -63,8 +63,9 @@ products=$(printf '%s\n' $packages | grep -v dkms || true)
 for product in $products; do
     t=$(now)
     # (The linker's note on mktemp in the static Foundation is the toolchain's, not ours.)
+    # -z now: all symbols bound at start, so the GOT can be read-only (lintian's hardening-no-bindnow).
     "$swift" build -c release --product "$product" --static-swift-stdlib --scratch-path "$root/.build-guest" \
-        --package-path "$root" 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]|^Building|^Build of product|the use of .mktemp. is dangerous' || true
+        -Xlinker -z -Xlinker now --package-path "$root" 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]|^Building|^Build of product|the use of .mktemp. is dangerous' || true
     [ -x "$root/.build-guest/release/$product" ] || die "swift build did not produce $product"
     say "$product: release build, static Swift runtime ($(since "$t") s)"
 done

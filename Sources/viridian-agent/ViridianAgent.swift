@@ -39,7 +39,7 @@ struct CommonOptions: ParsableArguments {
         guard let level = Logger.Level(rawValue: configuration.logLevel) else {
             throw ValidationError("unknown log level '\(configuration.logLevel)'")
         }
-        var logger = Logger(label: "viridian.agent") { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "viridian.agent") { SystemdLogHandler.standardError(label: $0) }
         logger.logLevel = level
         return (configuration, logger)
     }

@@ -4,6 +4,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import HostRuntime
+import IntegrationServices
 import Loopback
 import VMBusWire
 
@@ -92,7 +93,7 @@ struct LoggingOptions: ParsableArguments {
     var logLevel: Logger.Level?
 
     func makeLogger(_ label: String, default level: Logger.Level = .warning) -> Logger {
-        var logger = Logger(label: label) { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: label) { SystemdLogHandler.standardError(label: $0) }
         logger.logLevel = logLevel ?? level
         return logger
     }

@@ -191,6 +191,14 @@ struct QEMUGuestTests {
         #expect(kvpCode == 0 && kvp.contains("Debian") && kvp.contains(release.trimmingCharacters(in: .whitespacesAndNewlines))
                 && kvp.contains("10.77.\(rig.subnet).2"), "\(kvp)")
 
+        // The package's sandbox refused nothing the agent did above (TAP, NBD sockets, the clock
+        // through the drop-in, KVP).
+        let (_, warnings) = try rig.guest("journalctl -b -u viridian-agent -p warning -o cat --no-pager")
+        print("QEMU guest: the agent's warnings: [\(warnings.trimmingCharacters(in: .whitespacesAndNewlines))]")
+        for refusal in ["not permitted", "denied", "EPERM", "EACCES", "Read-only file system"] {
+            #expect(!warnings.contains(refusal), "\(warnings)")
+        }
+
         // Hostile: a second QEMU on the ivshmem socket; a doorbell rung by a guest that never joined.
         let (_, second) = try run("/usr/bin/socat", ["-u", "UNIX-CONNECT:\(rig.fixture.directory.path)/guest1.ivshmem", "OPEN:/dev/null"], seconds: 10)
         #expect(eventually(seconds: 10) { rig.fixture.host.text.contains("refused a second QEMU") }, "\(second)")
@@ -231,6 +239,10 @@ struct QEMUGuestTests {
         let (_, dkms) = try rig.guest("dkms status; modinfo -n viridian_glue")
         #expect(dkms.contains("viridian-glue/\(GuestImage.version), \(release.trimmingCharacters(in: .whitespacesAndNewlines)), x86_64: installed"), "\(dkms)")
         #expect(dkms.contains("/updates/dkms/viridian_glue.ko"), "the loaded module is DKMS's: \(dkms)")
+        let (_, man) = try rig.guest("ls /usr/share/man/man1/viridian-agent.1.gz && zcat /usr/share/man/man1/viridian-agent.1.gz | grep -c '^.SH'")
+        #expect(man.hasPrefix("/usr/share/man/man1/viridian-agent.1.gz\n") && (Int(man.split(separator: "\n").last ?? "") ?? 0) >= 8,
+                "the man page, one section per subcommand: \(man)")
+        // --man=no: the test guest has no man-db (the page itself is checked above).
         let (verifyCode, verify) = try rig.guest("systemd-analyze verify --man=no /lib/systemd/system/viridian-agent.service 2>&1; echo rc=$?")
         #expect(verifyCode == 0 && verify.trimmingCharacters(in: .whitespacesAndNewlines) == "rc=0", "systemd-analyze verify: \(verify)")
         let (_, security) = try rig.guest("systemd-analyze security --no-pager viridian-agent.service | tail -n 1")
@@ -272,6 +284,9 @@ struct QEMUGuestTests {
             let (purgeCode, purgeOut) = try rig.guest("DEBIAN_FRONTEND=noninteractive apt-get purge -y viridian-agent viridian-glue-dkms 2>&1", seconds: 300)
             #expect(purgeCode == 0, "\(purgeOut)")
             #expect(try eventually(seconds: 30) { try rig.fixture.status().partitions[0].state == "waiting" }, "the agent left")
+            // It stopped on SIGTERM and exited 0 (it left the bus), not killed after the stop timeout.
+            let (_, journal) = try rig.guest("journalctl -u viridian-agent --no-pager -o cat | tail -n 8")
+            #expect(journal.contains("Deactivated successfully") && !journal.contains("SIGKILL") && !journal.contains("Failed with result"), "\(journal)")
             let (_, left) = try rig.guest("""
                 for f in /lib/systemd/system/viridian-agent.service /etc/systemd/system/multi-user.target.wants/viridian-agent.service \\
                     /lib/udev/rules.d/60-viridian-agent.rules /etc/viridian /var/lib/viridian /usr/bin/viridian-agent \\
