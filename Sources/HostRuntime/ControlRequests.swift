@@ -200,9 +200,13 @@ extension PartitionService {
         case "add":
             guard let path = request.path, !path.isEmpty else { return .failure("disk add needs a path") }
             let readOnly = request.readOnly ?? false
+            let sizeMiB = request.sizeMiB ?? 64
+            guard DiskConfiguration.sizeRange.contains(sizeMiB) else {
+                return .failure("size_mib must be \(DiskConfiguration.sizeRange.lowerBound)…\(DiskConfiguration.sizeRange.upperBound), not \(sizeMiB)")
+            }
             let backend: FileBackend
             do {
-                backend = try FileBackend(path: path, readOnly: readOnly, createSize: readOnly ? nil : UInt64(request.sizeMiB ?? 64) << 20)
+                backend = try FileBackend(path: path, readOnly: readOnly, createSize: readOnly ? nil : UInt64(sizeMiB) << 20)
             } catch { return .failure("\(error)") }
             let name = configuration.name
             let lun: UInt8? = perform { storage.add(SCSIDisk(backend: backend, serial: "\(name.prefix(12))-\(UInt32.random(in: 0...0xFFFF))")) }

@@ -221,8 +221,8 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         for service in integrationServices where !Self.allIntegrationServices.contains(service) {
             throw ConfigurationError.invalid("\(name): unknown integration service '\(service)' (known: \(Self.allIntegrationServices.joined(separator: ", ")))")
         }
-        for d in disk ?? [] where !(0...15).contains(d.controller) || d.sizeMiB < 1 {
-            throw ConfigurationError.invalid("\(name): disk \(d.path): controller must be 0…15 and size_mib at least 1")
+        for d in disk ?? [] where !(0...15).contains(d.controller) || !DiskConfiguration.sizeRange.contains(d.sizeMiB) {
+            throw ConfigurationError.invalid("\(name): disk \(d.path): controller must be 0…15 and size_mib 1…\(DiskConfiguration.sizeRange.upperBound)")
         }
         guard ide.count <= 2 else { throw ConfigurationError.invalid("\(name): an IDE channel has two disks at most") }
         var taps = Set<String>()
@@ -300,6 +300,8 @@ public struct NICConfiguration: Codable, Sendable, Equatable {
 
 /// One LUN's backing image.
 public struct DiskConfiguration: Codable, Sendable, Equatable {
+    /// Sizes a created image may have, in MiB (up to 16 TiB).
+    public static let sizeRange = 1...(1 << 24)
     public var path: String
     public var sizeMiB: Int
     public var readOnly: Bool

@@ -1,6 +1,7 @@
 // --trace: every channel message and every ring packet header as one JSON object per line.
 
 import Foundation
+import Glibc
 import PartitionLink
 import VMBusChannel
 import VMBusRing
@@ -14,12 +15,17 @@ public final class TraceWriter: @unchecked Sendable {
     private let lock = Lock()
     private let handle: FileHandle
     public private(set) var records: UInt64 = 0
+    /// Why tracing stopped (a write failed: a full disk, say); nil while it runs. The host goes on.
+    public private(set) var failure: String?
 
     public init(path: String) throws {
-        guard FileManager.default.createFile(atPath: path, contents: nil) else {
-            throw ConfigurationError.invalid("cannot create trace file \(path)")
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil) else {
+                throw ConfigurationError.invalid("cannot create trace file \(path)")
+            }
         }
         guard let h = FileHandle(forWritingAtPath: path) else { throw ConfigurationError.invalid("cannot open trace file \(path)") }
+        try? h.truncate(atOffset: 0)   // (not for a pipe or a device)
         handle = h
     }
 
@@ -33,8 +39,16 @@ public final class TraceWriter: @unchecked Sendable {
         }
         line += "}\n"
         lock.withLock {
-            records += 1
-            handle.write(Data(line.utf8))
+            guard failure == nil else { return }
+            do {
+                try handle.write(contentsOf: Data(line.utf8))
+                records += 1
+            } catch {
+                // The guest's traffic must not stop for the trace (ENOSPC, EIO): say so once, stop tracing.
+                failure = "\(error)"
+                let note = Array("viridian-host: --trace stopped after \(records) records: \(error)\n".utf8)
+                _ = note.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+            }
         }
     }
 

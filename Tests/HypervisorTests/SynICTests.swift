@@ -102,6 +102,9 @@ struct SynICTests {
     @Test("Bad register writes are refused")
     func registers() throws {
         #expect(throws: SynICError.self) { try synic.writeMSR(HvMSR.simp, SynICPageRegister(enabled: true, pageNumber: 0x1_0000).rawValue) }
+        // A page at the top of the address space: page + 4 KiB wraps past 2^64 (it used to trap).
+        #expect(throws: SynICError.self) { try synic.writeMSR(HvMSR.simp, 0xFFFF_FFFF_FFFF_F001) }
+        #expect(throws: SynICError.self) { try synic.writeMSR(HvMSR.siefp, 0xFFFF_FFFF_FFFF_F001) }
         #expect(throws: SynICError.self) { try synic.writeMSR(HvMSR.sint(2), SintRegister(vector: 3).rawValue) }
         #expect(throws: SynICError.readOnly(HvMSR.vpIndex)) { try synic.writeMSR(HvMSR.vpIndex, 1) }
         #expect(throws: SynICError.unknownRegister(0x4000_00FF)) { try synic.writeMSR(0x4000_00FF, 1) }

@@ -180,6 +180,19 @@ struct NetworkLoopbackTests {
         #expect(m.port.sent.count > before)
     }
 
+    @Test("Hostile host: an MTU of 2^31 or under 68 fails the NIC with a message (2^31 used to trap in the agent's TAP set-up)")
+    func hostileMTU() throws {
+        for mtu in [1 << 31, Int(UInt32.max), 67] {
+            let m = try NICMachine(mtu: mtu)
+            guard case .failed(let why) = m.client.state else {
+                Issue.record("MTU \(mtu): state \(m.client.state)")
+                continue
+            }
+            #expect(why.contains("MTU \(mtu)"), "\(why)")
+        }
+        #expect(try NICMachine(mtu: 65521).client.mtu == 65521)
+    }
+
     @Test("Hostile host: random transfer-page packets and receive-buffer contents never crash the guest")
     func hostileHost() throws {
         let m = try NICMachine()

@@ -200,6 +200,16 @@ struct StorageHotPlugTests {
         #expect(listed == 0 && list.contains("8 MiB") && !list.contains("16 MiB"), "\(list)")
         let (missing, missingOut) = try run("viridian-host", ["disk", "remove", "guest1", "9"] + control)
         #expect(missing != 0 && missingOut.contains("no LUN 9"), "\(missingOut)")
+        // Sizes a client can put on the control socket: negative, past off_t, zero (they used to trap
+        // in UInt64(_:) and ftruncate's off_t(_:), or make an image without a block). Each is refused.
+        for size in [-1, 1 << 43, 0, Int.min] {
+            let reply = try ViridianHostService.send(ControlRequest(op: "disk", partition: "guest1", action: "add",
+                                                                    path: "\(dir)/bad\(size).img", sizeMiB: size),
+                                                     controlPath: "\(fixture.directory.path)/host.sock")
+            let text = String(decoding: reply, as: UTF8.self)
+            #expect(text.contains("size_mib must be"), "size \(size): \(text)")
+        }
+        #expect(try fixture.status().partitions[0].state == "attached", "the host serves on: \(fixture.host.text)")
         _ = agent
     }
 }

@@ -150,6 +150,17 @@ struct StorageLoopbackTests {
         endpoint.commitWrites()
         machine.pump()
         #expect(vsp.refusedPages == refusedBefore + 1)
+        // A PFN at the top of the address space followed by another: the run test added 1 to it
+        // before the page bound was checked (it used to trap).
+        let wrapping = GpaRange(byteCount: 8192, byteOffset: 0, pfns: [UInt64.max, 0])
+        srb.dataTransferLength = 8192
+        _ = try endpoint.writer.tryWrite(type: .dataUsingGPADirect, flags: 1, transactionID: 999_998,
+                                         extension: GpaDirectHeader.extensionBytes(for: [wrapping]),
+                                         payload: VStorPacket(operation: .executeSRB, body: srb.encoded).encode())
+        endpoint.commitWrites()
+        machine.pump()
+        #expect(vsp.refusedPages == refusedBefore + 2)
+        srb.dataTransferLength = 4096
         // Random packets and random CDBs.
         var rng: UInt64 = 77
         let buffer = try GuestBuffer(client: machine.client, bytes: 8192)
@@ -260,5 +271,23 @@ struct StorageSubChannelTests {
         subEndpoint.commitWrites()
         machine.pump()
         #expect(vsp.protocolErrors == 0)
+    }
+}
+
+@Suite("SCSI disk over tiny images")
+struct SCSITinyImageTests {
+    @Test("READ CAPACITY of an image smaller than one block: CHECK CONDITION, medium not present (it used to trap)")
+    func belowOneBlock() throws {
+        for size: UInt64 in [0, 100, 511] {
+            let image = try TempImage(size: size)
+            let disk = SCSIDisk(backend: try FileBackend(path: image.path), serial: "TINY")
+            #expect(disk.blockCount == 0)
+            #expect(disk.execute(cdb: [0x25] + [UInt8](repeating: 0, count: 9), data: .empty) == .check(.mediumNotPresent))
+            var rc16 = [UInt8](repeating: 0, count: 16)
+            rc16[0] = 0x9E; rc16[1] = 0x10; rc16[13] = 32
+            #expect(disk.execute(cdb: rc16, data: .empty) == .check(.mediumNotPresent))
+            // Reads and writes are out of range, not a crash.
+            #expect(disk.execute(cdb: [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], data: .empty).status == 2)
+        }
     }
 }

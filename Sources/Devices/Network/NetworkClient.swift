@@ -27,6 +27,8 @@ public final class NetworkClient {
     public private(set) var version: UInt32 = 0
     public private(set) var mac: [UInt8] = []
     public private(set) var mtu = 1500
+    /// MTUs the client accepts from the host (Linux's netvsc range is 68 … 65521).
+    public static let mtuRange = 68...65521
     public private(set) var linkUp = true
     public private(set) var offloadCapabilities: [UInt8] = []
     /// Link changes the host indicated.
@@ -218,8 +220,14 @@ public final class NetworkClient {
             guard let self else { return }
             guard reply.type == RNDISMessageType.initializeComplete, reply.u32(4) == RNDISStatus.success else { return fail("RNDIS INITIALIZE refused") }
             query(OID.maximumFrameSize) { [weak self] info in
-                if let info, info.count >= 4, let self { mtu = Int(info.le(UInt32.self, at: 0)) }
-                self?.query(OID.permanentAddress) { [weak self] info in
+                guard let self else { return }
+                if let info, info.count >= 4 {
+                    // What a TAP and an LSO segment size can take (it used to trap at 2^31 in Int32(_:)).
+                    let reported = Int(info.le(UInt32.self, at: 0))
+                    guard Self.mtuRange.contains(reported) else { return fail("the host's MTU \(reported) is outside \(Self.mtuRange)") }
+                    mtu = reported
+                }
+                query(OID.permanentAddress) { [weak self] info in
                     guard let self else { return }
                     guard let info, info.count == 6 else { return fail("no permanent MAC address") }
                     mac = info

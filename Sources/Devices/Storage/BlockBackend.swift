@@ -55,7 +55,11 @@ public final class FileBackend: BlockBackend, @unchecked Sendable {
         }
         var size = UInt64(st.st_size)
         if size == 0, let createSize {
-            guard ftruncate(fd, off_t(createSize)) == 0 else {
+            guard let length = off_t(exactly: createSize) else {
+                close(fd)
+                throw .system(call: "ftruncate", errno: EFBIG)
+            }
+            guard ftruncate(fd, length) == 0 else {
                 let e = errno
                 close(fd)
                 throw .system(call: "ftruncate", errno: e)

@@ -13,6 +13,8 @@ public struct SenseData: Equatable, Sendable {
     public static let lbaOutOfRange = SenseData(key: 0x05, asc: 0x21, ascq: 0)
     public static let parameterListLength = SenseData(key: 0x05, asc: 0x1A, ascq: 0)
     public static let writeProtected = SenseData(key: 0x07, asc: 0x27, ascq: 0)
+    /// NOT READY, MEDIUM NOT PRESENT: an image smaller than one block.
+    public static let mediumNotPresent = SenseData(key: 0x02, asc: 0x3A, ascq: 0)
     public static let mediumError = SenseData(key: 0x03, asc: 0x11, ascq: 0)
     public static let writeError = SenseData(key: 0x03, asc: 0x0C, ascq: 0)
 
@@ -155,12 +157,15 @@ public final class SCSIDisk: @unchecked Sendable {
             guard need(6) else { return .check(.invalidField) }
             return inquiry(cdb, data)
         case 0x25:  // READ CAPACITY (10)
+            // An image smaller than one block has no last LBA to report.
+            guard blockCount > 0 else { return .check(.mediumNotPresent) }
             var b = [UInt8](repeating: 0, count: 8)
             let last = blockCount - 1
             b.putBE(UInt32(min(last, 0xFFFF_FFFF)), at: 0)
             b.putBE(UInt32(Self.blockSize), at: 4)
             return .good(data.fill(b))
         case 0x9E where need(16) && cdb[1] & 0x1F == 0x10:  // READ CAPACITY (16)
+            guard blockCount > 0 else { return .check(.mediumNotPresent) }
             var b = [UInt8](repeating: 0, count: 32)
             b.putBE(blockCount - 1, at: 0)
             b.putBE(UInt32(Self.blockSize), at: 8)

@@ -316,11 +316,12 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
         var offset = Int(range.byteOffset)
         var i = 0
         while left > 0 && i < range.pfns.count {
+            // The page bound first: a PFN near 2^64 would overflow the run test below.
+            guard range.pfns[i] < UInt64(memory.pageCount) else { return nil }
             var run = 1
             while i + run < range.pfns.count && range.pfns[i + run] == range.pfns[i] + UInt64(run) { run += 1 }
             let n = min(left, run * GpaRange.pageSize - offset)
-            guard range.pfns[i] < UInt64(memory.pageCount),
-                let buffer = try? memory.buffer(gpa: range.pfns[i] * UInt64(GpaRange.pageSize) + UInt64(offset), count: n)
+            guard let buffer = try? memory.buffer(gpa: range.pfns[i] * UInt64(GpaRange.pageSize) + UInt64(offset), count: n)
             else { return nil }
             out.append(buffer)
             left -= n
