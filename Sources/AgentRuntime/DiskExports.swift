@@ -270,6 +270,17 @@ public final class DiskExporter: @unchecked Sendable {
         logger.info("disk: controller \(channel.relid) uses \(storage.subChannels.count) sub-channel(s)")
     }
 
+    /// The byte size a READ CAPACITY (16) answer gives, (last LBA + 1) × block length; nil for a
+    /// block length of 0 or values whose product does not fit 64 bits (which used to trap).
+    public static func capacityBytes(readCapacity16 b: [UInt8]) -> UInt64? {
+        guard b.count >= 12 else { return nil }
+        let blockLength = UInt64(b.be(UInt32.self, at: 8))
+        let (blocks, carried) = b.be(UInt64.self, at: 0).addingReportingOverflow(1)
+        let (bytes, overflowed) = blocks.multipliedReportingOverflow(by: blockLength)
+        guard blockLength > 0, !carried, !overflowed else { return nil }
+        return bytes
+    }
+
     /// REPORT LUNS, then capacity and write protection of each.
     private func luns(_ storage: StorageClient) throws -> [(lun: UInt8, size: UInt64, readOnly: Bool)] {
         let probe = try probes[ObjectIdentifier(storage)] ?? SCSIBlockDevice(session: session, storage: storage, lun: 0, size: 0, readOnly: true)
@@ -286,11 +297,12 @@ public final class DiskExporter: @unchecked Sendable {
             guard let capacity = probe.command([0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], .read, length: 32),
                 capacity.isGood
             else { continue }
-            let cap = probe.bufferBytes(32)
-            var lastLBA: UInt64 = 0
-            for j in 0..<8 { lastLBA = lastLBA << 8 | UInt64(cap[j]) }
+            guard let size = Self.capacityBytes(readCapacity16: probe.bufferBytes(32)) else {
+                logger.warning("storage: LUN \(lun): the host's READ CAPACITY (16) gives no usable size; not exported")
+                continue
+            }
             let mode = probe.command([0x1A, 0, 0x3F, 0, 64, 0], .read, length: 64)
-            out.append((lun, (lastLBA + 1) * UInt64(cap.be(UInt32.self, at: 8)), mode?.isGood == true && probe.bufferBytes(4)[2] & 0x80 != 0))
+            out.append((lun, size, mode?.isGood == true && probe.bufferBytes(4)[2] & 0x80 != 0))
         }
         return out
     }

@@ -31,13 +31,9 @@ public final class GuestPhysicalMemory: @unchecked Sendable {
     /// Creates zeroed memory of `size` bytes (a multiple of 4 KiB).
     public convenience init(size: Int, name: String = "viridian-guest") throws(GuestMemoryError) {
         guard size > 0, size % Self.pageSize == 0 else { throw .invalidSize(size) }
-        let fd = viridian_memfd_create(name)
+        // Sealed: the agent it is sent to cannot shrink it under the host.
+        let fd = viridian_memfd_create_sealed(name, Int64(size))
         guard fd >= 0 else { throw .system(call: "memfd_create", errno: errno) }
-        guard ftruncate(fd, off_t(size)) == 0 else {
-            let e = errno
-            close(fd)
-            throw .system(call: "ftruncate", errno: e)
-        }
         try self.init(adopting: fd, size: size)
     }
 

@@ -53,7 +53,14 @@ public final class GuestLink: GuestPlatform, @unchecked Sendable {
     private init(socket: LinkSocket, welcome: LinkFrame.Welcome, fds: [Int32]) throws(LinkError) {
         self.socket = socket
         self.welcome = welcome
-        do { memory = try GuestPhysicalMemory(adopting: fds[0], size: Int(welcome.memoryBytes)) } catch {
+        // What the host sent must be as large as it says (a short memfd would SIGBUS the agent).
+        guard let memoryBytes = Int(exactly: welcome.memoryBytes), viridian_fd_size(fds[0]) >= Int64(memoryBytes),
+            viridian_fd_size(fds[1]) >= Int64(VPBlock.memorySize)
+        else {
+            fds.forEach { close($0) }
+            throw .malformed("guest memory of \(welcome.memoryBytes) bytes or VP blocks larger than the descriptors sent")
+        }
+        do { memory = try GuestPhysicalMemory(adopting: fds[0], size: memoryBytes) } catch {
             fds[1...].forEach { close($0) }
             throw .malformed("guest memory: \(error)")
         }

@@ -42,8 +42,8 @@ public final class LinkHostCarrier: HostCarrier {
         init(socket: LinkSocket, pid: Int32, vps: Int) throws(LinkError) {
             self.socket = socket
             self.pid = pid
-            let fd = viridian_memfd_create("viridian-vp-blocks")
-            guard fd >= 0, ftruncate(fd, off_t(VPBlock.memorySize)) == 0, let blocks = viridian_mmap_shared(VPBlock.memorySize, fd, 0) else {
+            let fd = viridian_memfd_create_sealed("viridian-vp-blocks", Int64(VPBlock.memorySize))
+            guard fd >= 0, let blocks = viridian_mmap_shared(VPBlock.memorySize, fd, 0) else {
                 let e = errno
                 if fd >= 0 { close(fd) }
                 throw .system(call: "vp block memory", errno: e)

@@ -83,8 +83,8 @@ public final class QEMUHostCarrier: HostCarrier {
             throw LinkError.system(call: "ftruncate(\(ramFile))", errno: e)
         }
         memory = try GuestPhysicalMemory(adopting: fd, size: Int(memoryBytes))
-        let sfd = viridian_memfd_create("viridian-glue-shared")
-        guard sfd >= 0, ftruncate(sfd, off_t(Self.sharedSize)) == 0, let region = viridian_mmap_shared(Self.sharedSize, sfd, 0) else {
+        let sfd = viridian_memfd_create_sealed("viridian-glue-shared", Int64(Self.sharedSize))
+        guard sfd >= 0, let region = viridian_mmap_shared(Self.sharedSize, sfd, 0) else {
             let e = errno
             if sfd >= 0 { Glibc.close(sfd) }
             throw LinkError.system(call: "ivshmem shared region", errno: e)

@@ -103,6 +103,22 @@ struct TimeSyncTests {
         #expect(median <= 100_000, "median |offset| \(median) ns")
     }
 
+    @Test("Hostile host: a SYNC at year 1601, before 1970 or centuries ahead is refused, the clock untouched (it used to trap)")
+    func hostileTimes() throws {
+        let r = try run(seed: 4, driftPPM: 0, seconds: 2)
+        let service = r.client.service
+        let steps = r.discipline.steps, slews = r.discipline.slews
+        for parent: UInt64 in [0, HyperVTime.unixEpochTicks - 1, HyperVTime.acceptedTicks.upperBound + 1, UInt64.max, 1 << 63] {
+            let header = ICHeader(framework: ICVersion(3, 0), type: .timeSync, version: ICVersion(4, 0), bodySize: 22)
+            var packet = [UInt8](repeating: 0, count: ICHeader.size + 22)
+            packet.putLE(parent, at: ICHeader.size)
+            packet[ICHeader.size + 16] = HyperVTime.flagSync
+            let status = service.handle(header, packet: &packet, version: ICVersion(4, 0), transactionID: 0, client: r.client)
+            #expect(status == ICStatus.fail, "parent time \(parent)")
+        }
+        #expect(r.discipline.steps == steps && r.discipline.slews == slews)
+    }
+
     @Test("Resume from standby: a large offset arriving as a SAMPLE is stepped")
     func resume() throws {
         let r = try run(seed: 3, driftPPM: 0, seconds: 3)

@@ -1,6 +1,7 @@
 // viridian-host and viridian-agent as real processes: negotiation, listing, echo traffic, VPs, faults, scale.
 
 import AgentRuntime
+import CSystem
 import Foundation
 import Glibc
 import HostRuntime
@@ -110,6 +111,33 @@ struct HostAgentTests {
         host3.signal(SIGTERM)
         #expect(host3.wait(seconds: 10) == 0)
         #expect(!FileManager.default.fileExists(atPath: fixture.directory.appendingPathComponent("guest1.sock").path), "sockets removed on SIGTERM")
+    }
+
+    @Test("The guest memory and VP blocks a peer gets are sealed: it cannot shrink or grow them under the host")
+    func sealedMemory() throws {
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\nmemory_mib = 16\n")
+        let peer = try LinkSocket.connect(to: fixture.link("guest1"))
+        try peer.send(.hello(.init(pid: UInt32(getpid()), flags: 0)))
+        let (frame, fds) = try peer.receive()
+        defer { fds.forEach { close($0) } }
+        guard case .welcome(let welcome) = frame, fds.count >= 2 else {
+            Issue.record("expected a welcome with descriptors, got \(frame)")
+            return
+        }
+        #expect(viridian_fd_size(fds[0]) == Int64(welcome.memoryBytes))
+        for fd in fds.prefix(2) {
+            // A peer that truncated its memory used to turn the host's next access into SIGBUS.
+            #expect(ftruncate(fd, 0) == -1 && errno == EPERM, "shrink")
+            #expect(ftruncate(fd, 1 << 30) == -1 && errno == EPERM, "grow")
+        }
+        #expect(try fixture.status().partitions[0].state == "attached")
+    }
+
+    @Test("A trace file that cannot take more (a full disk) stops the trace, not the host (FileHandle.write used to trap)")
+    func traceOnFullDisk() throws {
+        let trace = try TraceWriter(path: "/dev/full")
+        for _ in 0..<100 { trace.message(partition: "guest1", guestToHost: true, bytes: [1, 2, 3, 4]) }
+        #expect(trace.failure != nil && trace.records == 0, "\(String(describing: trace.failure))")
     }
 
     @Test("A peer with a bad handshake or garbage is dropped; the host keeps serving")

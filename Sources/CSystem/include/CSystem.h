@@ -7,6 +7,12 @@
 
 /* Creates an anonymous, sealable memory file (memfd_create with MFD_CLOEXEC). */
 int viridian_memfd_create(const char *name);
+/* A memfd of `size` bytes sealed against shrinking and growing (F_SEAL_SHRINK | F_SEAL_GROW |
+   F_SEAL_SEAL): a peer it is sent to cannot truncate it under this process (which would turn the
+   next access into SIGBUS). -1 with errno on failure. */
+int viridian_memfd_create_sealed(const char *name, int64_t size);
+/* The size of the file `fd` (fstat), or -1 with errno. */
+int64_t viridian_fd_size(int fd);
 
 /* Creates an eventfd with EFD_CLOEXEC (and EFD_NONBLOCK when nonblocking != 0). */
 int viridian_eventfd(int nonblocking);

@@ -65,7 +65,10 @@ public final class ATADriver {
         id.withUnsafeMutableBytes { readBlock(into: $0.baseAddress!, count: 512) }
         func word(_ i: Int) -> UInt64 { UInt64(id[2 * i]) | UInt64(id[2 * i + 1]) << 8 }
         supportsLBA48 = word(83) & 0x0400 != 0
-        sectors = supportsLBA48 ? word(100) | word(101) << 16 | word(102) << 32 | word(103) << 48 : word(60) | word(61) << 16
+        let reported = supportsLBA48 ? word(100) | word(101) << 16 | word(102) << 32 | word(103) << 48 : word(60) | word(61) << 16
+        // LBA48 addresses 2^48 sectors; more (words 100-103 all 0xFFFF) would overflow sectors × 512.
+        guard reported <= 1 << 48 else { throw .outOfRange }
+        sectors = reported
         var text = (27..<47).flatMap { [id[2 * $0 + 1], id[2 * $0]] }
         while text.last == 0x20 || text.last == 0 { text.removeLast() }
         model = String(decoding: text, as: UTF8.self)

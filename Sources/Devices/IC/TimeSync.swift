@@ -10,6 +10,9 @@ public enum HyperVTime {
     public static let unixEpochTicks: UInt64 = 116_444_736_000_000_000
     public static func ticks(unixNanoseconds ns: Int64) -> UInt64 { UInt64(Int64(unixEpochTicks) + ns / 100) }
     public static func unixNanoseconds(ticks: UInt64) -> Int64 { (Int64(bitPattern: ticks) - Int64(unixEpochTicks)) * 100 }
+    /// Host times a guest accepts: 1970 up to about 2116 (half of Int64's nanoseconds, so the
+    /// offsets computed from a sample cannot overflow). Anything else is refused with FAIL.
+    public static let acceptedTicks = unixEpochTicks...(unixEpochTicks + UInt64(Int64.max / 200))
     /// `flags`: 1 SYNC (step now), 2 SAMPLE (a measurement), 0 PROBE.
     public static let flagSync: UInt8 = 1
     public static let flagSample: UInt8 = 2
@@ -109,6 +112,8 @@ public final class TimeSyncService: ICGuestService {
         let v4 = version.major >= 4
         guard packet.count >= body + (v4 ? 22 : 25) else { return ICStatus.fail }
         let parent = packet.le(UInt64.self, at: body)
+        // A host time before 1970 or centuries ahead used to overflow the conversion.
+        guard HyperVTime.acceptedTicks.contains(parent) else { return ICStatus.fail }
         let now = referenceNow()
         var host = HyperVTime.unixNanoseconds(ticks: parent)
         let flags = packet[body + (v4 ? 16 : 24)]
