@@ -1,6 +1,7 @@
 // A partition's guest-physical memory: a memfd, mapped whole, with bounds-checked GPA translation.
 
 import CSystem
+import Synchronization
 import Glibc
 import VMBusWire
 
@@ -16,6 +17,9 @@ public enum GuestMemoryError: Error, Equatable, Sendable {
     case system(call: String, errno: Int32)
     /// No free guest pages for an allocation.
     case exhausted(pagesWanted: Int)
+    /// Mapping these pages would pass the partition's limit of host mappings (each run of
+    /// consecutive pages is one; the process has vm.max_map_count of them for every partition).
+    case tooManyMappings(wanted: Int, limit: Int)
 }
 
 /// The guest-physical memory of one partition: `size` bytes in a memfd, mapped once. The host
@@ -27,6 +31,12 @@ public final class GuestPhysicalMemory: @unchecked Sendable {
     public let size: Int
     /// The whole mapping: GPA 0 is `base`.
     public let base: UnsafeMutableRawPointer
+    /// Host mappings `mapPages` may hold at once for this memory (runs of consecutive pages). A
+    /// guest that lists alternating pages in its GPADLs meets this limit, not the process's.
+    public static let mappingLimit = 16384
+    let mappings = MappingCount()
+    /// Host mappings held now by `mapPages` views.
+    public var liveMappings: Int { mappings.value.load(ordering: .relaxed) }
 
     /// Creates zeroed memory of `size` bytes (a multiple of 4 KiB).
     public convenience init(size: Int, name: String = "viridian-guest") throws(GuestMemoryError) {
@@ -76,8 +86,19 @@ public final class GuestPhysicalMemory: @unchecked Sendable {
     public func mapPages(_ pfns: [UInt64]) throws(GuestMemoryError) -> PageMapping {
         guard !pfns.isEmpty else { throw .invalidSize(0) }
         for pfn in pfns where pfn >= UInt64(pageCount) { throw .invalidPage(pfn) }
+        var runs = 1
+        for i in 1..<pfns.count where pfns[i] != pfns[i - 1] &+ 1 { runs += 1 }
+        let (before, _) = mappings.value.wrappingAdd(runs, ordering: .relaxed)
+        guard before + runs <= Self.mappingLimit else {
+            mappings.value.wrappingSubtract(runs, ordering: .relaxed)
+            throw .tooManyMappings(wanted: runs, limit: Self.mappingLimit)
+        }
         let length = pfns.count * Self.pageSize
-        guard let view = viridian_reserve(length) else { throw .system(call: "mmap(reserve)", errno: errno) }
+        guard let view = viridian_reserve(length) else {
+            let e = errno
+            mappings.value.wrappingSubtract(runs, ordering: .relaxed)
+            throw .system(call: "mmap(reserve)", errno: e)
+        }
         var i = 0
         while i < pfns.count {
             var run = 1
@@ -86,11 +107,12 @@ public final class GuestPhysicalMemory: @unchecked Sendable {
             guard viridian_mmap_fixed_shared(at, run * Self.pageSize, fd, Int64(pfns[i]) * Int64(Self.pageSize)) != nil else {
                 let e = errno
                 munmap(view, length)
+                mappings.value.wrappingSubtract(runs, ordering: .relaxed)
                 throw .system(call: "mmap(fixed)", errno: e)
             }
             i += run
         }
-        return PageMapping(base: view, count: length)
+        return PageMapping(base: view, count: length, runs: runs, counter: mappings)
     }
 }
 
@@ -98,13 +120,26 @@ public final class GuestPhysicalMemory: @unchecked Sendable {
 public final class PageMapping: @unchecked Sendable {
     public let base: UnsafeMutableRawPointer
     public let count: Int
+    let runs: Int
+    let counter: MappingCount
 
-    init(base: UnsafeMutableRawPointer, count: Int) {
+    init(base: UnsafeMutableRawPointer, count: Int, runs: Int, counter: MappingCount) {
         self.base = base
         self.count = count
+        self.runs = runs
+        self.counter = counter
     }
 
-    deinit { munmap(base, count) }
+    deinit {
+        munmap(base, count)
+        counter.value.wrappingSubtract(runs, ordering: .relaxed)
+    }
 
     public var buffer: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: count) }
+}
+
+/// The number of host mappings the views of one guest memory hold (shared with the views, which
+/// may outlive the memory object).
+final class MappingCount: Sendable {
+    let value = Atomic<Int>(0)
 }

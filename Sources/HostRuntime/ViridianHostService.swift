@@ -23,7 +23,7 @@ public final class ViridianHostService: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         let dir = configuration.resolvedRuntimeDir
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try RuntimeDirectory.prepare(dir)
         let trace = try tracePath.map { try TraceWriter(path: $0) }
         self.trace = trace
         partitions = try configuration.partition.enumerated().map { i, p in

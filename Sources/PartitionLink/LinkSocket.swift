@@ -106,8 +106,10 @@ public enum UnixSocket {
         return fd
     }
 
-    /// Binds and listens on `path`, replacing a stale socket file left by a dead process.
-    public static func listen(path: String, type: Int32, backlog: Int32 = 16) throws(LinkError) -> Int32 {
+    /// Binds and listens on `path`, replacing a stale socket file left by a dead process. The
+    /// socket file gets `mode` (owner only by default) before it listens, so no other user can
+    /// connect in between.
+    public static func listen(path: String, type: Int32, backlog: Int32 = 16, mode: mode_t = 0o600) throws(LinkError) -> Int32 {
         guard !path.isEmpty, path.utf8.count < 108 else { throw .badAddress(path) }
         let fd = socket(AF_UNIX, type | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .system(call: "socket", errno: errno) }
@@ -117,7 +119,7 @@ public enum UnixSocket {
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        guard rc == 0, Glibc.listen(fd, backlog) == 0 else {
+        guard rc == 0, chmod(path, mode) == 0, Glibc.listen(fd, backlog) == 0 else {
             let e = errno
             Glibc.close(fd)
             throw .system(call: "bind(\(path))", errno: e)

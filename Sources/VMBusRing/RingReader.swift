@@ -96,6 +96,12 @@ public struct RingReader: ~Copyable {
         if available == 0 {
             let w = ring.writeIndexAtomic.load(ordering: .acquiring)
             guard ring.isValidIndex(w) else { throw .corruptIndex(name: "write_index", value: w) }
+            // The writer only moves forward: seen from the published read index, its write index
+            // is at or past everything read since. One moved back (behind `position`) would make
+            // the reader lap the ring, re-reading packets forever past its own uncommitted start.
+            guard ring.bytesToRead(write: w, read: published) >= ring.bytesToRead(write: position, read: published) else {
+                throw .corruptIndex(name: "write_index", value: w)
+            }
             cachedWrite = w
             available = ring.bytesToRead(write: w, read: position)
             if available == 0 { return nil }
@@ -175,12 +181,14 @@ public struct RingReader: ~Copyable {
 extension RingReader {
     /// Returns `packet` (and everything read after it) to the ring, so that the next `next()`
     /// yields it again. Only packets not yet committed can be put back.
-    public mutating func putBack(_ packet: IncomingPacket) {
-        precondition(packet.ring.data == ring.data, "packet from another ring")
+    /// Throws (and changes nothing) for a packet of another ring or one already committed.
+    public mutating func putBack(_ packet: IncomingPacket) throws(RingError) {
+        guard packet.ring.data == ring.data else { throw .corruptPacket("put back: a packet of another ring") }
         let consumedSincePublish = ring.bytesToRead(write: position, read: published)
         let packetOffset = ring.bytesToRead(write: packet.start, read: published)
-        precondition(packetOffset < consumedSincePublish || (packetOffset == 0 && position != published),
-                     "packet already committed")
+        guard packetOffset < consumedSincePublish || (packetOffset == 0 && position != published) else {
+            throw .corruptPacket("put back: the packet was already committed")
+        }
         position = packet.start
         readCount &-= 1
     }

@@ -291,3 +291,21 @@ struct SCSITinyImageTests {
         }
     }
 }
+
+@Suite("Image files")
+struct ImageFileTests {
+    @Test("An image path that is a symbolic link is refused with a message (it could point the host at another file)")
+    func symlinkRefused() throws {
+        let image = try TempImage(size: 1 << 20)
+        let link = image.path + ".link"
+        #expect(symlink(image.path, link) == 0)
+        defer { unlink(link) }
+        do {
+            _ = try FileBackend(path: link)
+            Issue.record("a symlinked image was opened")
+        } catch {
+            #expect("\(error)".contains("symbolic link"), "\(error)")
+        }
+        #expect(try FileBackend(path: image.path).sizeBytes == 1 << 20)
+    }
+}

@@ -37,6 +37,39 @@ struct RingHostileTests {
         do { let check1 = try reader.next()?.transactionID == 1; #expect(check1) }
     }
 
+    @Test("A writer that moves write_index back under the reader: a typed error, not a lap of the ring (which re-read packets forever and then trapped in putBack)")
+    func writeIndexBackwards() throws {
+        let owned = try OwnedRing(dataSize: 4096)
+        var writer = try RingWriter(ring: owned.ring)
+        for i in 0..<8 { _ = try writer.tryWrite(type: .dataInBand, transactionID: UInt64(i), payload: [UInt8](repeating: 7, count: 100)) }
+        _ = writer.commit()
+        let control = owned.ring.control
+        let end = control.load(fromByteOffset: RingControlPage.writeIndex, as: UInt32.self)
+        var reader = try RingReader(ring: owned.ring)
+        var first: IncomingPacket?
+        var read = 0
+        while let p = try reader.next() {
+            if first == nil { first = p }
+            read += 1
+        }
+        #expect(read == 8)
+        // Nothing committed yet; the writer claims it has only written up to the read index
+        // (then a little past it): both lie behind what the reader consumed.
+        for back: UInt32 in [0, 136] {
+            control.storeBytes(of: back, toByteOffset: RingControlPage.writeIndex, as: UInt32.self)
+            #expect(throws: RingError.corruptIndex(name: "write_index", value: back)) { _ = try reader.next() }
+        }
+        // The honest index again: the reader goes on, puts back a packet it still holds, and
+        // refuses one it committed.
+        control.storeBytes(of: end, toByteOffset: RingControlPage.writeIndex, as: UInt32.self)
+        #expect(try reader.next() == nil)
+        let held = try #require(first)
+        try reader.putBack(held)
+        #expect(try reader.next()?.transactionID == 0)
+        _ = reader.commit()
+        #expect(throws: RingError.self) { try reader.putBack(held) }
+    }
+
     @Test("100k rings of random garbage: the reader returns packets within bounds or a typed error")
     func randomGarbage() throws {
         let owned = try OwnedRing(dataSize: 512)

@@ -68,7 +68,7 @@ public final class EchoDevice: VMBusDevice {
                 packetsEchoed &+= 1
                 continue
             }
-            channel.reader.putBack(packet)
+            try channel.reader.putBack(packet)
             channel.commitWrites()
             if !channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: n)) { return true }
         }

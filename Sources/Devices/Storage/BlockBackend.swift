@@ -43,10 +43,15 @@ public final class FileBackend: BlockBackend, @unchecked Sendable {
 
     /// Opens `path`; creates a sparse file of `createSize` bytes if it does not exist.
     public init(path: String, readOnly: Bool = false, createSize: UInt64? = nil) throws(BlockError) {
-        var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
+        // O_NOFOLLOW: a path whose last component is a symbolic link is refused (ELOOP), so a
+        // path given over the control socket cannot be pointed at another file.
+        var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW
         if createSize != nil && !readOnly { flags |= O_CREAT }
         let fd = open(path, flags, 0o644)
-        guard fd >= 0 else { throw .system(call: "open(\(path))", errno: errno) }
+        guard fd >= 0 else {
+            let e = errno
+            throw .system(call: e == ELOOP ? "open(\(path)): a symbolic link (give the image's own path)" : "open(\(path))", errno: e)
+        }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let e = errno

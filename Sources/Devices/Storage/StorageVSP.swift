@@ -132,7 +132,7 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
             do {
                 while let packet = try channel.reader.next() {
                     if !serve(packet, channel) {
-                        channel.reader.putBack(packet)
+                        try channel.reader.putBack(packet)
                         channel.commitWrites()
                         blocked = !channel.writer.requestSpace(RingWriter.space(extensionSize: 0, payloadSize: VStorPacket.size))
                         if blocked { break }
