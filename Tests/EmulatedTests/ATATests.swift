@@ -46,8 +46,46 @@ func ataRig(_ image: ScratchImage) throws -> (PortIOBus, ATAController, ATADrive
     return (bus, controller, driver)
 }
 
+/// Port I/O to a real ATAController, except that the IDENTIFY data it returns claims LBA48 with
+/// words 100-103 all 0xFFFF: 2^64 - 1 sectors, as a hostile host could.
+final class HugeIdentify: PortIO {
+    let inner: DirectPortIO
+    var word = -1   // index of the next IDENTIFY word read, -1 outside IDENTIFY
+    init(_ inner: DirectPortIO) { self.inner = inner }
+    func read(port: UInt16, size: Int) -> UInt32 {
+        var value = inner.read(port: port, size: size)
+        guard port == 0x1F0, word >= 0, size == 4 else { return value }
+        for half in 0..<2 {
+            switch word + half {
+            case 83: value |= 0x0400 << (16 * UInt32(half))
+            case 100...103: value |= 0xFFFF << (16 * UInt32(half))
+            default: break
+            }
+        }
+        word += 2
+        if word >= 256 { word = -1 }
+        return value
+    }
+    func write(port: UInt16, size: Int, value: UInt32) {
+        if port == 0x1F7 && value == UInt32(ATACommand.identify) { word = 0 }
+        inner.write(port: port, size: size, value: value)
+    }
+}
+
 @Suite("Emulated ATA disk")
 struct ATATests {
+    @Test("IDENTIFY from a hostile host claiming 2^64 - 1 sectors: the driver refuses the disk (sectors × 512 used to trap the agent)")
+    func hugeIdentify() throws {
+        let image = try ScratchImage(mib: 1)
+        let bus = PortIOBus()
+        let controller = ATAController(disks: [image.backend])
+        bus.attach(controller)
+        controller.reset()
+        #expect(throws: ATADriverError.outOfRange) {
+            _ = try ATADriver(io: HugeIdentify(DirectPortIO(bus: bus)), interrupt: RaisedFlag(controller.line))
+        }
+    }
+
     @Test("IDENTIFY: model, 48-bit LBA, capacity, multiple count; the integrity byte sums to zero")
     func identify() throws {
         let image = try ScratchImage(mib: 16)
