@@ -96,7 +96,7 @@ int viridian_epoll_wait(int epfd, uint64_t *tags, uint32_t *events, int max, int
     return n;
 }
 
-long viridian_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+static long send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds, int flags) {
     if (nfds < 0 || nfds > 64) { errno = EINVAL; return -1; }
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
     union { char buf[CMSG_SPACE(64 * sizeof(int))]; struct cmsghdr align; } control;
@@ -115,8 +115,16 @@ long viridian_send_with_fds(int sock, const void *buf, size_t len, const int *fd
         memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
     }
     long r;
-    do { r = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    do { r = sendmsg(sock, &msg, MSG_NOSIGNAL | flags); } while (r < 0 && errno == EINTR);
     return r;
+}
+
+long viridian_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    return send_with_fds(sock, buf, len, fds, nfds, 0);
+}
+
+long viridian_send_with_fds_nowait(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    return send_with_fds(sock, buf, len, fds, nfds, MSG_DONTWAIT);
 }
 
 long viridian_recv_with_fds(int sock, void *buf, size_t cap, int *fds, int max_fds, int *nfds) {

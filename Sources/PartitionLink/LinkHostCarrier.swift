@@ -38,6 +38,9 @@ public final class LinkHostCarrier: HostCarrier {
         let interrupts: [EventFD]
         var channelDoorbells: [UInt32: EventFD] = [:]
         var lines: [EventFD] = []
+        /// Rung when the agent stopped reading its socket; the loop then drops it.
+        let dropRequest: EventFD
+        var dropping = false
 
         init(socket: LinkSocket, pid: Int32, vps: Int) throws(LinkError) {
             self.socket = socket
@@ -53,6 +56,7 @@ public final class LinkHostCarrier: HostCarrier {
             doorbells = try (0..<vps).map { _ throws(LinkError) in try EventFD() }
             completions = try (0..<vps).map { _ throws(LinkError) in try EventFD() }
             interrupts = try (0..<vps).map { _ throws(LinkError) in try EventFD() }
+            dropRequest = try EventFD()
         }
 
         deinit {
@@ -89,7 +93,7 @@ public final class LinkHostCarrier: HostCarrier {
             loop?.watch(fd, wanted: false) {}
             pending[fd] = nil
             logger.warning("\(welcome.name): dropped peer pid \(LinkListener.peerPID(peer.socket)): no hello within 2 s")
-            try? peer.socket.send(.refuse(code: LinkRefusal.badHello, reason: "no hello within 2 s"))
+            try? peer.socket.send(.refuse(code: LinkRefusal.badHello, reason: "no hello within 2 s"), wait: false)
         }
     }
 
@@ -107,7 +111,7 @@ public final class LinkHostCarrier: HostCarrier {
         guard let guest else { return nil }
         let doorbell = try EventFD()
         guest.lines.append(doorbell)
-        try guest.socket.send(.interruptLine(irq: irq), fds: [doorbell.fd])
+        guard tell(guest, .interruptLine(irq: irq), fds: [doorbell.fd]) else { throw LinkError.system(call: "sendmsg", errno: EAGAIN) }
         return { doorbell.ring() }
     }
 
@@ -122,24 +126,42 @@ public final class LinkHostCarrier: HostCarrier {
                 _ = read(doorbell.fd, &count, 8)
                 delegate?.guestSignalled(connectionID: connection)
             }
-            try? guest.socket.send(.eventFD(connectionID: connection), fds: [doorbell.fd])
+            tell(guest, .eventFD(connectionID: connection), fds: [doorbell.fd])
         } else if let doorbell = guest.channelDoorbells.removeValue(forKey: connection) {
             loop.watch(doorbell.fd, wanted: false) {}
-            try? guest.socket.send(.revokeEventFD(connectionID: connection))
+            tell(guest, .revokeEventFD(connectionID: connection))
         }
     }
 
     public func guestDetached() {
         guard let guest else { return }
         loop?.watch(guest.socket.fd, wanted: false) {}
+        loop?.watch(guest.dropRequest.fd, wanted: false) {}
         for doorbell in guest.doorbells { loop?.watch(doorbell.fd, wanted: false) {} }
         for doorbell in guest.channelDoorbells.values { loop?.watch(doorbell.fd, wanted: false) {} }
         guest.socket.close()
         self.guest = nil
     }
 
+    /// Sends to the attached agent without ever blocking the partition thread. An agent whose
+    /// socket is full (it does not read) is dropped on the loop's next pass, not waited for.
+    @discardableResult
+    private func tell(_ guest: AttachedAgent, _ frame: LinkFrame, fds: [Int32] = []) -> Bool {
+        do {
+            try guest.socket.send(frame, fds: fds, wait: false)
+            return true
+        } catch {
+            if !guest.dropping {
+                guest.dropping = true
+                logger.warning("\(welcome.name): cannot send to agent pid \(guest.pid) (\(error)); dropping it")
+                guest.dropRequest.ring()
+            }
+            return false
+        }
+    }
+
     public func stop() {
-        try? guest?.socket.send(.shutdown(reason: 0))
+        if let guest { tell(guest, .shutdown(reason: 0)) }
         loop?.watch(listener.fd, wanted: false) {}
     }
 
@@ -153,7 +175,7 @@ public final class LinkHostCarrier: HostCarrier {
             return
         }
         guard pending.count < Self.pendingLimit else {
-            try? socket.send(.refuse(code: LinkRefusal.busy, reason: "too many connections waiting"))
+            try? socket.send(.refuse(code: LinkRefusal.busy, reason: "too many connections waiting"), wait: false)
             return
         }
         pending[socket.fd] = (socket, viridian_now_ns() + Self.helloTimeoutNs)
@@ -173,11 +195,11 @@ public final class LinkHostCarrier: HostCarrier {
             guard case .hello = frame else { throw LinkError.malformed("first frame is not hello") }
         } catch {
             logger.warning("\(welcome.name): dropped peer pid \(pid): \(error)")
-            try? socket.send(.refuse(code: LinkRefusal.badHello, reason: "bad handshake: \(error)"))
+            try? socket.send(.refuse(code: LinkRefusal.badHello, reason: "bad handshake: \(error)"), wait: false)
             return
         }
         if guest != nil {
-            try? socket.send(.refuse(code: LinkRefusal.busy, reason: "partition \(welcome.name) already has an agent"))
+            try? socket.send(.refuse(code: LinkRefusal.busy, reason: "partition \(welcome.name) already has an agent"), wait: false)
             return
         }
         do {
@@ -185,9 +207,13 @@ public final class LinkHostCarrier: HostCarrier {
             let agent = try AttachedAgent(socket: socket, pid: pid, vps: Int(welcome.vpCount))
             let descriptors = [memory.fd, agent.vpBlockFD]
                 + (0..<agent.doorbells.count).flatMap { [agent.doorbells[$0].fd, agent.completions[$0].fd, agent.interrupts[$0].fd] }
-            try socket.send(.welcome(welcome), fds: descriptors)
+            try socket.send(.welcome(welcome), fds: descriptors, wait: false)
             guest = agent
             loop?.watch(socket.fd, wanted: true) { [unowned self] in agentSocketReadable() }
+            loop?.watch(agent.dropRequest.fd, wanted: true) { [unowned self] in
+                agent.dropRequest.wait()
+                delegate?.guestLeft(reason: "agent pid \(pid) does not read its link socket; dropped")
+            }
             for (vp, doorbell) in agent.doorbells.enumerated() {
                 loop?.watch(doorbell.fd, wanted: true) { [unowned self] in
                     var count: UInt64 = 0
@@ -198,7 +224,7 @@ public final class LinkHostCarrier: HostCarrier {
             try delegate?.guestArrived(memory: memory, description: "agent pid \(pid)")
         } catch {
             logger.error("\(welcome.name): cannot attach agent pid \(pid): \(error)")
-            try? socket.send(.refuse(code: LinkRefusal.internalError, reason: "\(error)"))
+            try? socket.send(.refuse(code: LinkRefusal.internalError, reason: "\(error)"), wait: false)
             guestDetached()
         }
     }

@@ -28,10 +28,13 @@ public final class LinkSocket: @unchecked Sendable {
     }
 
     /// Sends a frame with descriptors.
-    public func send(_ frame: LinkFrame, fds: [Int32] = []) throws(LinkError) {
+    /// Sends one frame with `fds` attached. `wait: false` never blocks: a peer whose queue is
+    /// full (it does not read) gives `.system(call: "sendmsg", errno: EAGAIN)`.
+    public func send(_ frame: LinkFrame, fds: [Int32] = [], wait: Bool = true) throws(LinkError) {
         let bytes = frame.encode()
         let n = bytes.withUnsafeBytes { b in fds.withUnsafeBufferPointer { f in
-            viridian_send_with_fds(fd, b.baseAddress, b.count, f.baseAddress, Int32(f.count))
+            wait ? viridian_send_with_fds(fd, b.baseAddress, b.count, f.baseAddress, Int32(f.count))
+                : viridian_send_with_fds_nowait(fd, b.baseAddress, b.count, f.baseAddress, Int32(f.count))
         } }
         guard n == bytes.count else { throw n < 0 ? .system(call: "sendmsg", errno: errno) : .closed }
     }

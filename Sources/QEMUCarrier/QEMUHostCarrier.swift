@@ -198,7 +198,8 @@ public final class QEMUHostCarrier: HostCarrier {
     private func send(_ fd: Int32, _ value: Int64, descriptor: Int32? = nil) throws(LinkError) {
         var v = value.littleEndian
         var fds = descriptor.map { [$0] } ?? []
-        let n = withUnsafeBytes(of: &v) { viridian_send_with_fds(fd, $0.baseAddress, 8, &fds, Int32(fds.count)) }
+        // Never blocks the partition thread on a QEMU that does not read (the handshake fails instead).
+        let n = withUnsafeBytes(of: &v) { viridian_send_with_fds_nowait(fd, $0.baseAddress, 8, &fds, Int32(fds.count)) }
         guard n == 8 else { throw .system(call: "sendmsg(ivshmem)", errno: errno) }
     }
 

@@ -133,6 +133,23 @@ struct HostAgentTests {
         #expect(try fixture.status().partitions[0].state == "attached")
     }
 
+    @Test("Sends to a peer that does not read fail with EAGAIN instead of blocking (the host's partition thread uses them)")
+    func nonBlockingSends() throws {
+        var pair: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &pair) == 0)
+        let host = LinkSocket(adopting: pair[0]), agent = LinkSocket(adopting: pair[1])
+        var sent = 0
+        var failure: LinkError?
+        while failure == nil && sent < 1_000_000 {
+            do { try host.send(.eventFD(connectionID: UInt32(sent)), wait: false); sent += 1 } catch { failure = error }
+        }
+        #expect(failure == .system(call: "sendmsg", errno: EAGAIN), "after \(sent) frames: \(String(describing: failure))")
+        #expect(sent > 0)
+        // The peer reads one; there is room again.
+        _ = try agent.receive()
+        try host.send(.eventFD(connectionID: 0), wait: false)
+    }
+
     @Test("A trace file that cannot take more (a full disk) stops the trace, not the host (FileHandle.write used to trap)")
     func traceOnFullDisk() throws {
         let trace = try TraceWriter(path: "/dev/full")

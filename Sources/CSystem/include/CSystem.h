@@ -43,6 +43,8 @@ int viridian_epoll_wait(int epfd, uint64_t *tags, uint32_t *events, int max, int
 
 /* Sends one datagram/seqpacket with up to 64 descriptors (SCM_RIGHTS). Returns bytes or -1. */
 long viridian_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+/* The same with MSG_DONTWAIT: -1 with EAGAIN instead of blocking when the peer's queue is full. */
+long viridian_send_with_fds_nowait(int sock, const void *buf, size_t len, const int *fds, int nfds);
 /* Receives one message and up to `max_fds` descriptors (set *nfds). Returns bytes, 0 at EOF, -1 on error.
    Descriptors beyond max_fds are closed. MSG_CMSG_CLOEXEC is set. */
 long viridian_recv_with_fds(int sock, void *buf, size_t cap, int *fds, int max_fds, int *nfds);
