@@ -64,12 +64,15 @@ public struct ControlReply: Codable, Sendable {
 }
 
 extension PartitionService {
+    /// The reply when the partition thread did not take a request in time.
+    var notAnswering: String { "partition \(configuration.name) did not answer within \(Self.performTimeoutMs) ms (its thread is busy or stuck)" }
+
     /// Starts `start` on the service thread and waits up to `timeoutMs` for it to call back.
     func waitForReply<T: Sendable>(timeoutMs: Int, _ start: @escaping (@escaping @Sendable (T) -> Void) -> Void) -> T? {
         guard let done = try? EventFD() else { return nil }
         let lock = Lock()
         nonisolated(unsafe) var result: T?
-        perform {
+        _ = perform {
             start { value in
                 lock.withLock { result = value }
                 done.ring()
@@ -165,6 +168,11 @@ extension ViridianHostService {
             reply = partition.disk(request)
         case "nic":
             reply = partition.nic(request)
+        case "test-stall" where ProcessInfo.processInfo.environment["VIRIDIAN_TEST_FAULTS"] == "1":
+            // A test-only fault (the host must be started with VIRIDIAN_TEST_FAULTS=1): occupies the
+            // partition thread for `value` milliseconds, as a partition stuck on its guest would.
+            partition.stallForTest(milliseconds: min(max(Int(request.value ?? "") ?? 0, 0), 60_000))
+            reply = ControlReply(ok: true)
         default:
             reply = .failure("unknown request '\(request.op)'")
         }
@@ -209,12 +217,14 @@ extension PartitionService {
                 backend = try FileBackend(path: path, readOnly: readOnly, createSize: readOnly ? nil : UInt64(sizeMiB) << 20)
             } catch { return .failure("\(error)") }
             let name = configuration.name
-            let lun: UInt8? = perform { storage.add(SCSIDisk(backend: backend, serial: "\(name.prefix(12))-\(UInt32.random(in: 0...0xFFFF))")) }
-            guard let lun else { return .failure("no free LUN") }
+            guard let added = perform({ storage.add(SCSIDisk(backend: backend, serial: "\(name.prefix(12))-\(UInt32.random(in: 0...0xFFFF))")) }) else {
+                return .failure(notAnswering)
+            }
+            guard let lun = added else { return .failure("no free LUN") }
             return ControlReply(ok: true, lun: Int(lun))
         case "remove":
             guard let lun = request.lun, (0...254).contains(lun) else { return .failure("disk remove needs a LUN (0-254)") }
-            let removed = perform { storage.remove(lun: UInt8(lun)) != nil }
+            guard let removed = perform({ storage.remove(lun: UInt8(lun)) != nil }) else { return .failure(notAnswering) }
             return removed ? ControlReply(ok: true, lun: lun) : .failure("no LUN \(lun) on \(configuration.name)")
         default:
             return .failure("unknown disk action '\(request.action ?? "")' (add, remove)")
@@ -232,7 +242,7 @@ extension PartitionService {
         guard let index, nics.indices.contains(index) else {
             return .failure("partition \(configuration.name) has no NIC '\(name)' (\(nics.count) configured; give an index or a TAP name)")
         }
-        perform { self.nics[index].setLink(up: up) }
+        guard perform({ self.nics[index].setLink(up: up) }) != nil else { return .failure(notAnswering) }
         return ControlReply(ok: true)
     }
 }

@@ -17,7 +17,7 @@ public struct PartitionStatus: Codable, Sendable {
     public var id: UInt32
     public var name: String
     public var socket: String
-    /// "waiting" (no agent) or "attached".
+    /// "waiting" (no agent), "attached", or "not answering" (its thread did not take the request in time).
     public var state: String
     /// "link" (an agent process) or "qemu" (a QEMU guest).
     public var carrier: String
@@ -92,7 +92,7 @@ public struct ChannelStatus: Codable, Sendable {
 extension PartitionService {
     /// A snapshot, taken on the service thread.
     public func status() -> PartitionStatus {
-        perform { [self] in
+        let snapshot = perform { [self] in
             let runtime = self.runtime
             let vps: [VPStatus] = runtime.map { rt in
                 rt.partition.synics.enumerated().map { i, s in
@@ -127,6 +127,11 @@ extension PartitionService {
                               protocolErrors: n.counters.protocolErrors)
                 }, portIOExits: runtime?.portExits ?? 0)
         }
+        // A partition thread that does not answer is reported as such; the others still are.
+        return snapshot ?? PartitionStatus(
+            id: id, name: configuration.name, socket: carrier.address, state: "not answering", carrier: carrier.kind, guest: nil,
+            agentPID: nil, attachCount: 0, memoryMiB: configuration.memoryMiB, vmbusVersion: nil, uptimeSeconds: nil, hypercalls: 0,
+            signals: 0, messagesIn: 0, messagesOut: 0, malformedMessages: 0, heartbeat: nil, vps: [], channels: [], nics: nil)
     }
 }
 

@@ -99,11 +99,15 @@ public final class PartitionService: @unchecked Sendable {
 
     /// Rescinds every channel, tells the guest the host is going, and ends the thread.
     public func stop() {
-        perform { [self] in
+        let stopped: Void? = perform { [self] in
             if let runtime { runtime.server.rescindAll() }
             carrier.stop()
             detach(reason: "host shutting down")
             running = false
+        }
+        guard stopped != nil else {
+            logger.error("\(configuration.name): the partition thread did not stop within \(Self.performTimeoutMs) ms; leaving it")
+            return
         }
         thread?.join()
         thread = nil
@@ -111,16 +115,36 @@ public final class PartitionService: @unchecked Sendable {
     }
 
     /// Runs `body` on the service thread and returns its result.
-    public func perform<T>(_ body: @escaping () -> T) -> T {
+    ///
+    /// Waits at most `timeoutMs`: nil means the thread did not get to it in time (a partition
+    /// stuck on its guest must not hang `status` or the control socket for every partition). The
+    /// job still runs when the thread gets to it; its result is then dropped.
+    public func perform<T>(timeoutMs: Int32 = PartitionService.performTimeoutMs, _ body: @escaping () -> T) -> T? {
         if thread == nil { return body() }
-        let done = try! EventFD()
-        nonisolated(unsafe) var result: T?
-        let job = { result = body(); done.ring() }
+        guard let done = try? EventFD() else { return nil }
+        let box = PerformResult<T>()
+        let job = { box.set(body()); done.ring() }
         requestLock.withLock { requests.append(job) }
         wake.ring()
-        done.wait()
-        return result!
+        var fd = pollfd(fd: done.fd, events: Int16(POLLIN), revents: 0)
+        let deadline = viridian_now_ns() + UInt64(max(timeoutMs, 0)) * 1_000_000
+        while true {
+            let now = viridian_now_ns()
+            guard now < deadline else { break }
+            let n = poll(&fd, 1, Int32(clamping: (deadline - now) / 1_000_000 + 1))
+            if n > 0 || (n < 0 && errno != EINTR) { break }
+        }
+        return box.get()
     }
+
+    /// Queues a job that keeps the partition thread busy (the test-only fault of the control socket).
+    func stallForTest(milliseconds: Int) {
+        requestLock.withLock { requests.append { usleep(UInt32(milliseconds) * 1000) } }
+        wake.ring()
+    }
+
+    /// How long a control request waits for the partition thread.
+    public static let performTimeoutMs: Int32 = 5000
 
     // MARK: The loop
 
@@ -236,4 +260,12 @@ extension PartitionService: DescriptorWatcher {
             _ = viridian_epoll_remove(epoll, fd)
         }
     }
+}
+
+/// A result handed from the partition thread to a caller that may have stopped waiting.
+final class PerformResult<T>: @unchecked Sendable {
+    private let lock = Lock()
+    private var value: T?
+    func set(_ v: T) { lock.withLock { value = v } }
+    func get() -> T? { lock.withLock { value } }
 }

@@ -45,3 +45,31 @@ struct RuntimeDirectoryTests {
         }
     }
 }
+
+@Suite("A stuck partition")
+struct StuckPartitionTests {
+    @Test("A partition whose thread is stuck is reported 'not answering'; status still answers, the other partition serves, requests to it fail with a message")
+    func notAnswering() throws {
+        // The test-only fault: the host honours test-stall only with VIRIDIAN_TEST_FAULTS=1.
+        setenv("VIRIDIAN_TEST_FAULTS", "1", 1)
+        let fixture = try HostFixture(config: "[[partition]]\nname = \"guest1\"\n[[partition]]\nname = \"guest2\"\n")
+        unsetenv("VIRIDIAN_TEST_FAULTS")
+        let control = fixture.directory.appendingPathComponent("host.sock").path
+        let stall = try ViridianHostService.send(ControlRequest(op: "test-stall", partition: "guest1", value: "20000"), controlPath: control)
+        #expect(String(decoding: stall, as: UTF8.self).contains("true"))
+        let started = Date()
+        let status = try fixture.status()
+        let took = Date().timeIntervalSince(started)
+        #expect(status.partitions.map(\.state) == ["not answering", "waiting"], "\(status.partitions.map(\.state))")
+        #expect(took < Double(PartitionService.performTimeoutMs) / 1000 + 2, "status took \(took) s")
+        // The other partition serves an agent meanwhile.
+        let agent = try fixture.agent(["echo", "--packets", "1000"], partition: "guest2")
+        #expect(agent.wait(seconds: 60) == 0, "\(agent.text)")
+        // A request for the stuck one fails with a message instead of hanging.
+        let reply = String(decoding: try ViridianHostService.send(ControlRequest(op: "disk", partition: "guest1", action: "remove", lun: 5),
+                                                                  controlPath: control), as: UTF8.self)
+        #expect(reply.contains("did not answer"), "\(reply)")
+        // When the thread is free again, so is the partition.
+        #expect(try eventually(seconds: 40) { try fixture.status().partitions[0].state == "waiting" })
+    }
+}
