@@ -27,8 +27,7 @@ final class LinkInterruptWait: InterruptWait, @unchecked Sendable {
     let line: EventFD
     init(line: EventFD) { self.line = line }
     func wait(timeoutMs: Int) -> Bool {
-        var fd = pollfd(fd: line.fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&fd, 1, Int32(timeoutMs)) > 0 else { return false }
+        guard line.poll(timeoutMs: timeoutMs) else { return false }
         line.wait()
         return true
     }

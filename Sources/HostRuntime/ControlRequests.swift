@@ -70,17 +70,15 @@ extension PartitionService {
     /// Starts `start` on the service thread and waits up to `timeoutMs` for it to call back.
     func waitForReply<T: Sendable>(timeoutMs: Int, _ start: @escaping (@escaping @Sendable (T) -> Void) -> Void) -> T? {
         guard let done = try? EventFD() else { return nil }
-        let lock = Lock()
-        nonisolated(unsafe) var result: T?
+        let result = PerformResult<T>()
         _ = perform {
             start { value in
-                lock.withLock { result = value }
+                result.set(value)
                 done.ring()
             }
         }
-        var fd = pollfd(fd: done.fd, events: Int16(POLLIN), revents: 0)
-        _ = poll(&fd, 1, Int32(timeoutMs))
-        return lock.withLock { result }
+        _ = done.poll(timeoutMs: timeoutMs)
+        return result.get()
     }
 
     /// Asks the guest to shut down, reboot or hibernate; waits for its answer.

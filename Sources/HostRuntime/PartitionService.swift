@@ -126,14 +126,7 @@ public final class PartitionService: @unchecked Sendable {
         let job = { box.set(body()); done.ring() }
         requestLock.withLock { requests.append(job) }
         wake.ring()
-        var fd = pollfd(fd: done.fd, events: Int16(POLLIN), revents: 0)
-        let deadline = viridian_now_ns() + UInt64(max(timeoutMs, 0)) * 1_000_000
-        while true {
-            let now = viridian_now_ns()
-            guard now < deadline else { break }
-            let n = poll(&fd, 1, Int32(clamping: (deadline - now) / 1_000_000 + 1))
-            if n > 0 || (n < 0 && errno != EINTR) { break }
-        }
+        _ = done.poll(timeoutMs: Int(timeoutMs))
         return box.get()
     }
 

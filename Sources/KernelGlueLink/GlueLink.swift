@@ -141,8 +141,7 @@ public final class GlueLink: GuestPlatform, @unchecked Sendable {
         while header.hostJoined != generation {
             let now = viridian_now_ns()
             guard now < deadline else { throw .noAnswer("viridian-host did not acknowledge the join within \(Self.joinTimeoutMs) ms") }
-            var fd = pollfd(fd: control.fd, events: Int16(POLLIN), revents: 0)
-            if poll(&fd, 1, Int32((deadline - now) / 1_000_000 + 1)) > 0 { control.wait() }
+            if control.poll(timeoutMs: Int((deadline - now) / 1_000_000 + 1)) { control.wait() }
         }
         logger.info("KernelGlue: \(node) joined partition \(partitionName) (generation \(generation), \(vps) VPs, \(pages) pool pages)")
     }

@@ -33,6 +33,20 @@ public final class EventFD: @unchecked Sendable {
         }
         return value
     }
+
+    /// Waits up to `timeoutMs` (negative: for ever) until the eventfd is rung, resuming with the
+    /// time left when a signal interrupts; true if it was rung. The count stays for `wait()`.
+    public func poll(timeoutMs: Int) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let deadline = viridian_now_ns() &+ UInt64(max(timeoutMs, 0)) &* 1_000_000
+        while true {
+            let now = viridian_now_ns()
+            let left = timeoutMs < 0 ? -1 : Int32(clamping: now < deadline ? (deadline - now) / 1_000_000 + 1 : 0)
+            let n = Glibc.poll(&entry, 1, left)
+            if n > 0 { return true }
+            if n == 0 || errno != EINTR { return false }
+        }
+    }
 }
 
 /// A POSIX thread running one closure; `join()` waits for it.

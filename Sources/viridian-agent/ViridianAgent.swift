@@ -256,10 +256,7 @@ struct Echo: ParsableCommand {
 }
 
 /// Waits up to `ms` for the stop doorbell; true if it rang.
-func waitOrStop(_ stop: EventFD, ms: Int) -> Bool {
-    var fd = pollfd(fd: stop.fd, events: Int16(POLLIN), revents: 0)
-    return poll(&fd, 1, Int32(ms)) > 0
-}
+func waitOrStop(_ stop: EventFD, ms: Int) -> Bool { stop.poll(timeoutMs: ms) }
 
 struct KVPCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
