@@ -67,12 +67,16 @@ public final class GuestPhysicalMemory: @unchecked Sendable {
 
     public var pageCount: Int { size / Self.pageSize }
 
+    /// Whether all `count` bytes at `gpa` lie inside memory (no overflow for a GPA near 2^64).
+    @inlinable
+    public func contains(gpa: UInt64, count: Int) -> Bool {
+        count >= 0 && gpa <= UInt64(size) && UInt64(count) <= UInt64(size) - gpa
+    }
+
     /// The host address of `count` bytes at `gpa`, or an error if any byte is outside memory.
     @inlinable
     public func pointer(gpa: UInt64, count: Int) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
-        guard count >= 0, gpa <= UInt64(size), UInt64(count) <= UInt64(size) - gpa else {
-            throw .outOfRange(gpa: gpa, count: count)
-        }
+        guard contains(gpa: gpa, count: count) else { throw .outOfRange(gpa: gpa, count: count) }
         return base + Int(gpa)
     }
 
@@ -86,8 +90,16 @@ public final class GuestPhysicalMemory: @unchecked Sendable {
     public func mapPages(_ pfns: [UInt64]) throws(GuestMemoryError) -> PageMapping {
         guard !pfns.isEmpty else { throw .invalidSize(0) }
         for pfn in pfns where pfn >= UInt64(pageCount) { throw .invalidPage(pfn) }
-        var runs = 1
-        for i in 1..<pfns.count where pfns[i] != pfns[i - 1] &+ 1 { runs += 1 }
+        // Runs of consecutive pages: each is one host mapping (start index, pages).
+        var spans: [(start: Int, pages: Int)] = []
+        for (i, pfn) in pfns.enumerated() {
+            if let last = spans.last, pfns[last.start] &+ UInt64(last.pages) == pfn {
+                spans[spans.count - 1].pages += 1
+            } else {
+                spans.append((i, 1))
+            }
+        }
+        let runs = spans.count
         let (before, _) = mappings.value.wrappingAdd(runs, ordering: .relaxed)
         guard before + runs <= Self.mappingLimit else {
             mappings.value.wrappingSubtract(runs, ordering: .relaxed)
@@ -99,18 +111,14 @@ public final class GuestPhysicalMemory: @unchecked Sendable {
             mappings.value.wrappingSubtract(runs, ordering: .relaxed)
             throw .system(call: "mmap(reserve)", errno: e)
         }
-        var i = 0
-        while i < pfns.count {
-            var run = 1
-            while i + run < pfns.count && pfns[i + run] == pfns[i] + UInt64(run) { run += 1 }
-            let at = view + i * Self.pageSize
-            guard viridian_mmap_fixed_shared(at, run * Self.pageSize, fd, Int64(pfns[i]) * Int64(Self.pageSize)) != nil else {
+        for span in spans {
+            let at = view + span.start * Self.pageSize
+            guard viridian_mmap_fixed_shared(at, span.pages * Self.pageSize, fd, Int64(pfns[span.start]) * Int64(Self.pageSize)) != nil else {
                 let e = errno
                 munmap(view, length)
                 mappings.value.wrappingSubtract(runs, ordering: .relaxed)
                 throw .system(call: "mmap(fixed)", errno: e)
             }
-            i += run
         }
         return PageMapping(base: view, count: length, runs: runs, counter: mappings)
     }

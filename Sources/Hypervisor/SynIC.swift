@@ -55,12 +55,6 @@ public final class SynIC {
     // MARK: Registers
 
     /// Handles a guest write to a SynIC MSR.
-    /// Whether a SynIC page at `gpa` lies inside guest memory of `size` bytes (no overflow for
-    /// a page number near the top of the address space).
-    static func pageFits(_ gpa: UInt64, in size: Int) -> Bool {
-        gpa <= UInt64(size) && UInt64(SynICLayout.pageSize) <= UInt64(size) - gpa
-    }
-
     public func writeMSR(_ msr: UInt32, _ value: UInt64) throws(SynICError) {
         switch msr {
         case HvMSR.guestOSID:
@@ -71,14 +65,14 @@ public final class SynIC {
             deliverAll()
         case HvMSR.simp:
             let reg = SynICPageRegister(rawValue: value)
-            guard !reg.enabled || Self.pageFits(reg.gpa, in: memory.size) else {
+            guard !reg.enabled || memory.contains(gpa: reg.gpa, count: SynICLayout.pageSize) else {
                 throw .invalidValue(register: msr, value: value)
             }
             simp = reg
             deliverAll()
         case HvMSR.siefp:
             let reg = SynICPageRegister(rawValue: value)
-            guard !reg.enabled || Self.pageFits(reg.gpa, in: memory.size) else {
+            guard !reg.enabled || memory.contains(gpa: reg.gpa, count: SynICLayout.pageSize) else {
                 throw .invalidValue(register: msr, value: value)
             }
             siefp = reg
