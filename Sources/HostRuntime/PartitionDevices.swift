@@ -54,10 +54,7 @@ final class PartitionDevices {
         for disk in configuration.disks(imageDirectory: imageDirectory) {
             let lun = UInt8(luns[disk.controller, default: [:]].count)
             guard lun < 255 else { continue }
-            let directory = (disk.path as NSString).deletingLastPathComponent
-            if !disk.readOnly { try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
-            let backend = try FileBackend(path: disk.path, readOnly: disk.readOnly,
-                                          createSize: disk.readOnly ? nil : UInt64(disk.sizeMiB) << 20)
+            let backend = try disk.openBackend()
             luns[disk.controller, default: [:]][lun] = SCSIDisk(backend: backend, serial: "\(configuration.name.prefix(10))-\(disk.controller)-\(lun)")
             logger.info("\(configuration.name): controller \(disk.controller) LUN \(lun) = \(disk.path) (\(backend.sizeBytes >> 20) MiB\(disk.readOnly ? ", read-only" : ""))")
         }
@@ -98,12 +95,7 @@ final class PartitionDevices {
         if configuration.ide.isEmpty {
             ide = nil
         } else {
-            let backends: [(any BlockBackend)?] = try configuration.ide.map { disk in
-                if !disk.readOnly {
-                    try? FileManager.default.createDirectory(atPath: (disk.path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-                }
-                return try FileBackend(path: disk.path, readOnly: disk.readOnly, createSize: disk.readOnly ? nil : UInt64(disk.sizeMiB) << 20)
-            }
+            let backends: [(any BlockBackend)?] = try configuration.ide.map { try $0.openBackend() }
             ide = ATAController(disks: backends)
             logger.info("\(configuration.name): emulated IDE channel 0x1F0/IRQ 14: \(configuration.ide.map(\.path).joined(separator: ", "))")
         }
@@ -123,5 +115,15 @@ final class PartitionDevices {
         }
         all = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 }
             + controllers.keys.sorted().map { controllers[$0]! } + nics
+    }
+}
+
+extension DiskConfiguration {
+    /// Opens the image; a writable one is created (sparse, `size_mib`) with its directory if missing.
+    func openBackend() throws(BlockError) -> FileBackend {
+        if !readOnly {
+            try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        }
+        return try FileBackend(path: path, readOnly: readOnly, createSize: readOnly ? nil : UInt64(sizeMiB) << 20)
     }
 }
