@@ -137,30 +137,26 @@ struct StorageLoopbackTests {
         let rw = try TempImage(size: 1 << 20), ro = try TempImage(size: 1 << 20)
         let (machine, vsp, client) = try storageMachine(rw, ro)
         let endpoint = try #require(client.channel.endpoint)
-        var srb = SCSIRequest()
-        srb.cdbLength = 10
-        srb.cdbOrSense = rw10(0x28, lba: 0, blocks: 8) + [UInt8](repeating: 0, count: 10)
-        srb.dataIn = 1
-        srb.dataTransferLength = 4096
-        let outside = GpaRange(byteCount: 4096, byteOffset: 0, pfns: [UInt64(machine.memory.pageCount) + 5])
         let refusedBefore = vsp.refusedPages
-        _ = try endpoint.writer.tryWrite(type: .dataUsingGPADirect, flags: 1, transactionID: 999_999,
-                                         extension: GpaDirectHeader.extensionBytes(for: [outside]),
-                                         payload: VStorPacket(operation: .executeSRB, body: srb.encoded).encode())
-        endpoint.commitWrites()
-        machine.pump()
+        // A READ of range.byteCount bytes into the one GPA-direct range given.
+        func read(into range: GpaRange, transactionID: UInt64) throws {
+            var srb = SCSIRequest()
+            srb.cdbLength = 10
+            srb.cdbOrSense = rw10(0x28, lba: 0, blocks: 8) + [UInt8](repeating: 0, count: 10)
+            srb.dataIn = 1
+            srb.dataTransferLength = range.byteCount
+            _ = try endpoint.writer.tryWrite(type: .dataUsingGPADirect, flags: 1, transactionID: transactionID,
+                                             extension: GpaDirectHeader.extensionBytes(for: [range]),
+                                             payload: VStorPacket(operation: .executeSRB, body: srb.encoded).encode())
+            endpoint.commitWrites()
+            machine.pump()
+        }
+        try read(into: GpaRange(byteCount: 4096, byteOffset: 0, pfns: [UInt64(machine.memory.pageCount) + 5]), transactionID: 999_999)
         #expect(vsp.refusedPages == refusedBefore + 1)
         // A PFN at the top of the address space followed by another: the run test added 1 to it
         // before the page bound was checked (it used to trap).
-        let wrapping = GpaRange(byteCount: 8192, byteOffset: 0, pfns: [UInt64.max, 0])
-        srb.dataTransferLength = 8192
-        _ = try endpoint.writer.tryWrite(type: .dataUsingGPADirect, flags: 1, transactionID: 999_998,
-                                         extension: GpaDirectHeader.extensionBytes(for: [wrapping]),
-                                         payload: VStorPacket(operation: .executeSRB, body: srb.encoded).encode())
-        endpoint.commitWrites()
-        machine.pump()
+        try read(into: GpaRange(byteCount: 8192, byteOffset: 0, pfns: [UInt64.max, 0]), transactionID: 999_998)
         #expect(vsp.refusedPages == refusedBefore + 2)
-        srb.dataTransferLength = 4096
         // Random packets and random CDBs.
         var rng: UInt64 = 77
         let buffer = try GuestBuffer(client: machine.client, bytes: 8192)
