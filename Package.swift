@@ -58,7 +58,7 @@ let package = Package(
         .target(
             name: "IntegrationServices",
             dependencies: [
-                "VMBusWire", "VMBusRing", "VMBusChannel", "Hypervisor", "VMBusClient",
+                "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "Hypervisor", "VMBusClient",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/Devices/IC",

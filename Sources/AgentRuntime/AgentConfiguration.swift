@@ -14,7 +14,7 @@ import VMBusWire
 /// connect_timeout_ms = 10000               # how long to wait for VMBus negotiation and offers
 /// log_level = "info"                       # trace, debug, info, notice, warning, error, critical
 /// versions = ["5.3", "5.2", "5.1", "5.0", "4.1", "4.0", "3.0", "2.4"]  # VMBus versions to try, newest first
-/// integration_services = ["heartbeat", "timesync", "shutdown", "kvp"]  # which IC channels to serve
+/// integration_services = ["heartbeat", "timesync", "shutdown", "kvp", "vss", "fcopy"]  # which IC channels to serve
 /// health_window_ms = 3000                  # heartbeats are answered only if the main loop ran this recently
 /// timesync = "chrony"                      # "chrony" (SOCK refclock), "clock" (discipline the system clock), "off"
 /// chrony_socket = "/run/chrony/viridian.sock"  # chrony: refclock SOCK path
@@ -25,6 +25,11 @@ import VMBusWire
 /// state_dir = "/var/lib/viridian/agent"    # KVP pools live in <state_dir>/kvp
 /// kvp_interfaces_include = ["*"]           # interfaces whose addresses KVP reports (shell patterns)
 /// kvp_interfaces_exclude = ["docker*", "veth*", "virbr*", "lo"]
+/// ip_config = "auto"                       # KVP SET_IP_INFO through "networkmanager", "networkd", "iproute2" or "auto"
+/// resolv_conf = "/etc/resolv.conf"         # iproute2: where SET_IP_INFO's DNS servers go
+/// backup_mount_points = []                 # VSS: freeze only these mount points (empty: every writable block-device file system)
+/// backup_thaw_timeout_s = 900              # VSS: thaw by itself when the host sends no THAW within this (Linux's 15 minutes)
+/// fcopy_directories = ["/var/lib/viridian/incoming"]  # FCOPY: the only directories the host may copy files into
 /// storage = true                           # export the synthetic SCSI LUNs over NBD
 /// export_dir = "/run/viridian/disks"       # NBD sockets: <export_dir>/scsi<relid>-lun<n>.sock
 /// storage_vcpus_per_sub_channel = 4        # Linux's rule: one storage sub-channel per 4 VPs (1 = one per VP)
@@ -59,6 +64,13 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var nicNetns: String?
     /// MiB of pinned pages the agent takes from KernelGlue for rings and device buffers.
     public var bufferPoolMiB: Int
+    public var ipConfig: String
+    public var resolvConf: String
+    public var backupMountPoints: [String]
+    public var backupThawTimeoutS: Int
+    public var fcopyDirectories: [String]
+
+    public static let knownIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp", "vss", "fcopy"]
 
     public static let defaultPoolMiB = 64
 
@@ -71,7 +83,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         connectTimeoutMs = 10_000
         logLevel = "info"
         versions = nil
-        integrationServices = ["heartbeat", "timesync", "shutdown", "kvp"]
+        integrationServices = Self.knownIntegrationServices
         healthWindowMs = 3000
         timesync = "chrony"
         chronySocket = "/run/chrony/viridian.sock"
@@ -88,6 +100,11 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         nicTap = "viridian%d"
         nicNetns = nil
         bufferPoolMiB = Self.defaultPoolMiB
+        ipConfig = "auto"
+        resolvConf = "/etc/resolv.conf"
+        backupMountPoints = []
+        backupThawTimeoutS = 900
+        fcopyDirectories = ["/var/lib/viridian/incoming"]
         exportDir = getuid() == 0 ? "/run/viridian/disks" : "/tmp/viridian-\(getuid())/disks"
     }
 
@@ -114,6 +131,11 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         case nicTap = "nic_tap"
         case nicNetns = "nic_netns"
         case bufferPoolMiB = "buffer_pool_mib"
+        case ipConfig = "ip_config"
+        case resolvConf = "resolv_conf"
+        case backupMountPoints = "backup_mount_points"
+        case backupThawTimeoutS = "backup_thaw_timeout_s"
+        case fcopyDirectories = "fcopy_directories"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -143,6 +165,11 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         nicTap = try c.decodeIfPresent(String.self, forKey: .nicTap) ?? defaults.nicTap
         nicNetns = try c.decodeIfPresent(String.self, forKey: .nicNetns)
         bufferPoolMiB = try c.decodeIfPresent(Int.self, forKey: .bufferPoolMiB) ?? defaults.bufferPoolMiB
+        ipConfig = try c.decodeIfPresent(String.self, forKey: .ipConfig) ?? defaults.ipConfig
+        resolvConf = try c.decodeIfPresent(String.self, forKey: .resolvConf) ?? defaults.resolvConf
+        backupMountPoints = try c.decodeIfPresent([String].self, forKey: .backupMountPoints) ?? defaults.backupMountPoints
+        backupThawTimeoutS = try c.decodeIfPresent(Int.self, forKey: .backupThawTimeoutS) ?? defaults.backupThawTimeoutS
+        fcopyDirectories = try c.decodeIfPresent([String].self, forKey: .fcopyDirectories) ?? defaults.fcopyDirectories
     }
 
     /// Reads `path`; a missing file at the default path means defaults, elsewhere it is an error.
@@ -163,8 +190,15 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         guard ["chrony", "clock", "off"].contains(timesync) else {
             throw AgentError.configuration("timesync must be \"chrony\", \"clock\" or \"off\"")
         }
-        for service in integrationServices where !["heartbeat", "timesync", "shutdown", "kvp"].contains(service) {
-            throw AgentError.configuration("unknown integration service '\(service)'")
+        for service in integrationServices where !Self.knownIntegrationServices.contains(service) {
+            throw AgentError.configuration("unknown integration service '\(service)' (\(Self.knownIntegrationServices.joined(separator: ", ")))")
+        }
+        guard ipConfig == "auto" || IPBackend(rawValue: ipConfig) != nil else {
+            throw AgentError.configuration("ip_config must be auto, networkmanager, networkd or iproute2")
+        }
+        guard (1...86_400).contains(backupThawTimeoutS) else { throw AgentError.configuration("backup_thaw_timeout_s must be 1…86400") }
+        for d in fcopyDirectories + backupMountPoints where !d.hasPrefix("/") {
+            throw AgentError.configuration("fcopy_directories and backup_mount_points take absolute paths, not '\(d)'")
         }
         guard (4...256).contains(bufferPoolMiB) else { throw AgentError.configuration("buffer_pool_mib must be 4…256") }
         guard link.hasPrefix("unix:") || link == "kernelglue" || link.hasPrefix("/dev/") else {

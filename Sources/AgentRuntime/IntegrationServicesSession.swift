@@ -1,4 +1,5 @@
-// Binds the guest's integration services to their offered channels: heartbeat, time sync, shutdown, KVP.
+// Binds the guest's integration services to their offered channels: heartbeat, time sync, shutdown,
+// KVP (with IP injection), backup (VSS) and guest file copy (FCOPY).
 
 import Atomics
 import CSystem
@@ -12,8 +13,10 @@ import VMBusWire
 extension AgentSession {
     /// Opens every offered IC channel the configuration asks for and answers it from now on.
     /// Returns the drivers (keep them alive).
-    public func serveIntegrationServices(_ config: AgentConfiguration) throws -> [ICClient] {
-        let wanted: [(DeviceClass, String)] = [(.heartbeat, "heartbeat"), (.timeSync, "timesync"), (.shutdown, "shutdown"), (.kvp, "kvp")]
+    /// `adapters` lists the NICs KVP's IP requests may name (read when one comes).
+    public func serveIntegrationServices(_ config: AgentConfiguration, adapters: @escaping @Sendable () -> [GuestAdapter] = { [] }) throws -> [ICClient] {
+        let wanted: [(DeviceClass, String)] = [(.heartbeat, "heartbeat"), (.timeSync, "timesync"), (.shutdown, "shutdown"), (.kvp, "kvp"),
+                                               (.vss, "vss"), (.fileCopy, "fcopy")]
             .filter { config.integrationServices.contains($0.1) && !($0.1 == "timesync" && config.timesync == "off") }
         let channels = withBus { client in
             wanted.compactMap { w in client.channels.values.first { $0.deviceClass == w.0 && $0.state == .offered }.map { ($0, w.1) } }
@@ -30,14 +33,14 @@ extension AgentSession {
                 logger.warning("\(name): channel did not open (\(channel.state))")
                 continue
             }
-            let service = try makeService(name, config: config)
+            let service = try makeService(name, config: config, adapters: adapters)
             drivers.append(withBus { _ in ICClient(channel: channel, service: service, logger: logger) })
             logger.info("\(name): serving relid \(channel.relid)")
         }
         return drivers
     }
 
-    private func makeService(_ name: String, config: AgentConfiguration) throws -> any ICGuestService {
+    private func makeService(_ name: String, config: AgentConfiguration, adapters: @escaping @Sendable () -> [GuestAdapter]) throws -> any ICGuestService {
         switch name {
         case "heartbeat":
             let window = UInt64(config.healthWindowMs) * 1_000_000
@@ -59,10 +62,17 @@ extension AgentSession {
                 logger: logger,
                 run: { kind, _, _ in runAction(commands[kind] ?? "false", logger: logger) },
                 withBus: { [weak self] body in self?.bus.withLock(body) })
+        case "vss":
+            return VSSService(freezer: MountFreezer(only: config.backupMountPoints), autoThawNs: UInt64(config.backupThawTimeoutS) * 1_000_000_000,
+                              now: viridian_now_ns, logger: logger)
+        case "fcopy":
+            return FCopyService(allowed: config.fcopyDirectories, now: viridian_now_ns, logger: logger)
         default:
             let store = try KVPStore(directory: config.stateDir + "/kvp")
             let intrinsic = IntrinsicData(include: config.kvpInterfacesInclude, exclude: config.kvpInterfacesExclude)
-            return KVPService(store: store, intrinsic: intrinsic.records, logger: logger)
+            let ip = GuestIPConfigurator(adapters: adapters, backend: config.ipConfig, resolvConf: config.resolvConf, logger: logger)
+            logger.info("kvp: IP injection through \(ip.backendName)")
+            return KVPService(store: store, intrinsic: intrinsic.records, ip: ip, logger: logger)
         }
     }
 }

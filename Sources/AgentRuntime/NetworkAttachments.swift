@@ -22,6 +22,8 @@ public struct NICInfo: Codable, Sendable, Equatable {
     public var nvspVersion: String
     /// Channels (and TAP queues): the primary plus sub-channels.
     public var queues: Int
+    /// The adapter's VMBus instance id (what KVP SET_IP_INFO names it by).
+    public var instance: String?
 }
 
 /// A synthetic NIC bridged to a guest TAP. Frames from the TAP are read straight into transmit
@@ -237,7 +239,7 @@ public final class NetworkAttachments: @unchecked Sendable {
             nics.map { n in
                 NICInfo(index: n.index, relid: n.client.channel.relid, tap: n.tap.name, netns: netns, mac: MACAddress.format(n.client.mac),
                         mtu: n.client.mtu, carrier: n.client.linkUp, nvspVersion: "0x" + String(n.client.version, radix: 16),
-                        queues: n.taps.count)
+                        queues: n.taps.count, instance: n.client.channel.offer.interfaceInstance.description)
             }
         }
     }

@@ -337,3 +337,20 @@ int viridian_open(const char *path, int flags, int mode) {
     do { r = open(path, flags | O_CLOEXEC, (mode_t)mode); } while (r < 0 && errno == EINTR);
     return r;
 }
+
+#include <linux/fs.h>
+#include <sys/syscall.h>
+
+int viridian_fsfreeze(int fd, int freeze) {
+    return ioctl(fd, freeze ? FIFREEZE : FITHAW, 0);
+}
+
+int viridian_rename_noreplace(int olddir, const char *oldname, int newdir, const char *newname) {
+    return (int)syscall(SYS_renameat2, olddir, oldname, newdir, newname, RENAME_NOREPLACE);
+}
+
+int viridian_openat(int dir, const char *path, int flags, int mode) {
+    int r;
+    do { r = openat(dir, path, flags | O_CLOEXEC, (mode_t)mode); } while (r < 0 && errno == EINTR);
+    return r;
+}

@@ -25,13 +25,24 @@ public struct ControlRequest: Codable, Sendable {
     public var readOnly: Bool?
     public var sizeMiB: Int?
     public var lun: Int?
-    /// nic link: the adapter (index or TAP name) and the state wanted.
+    /// nic link: the adapter (index or TAP name) and the state wanted; kvp set-ip/get-ip: the adapter (MAC, index or TAP name).
     public var nic: String?
     public var up: Bool?
+    /// copy-file: the guest path (`path` is the host's source file) and how to place it.
+    public var destination: String?
+    public var overwrite: Bool?
+    public var createPath: Bool?
+    /// kvp set-ip: what the adapter gets.
+    public var ip: ControlIPInfo?
 
     public init(op: String, partition: String? = nil, kind: String? = nil, force: Bool? = nil, reason: String? = nil,
                 action: String? = nil, key: String? = nil, value: String? = nil, path: String? = nil, readOnly: Bool? = nil,
-                sizeMiB: Int? = nil, lun: Int? = nil, nic: String? = nil, up: Bool? = nil) {
+                sizeMiB: Int? = nil, lun: Int? = nil, nic: String? = nil, up: Bool? = nil, destination: String? = nil,
+                overwrite: Bool? = nil, createPath: Bool? = nil, ip: ControlIPInfo? = nil) {
+        self.destination = destination
+        self.overwrite = overwrite
+        self.createPath = createPath
+        self.ip = ip
         self.nic = nic
         self.up = up
         self.path = path
@@ -59,8 +70,37 @@ public struct ControlReply: Codable, Sendable {
     public var items: [[String]]?
     /// disk add: the LUN given to the new disk.
     public var lun: Int?
+    /// copy-file: bytes copied.
+    public var bytes: UInt64?
+    /// backup check: the flags the guest answered, in hex.
+    public var flags: String?
+    /// kvp get-ip: the adapter's configuration.
+    public var ip: ControlIPInfo?
 
     public static func failure(_ why: String) -> ControlReply { ControlReply(ok: false, error: why) }
+}
+
+/// An adapter's IP configuration on the control socket (KVP set-ip and get-ip).
+public struct ControlIPInfo: Codable, Sendable, Equatable {
+    public var dhcp: Bool
+    public var addresses: [String]
+    public var subnets: [String]
+    public var gateways: [String]
+    public var dns: [String]
+
+    public init(dhcp: Bool = false, addresses: [String] = [], subnets: [String] = [], gateways: [String] = [], dns: [String] = []) {
+        self.dhcp = dhcp
+        self.addresses = addresses
+        self.subnets = subnets
+        self.gateways = gateways
+        self.dns = dns
+    }
+}
+
+/// A progress line a long request (copy-file) writes before its reply.
+public struct ControlProgress: Codable, Sendable {
+    public var progress: UInt64
+    public var total: UInt64
 }
 
 extension PartitionService {
@@ -144,8 +184,8 @@ extension PartitionService {
 }
 
 extension ViridianHostService {
-    /// Answers one control request.
-    func answer(_ request: ControlRequest) -> Data {
+    /// Answers one control request. `emit` writes a progress line to the requester (false: it is gone).
+    func answer(_ request: ControlRequest, emit: (Data) -> Bool = { _ in true }) -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         if request.op == "status" { return (try? encoder.encode(status())) ?? Data("{}".utf8) }
@@ -160,12 +200,18 @@ extension ViridianHostService {
                 break
             }
             reply = partition.shutdown(kind: kind, force: request.force ?? false, reason: request.reason ?? "")
+        case "kvp" where request.action == "set-ip" || request.action == "get-ip":
+            reply = partition.kvpIP(request)
         case "kvp":
             reply = partition.kvp(action: request.action ?? "", key: request.key, value: request.value)
         case "disk":
             reply = partition.disk(request)
         case "nic":
             reply = partition.nic(request)
+        case "backup":
+            reply = partition.backup(action: request.action ?? "")
+        case "copy-file":
+            reply = partition.copyFile(request, emit: emit)
         case "test-stall" where ProcessInfo.processInfo.environment["VIRIDIAN_TEST_FAULTS"] == "1":
             // A test-only fault (the host must be started with VIRIDIAN_TEST_FAULTS=1): occupies the
             // partition thread for `value` milliseconds, as a partition stuck on its guest would.
@@ -177,8 +223,8 @@ extension ViridianHostService {
         return (try? encoder.encode(reply)) ?? Data()
     }
 
-    /// Sends a request to a running host and returns its raw reply.
-    public static func send(_ request: ControlRequest, controlPath: String) throws -> Data {
+    /// Sends a request to a running host and returns its raw reply; progress lines before it go to `progress`.
+    public static func send(_ request: ControlRequest, controlPath: String, progress: ((ControlProgress) -> Void)? = nil) throws -> Data {
         let fd: Int32
         do { fd = try UnixSocket.connect(path: controlPath, type: Int32(SOCK_STREAM.rawValue)) } catch {
             throw ConfigurationError.invalid("cannot reach viridian-host at \(controlPath) (is it running?): \(error)")
@@ -189,10 +235,17 @@ extension ViridianHostService {
         _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         var data = Data()
         var chunk = [UInt8](repeating: 0, count: 65536)
+        let marker = Data("{\"progress\":".utf8)
         while true {
             let n = read(fd, &chunk, chunk.count)
+            if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
             data.append(contentsOf: chunk[0..<n])
+            // Progress lines come first, one JSON object a line; the reply follows them.
+            while data.starts(with: marker), let end = data.firstIndex(of: UInt8(ascii: "\n")) {
+                if let p = try? JSONDecoder().decode(ControlProgress.self, from: data[data.startIndex..<end]) { progress?(p) }
+                data = Data(data[(end + 1)...])
+            }
         }
         return data
     }

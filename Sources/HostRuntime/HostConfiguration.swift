@@ -21,7 +21,7 @@ import VMBusWire
 /// ivshmem_socket = "/run/viridian/guest1.ivshmem"   # qemu: the ivshmem server socket (-chardev socket,path=…)
 /// echo_devices = 1                   # Viridian echo test devices to offer
 /// versions = ["5.3", "4.0"]          # VMBus versions accepted (default: 0.13 … 5.3)
-/// integration_services = ["heartbeat", "timesync", "shutdown", "kvp"]
+/// integration_services = ["heartbeat", "timesync", "shutdown", "kvp", "vss", "fcopy"]
 /// heartbeat_interval_ms = 1000       # heartbeat request period
 /// timesync_interval_ms = 5000        # time sample period (a SYNC goes first)
 /// time_offset_ms = 0                 # added to the host time sent (testing)
@@ -136,7 +136,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     public var ivshmemSocket: String?
 
     /// The integration services Viridian provides.
-    public static let allIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp"]
+    public static let allIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp", "vss", "fcopy"]
 
     public init(name: String, memoryMiB: Int = 64, vps: Int = 2, cpus: [Int]? = nil, socket: String? = nil,
                 echoDevices: Int = 1, versions: [String]? = nil, integrationServices: [String] = Self.allIntegrationServices,

@@ -21,6 +21,8 @@ final class PartitionDevices {
     let timeSync: TimeSyncProvider?
     let shutdownService: ShutdownProvider?
     let kvp: KVPProvider?
+    let vss: VSSProvider?
+    let fcopy: FCopyProvider?
     /// Synthetic SCSI controllers, by controller number (disks name theirs; default 0).
     let controllers: [Int: StorageVSP]
     /// I/O threads of the partition's devices.
@@ -49,6 +51,8 @@ final class PartitionDevices {
                                source: SystemTimeSource(offsetNs: Int64(configuration.timeOffsetMs) * 1_000_000), logger: logger, now: clock) : nil
         shutdownService = services.contains("shutdown") ? ShutdownProvider(instanceID: instance(3), logger: logger, now: clock) : nil
         kvp = services.contains("kvp") ? KVPProvider(instanceID: instance(4), logger: logger, now: clock) : nil
+        vss = services.contains("vss") ? VSSProvider(instanceID: instance(5), logger: logger, now: clock) : nil
+        fcopy = services.contains("fcopy") ? FCopyProvider(instanceID: instance(6), logger: logger, now: clock) : nil
         // LUNs are numbered in configuration order within each controller.
         var luns: [Int: [UInt8: SCSIDisk]] = [:]
         for disk in configuration.disks(imageDirectory: imageDirectory) {
@@ -113,7 +117,7 @@ final class PartitionDevices {
         } else {
             ne2000 = nil
         }
-        all = echo + ([hb, timeSync, shutdownService, kvp] as [ICProvider?]).compactMap { $0 }
+        all = echo + ([hb, timeSync, shutdownService, kvp, vss, fcopy] as [ICProvider?]).compactMap { $0 }
             + controllers.keys.sorted().map { controllers[$0]! } + nics
     }
 }

@@ -47,7 +47,9 @@ public final class PartitionService: @unchecked Sendable {
     public var timeSync: TimeSyncProvider? { deviceSet.timeSync }
     public var shutdownService: ShutdownProvider? { deviceSet.shutdownService }
     public var kvp: KVPProvider? { deviceSet.kvp }
-    var providers: [ICProvider] { [heartbeat, timeSync, shutdownService, kvp].compactMap { $0 } }
+    public var vss: VSSProvider? { deviceSet.vss }
+    public var fcopy: FCopyProvider? { deviceSet.fcopy }
+    var providers: [ICProvider] { [heartbeat, timeSync, shutdownService, kvp, vss, fcopy].compactMap { $0 } }
     /// Synthetic SCSI controllers, by controller number.
     public var controllers: [Int: StorageVSP] { deviceSet.controllers }
     /// Controller 0, or the lowest-numbered one (hot plug targets it by default).

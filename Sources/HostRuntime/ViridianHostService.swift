@@ -7,6 +7,7 @@ import Logging
 import Hypervisor
 import PartitionLink
 import QEMUCarrier
+import Synchronization
 
 /// `viridian-host run`: starts one service per partition and answers `status` on the control
 /// socket until SIGTERM, SIGINT or SIGHUP; then rescinds, tells agents, removes its sockets.
@@ -18,6 +19,8 @@ public final class ViridianHostService: @unchecked Sendable {
     let controlFD: Int32
     let controlPath: String
     let stopRequest: EventFD
+    /// Control connections being served now.
+    let activeControl = Atomic<Int>(0)
 
     public init(configuration: HostConfiguration, tracePath: String?, logger: Logger) throws {
         self.configuration = configuration
@@ -72,10 +75,27 @@ public final class ViridianHostService: @unchecked Sendable {
         HostStatus(pid: getpid(), partitions: partitions.map { $0.status() })
     }
 
-    /// One request per connection: a line (JSON `ControlRequest`, or "status") in, JSON out.
+    /// One request per connection, each on its own thread (a copy-file runs for minutes while
+    /// `status` keeps answering): a line (JSON `ControlRequest`, or "status") in, JSON out.
     private func serveControl() {
         let client = viridian_accept(controlFD)
         guard client >= 0 else { return }
+        guard activeControl.add(1, ordering: .relaxed).newValue <= Self.maximumControlConnections else {
+            activeControl.subtract(1, ordering: .relaxed)
+            Self.writeAll(client, Data("{\"ok\":false,\"error\":\"too many control requests at once\"}".utf8))
+            close(client)
+            return
+        }
+        Thread.detachNewThread { [self] in
+            serveConnection(client)
+            activeControl.subtract(1, ordering: .relaxed)
+        }
+    }
+
+    /// Concurrent control connections served; more are refused.
+    static let maximumControlConnections = 32
+
+    private func serveConnection(_ client: Int32) {
         defer { close(client) }
         var timeout = timeval(tv_sec: 2, tv_usec: 0)
         setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -88,14 +108,27 @@ public final class ViridianHostService: @unchecked Sendable {
         }
         let line = String(decoding: buffer[0..<length], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         let request = line == "status" ? ControlRequest(op: "status") : (try? JSONDecoder().decode(ControlRequest.self, from: Data(line.utf8)))
-        let reply = request.map(answer) ?? Data("{\"ok\":false,\"error\":\"malformed request\"}".utf8)
-        reply.withUnsafeBytes { raw in
+        // A requester that closed its end (or sent more than its one line) is gone: progress stops there.
+        let emit: (Data) -> Bool = { data in
+            var p = pollfd(fd: client, events: Int16(POLLIN) | 0x2000 /* POLLRDHUP */, revents: 0)
+            if poll(&p, 1, 0) > 0 { return false }
+            return Self.writeAll(client, data)
+        }
+        let reply = request.map { answer($0, emit: emit) } ?? Data("{\"ok\":false,\"error\":\"malformed request\"}".utf8)
+        Self.writeAll(client, reply)
+    }
+
+    @discardableResult
+    static func writeAll(_ fd: Int32, _ data: Data) -> Bool {
+        data.withUnsafeBytes { raw in
             var sent = 0
             while sent < raw.count {
-                let w = write(client, raw.baseAddress! + sent, raw.count - sent)
-                if w <= 0 { break }
+                let w = Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
+                if w < 0 && errno == EINTR { continue }
+                if w <= 0 { return false }
                 sent += w
             }
+            return true
         }
     }
 

@@ -1,6 +1,7 @@
 // viridian-agent: the guest agent. Joins a partition and runs the VMBus clients. Command line only.
 
 import AgentRuntime
+import CSystem
 import KernelGlueLink
 import ArgumentParser
 import Foundation
@@ -9,6 +10,7 @@ import IntegrationServices
 import Logging
 import NBD
 import PartitionLink
+import Synchronization
 import VMBusWire
 
 @main
@@ -98,7 +100,8 @@ struct Run: ParsableCommand {
             do { try DeviceListState.record(session, stateDir: configuration.stateDir) } catch { logger.warning("\(error)") }
             defer { DeviceListState.remove(stateDir: configuration.stateDir) }
             let drivers: [ICClient]
-            do { drivers = try session.serveIntegrationServices(configuration) } catch {
+            let adapters = Mutex<[GuestAdapter]>([])
+            do { drivers = try session.serveIntegrationServices(configuration, adapters: { adapters.withLock { $0 } }) } catch {
                 session.stop()
                 guard configuration.reconnect else { throw error }
                 logger.notice("\(error); rejoining")
@@ -123,6 +126,11 @@ struct Run: ParsableCommand {
                 do { try network?.attach() } catch { logger.error("network: \(error)") }
             }
             defer { network?.stop() }
+            func recordAdapters() {
+                let nics = network?.list ?? []
+                adapters.withLock { $0 = nics.map { GuestAdapter(interface: $0.tap, mac: $0.mac, instance: $0.instance, netns: $0.netns) } }
+            }
+            recordAdapters()
             systemdNotify("READY=1")
             watchdog.status("joined partition \(session.link.partitionName) with \(session.devices().count) devices")
             // Serve until a stop signal or the host going away; each pass proves the agent alive.
@@ -130,6 +138,8 @@ struct Run: ParsableCommand {
                 if session.hostLost != nil { break }
                 session.pet()
                 try? network?.record()
+                recordAdapters()
+                session.withBus { _ in for d in drivers { d.service.tick(now: viridian_now_ns()) } }
                 if let disks, waitOrStop(disks.busChanged, ms: 0) {
                     disks.busChanged.wait()
                     do { try disks.rescan() } catch { logger.error("storage: rescan failed: \(error)") }
@@ -139,6 +149,8 @@ struct Run: ParsableCommand {
             // A stop signal during the host's shutdown request (the action itself stops this service):
             // the answer goes out before the agent leaves the bus.
             if !ShutdownService.waitForAnswers(timeoutMs: 10_000) { logger.warning("shutdown: the answer to the host is still pending; leaving") }
+            // Nothing a request began outlives the channel: frozen file systems thaw, partial copies go.
+            session.withBus { _ in for d in drivers { d.service.channelClosed() } }
             withExtendedLifetime(drivers) {}
             if let lost = session.hostLost {
                 session.stop()

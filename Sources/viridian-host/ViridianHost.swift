@@ -14,7 +14,7 @@ struct ViridianHost: ParsableCommand {
         commandName: "viridian-host",
         abstract: "Viridian's VMM: partitions, SynIC, hypercalls, the VMBus server and its devices.",
         version: ViridianVersion.current,
-        subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Disk.self, NIC.self, Demo.self])
+        subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Backup.self, CopyFile.self, Disk.self, NIC.self, Demo.self])
 }
 
 struct Run: ParsableCommand {
@@ -263,28 +263,65 @@ struct Hibernate: PowerCommand {
 struct KVP: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvp",
-        abstract: "Key-value exchange with a partition's guest.",
+        abstract: "Key-value exchange with a partition's guest, and its adapters' IP configuration.",
         discussion: """
             get PARTITION [KEY]      the guest's intrinsic items (FullyQualifiedDomainName, OSName, …)
             set PARTITION KEY VALUE  set a key in the external pool (host → guest)
             delete PARTITION KEY     delete a key from the external pool
             list PARTITION           the external pool as the guest holds it
+            set-ip PARTITION NIC --address A/PREFIX … [--gateway G …] [--dns S …] | --dhcp
+                                     configure the guest adapter (NIC: its MAC, index or host TAP name)
+                                     through the guest's network manager (IP injection)
+            get-ip PARTITION NIC     the adapter's addresses, gateways, DNS servers and DHCP state
             """)
 
-    @Argument(help: "get, set, delete or list.") var action: String
+    @Argument(help: "get, set, delete, list, set-ip or get-ip.") var action: String
     @Argument(help: "Partition name.") var partition: String
-    @Argument(help: "Key (get: optional).") var key: String?
+    @Argument(help: "Key (get: optional); set-ip/get-ip: the NIC.") var key: String?
     @Argument(help: "Value (set).") var value: String?
+    @Option(name: .customLong("address"), help: "set-ip: an address with its prefix length (10.0.0.2/24, fd00::2/64); repeat for more.")
+    var addresses: [String] = []
+    @Option(name: .customLong("gateway"), help: "set-ip: a default gateway; repeat for more.") var gateways: [String] = []
+    @Option(name: .customLong("dns"), help: "set-ip: a DNS server; repeat for more.") var dns: [String] = []
+    @Flag(help: "set-ip: hand the adapter to DHCP instead.") var dhcp = false
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup var address: HostAddress
 
+    static let actions = ["get", "set", "delete", "list", "set-ip", "get-ip"]
+
     func validate() throws {
-        guard ["get", "set", "delete", "list"].contains(action) else { throw ValidationError("action must be get, set, delete or list") }
+        guard Self.actions.contains(action) else { throw ValidationError("action must be one of \(Self.actions.joined(separator: ", "))") }
         if action == "set" && (key == nil || value == nil) { throw ValidationError("kvp set needs KEY and VALUE") }
         if action == "delete" && key == nil { throw ValidationError("kvp delete needs KEY") }
+        if action.hasSuffix("-ip") && key == nil { throw ValidationError("kvp \(action) needs the NIC (MAC, index or host TAP name)") }
+        if action == "set-ip" {
+            guard dhcp || !addresses.isEmpty else { throw ValidationError("kvp set-ip needs --address A/PREFIX (or --dhcp)") }
+            _ = try ipInfo()
+        }
+    }
+
+    /// The --address list split into addresses and the subnets KVP carries (dotted masks for IPv4).
+    func ipInfo() throws -> ControlIPInfo {
+        var info = ControlIPInfo(dhcp: dhcp, gateways: gateways, dns: dns)
+        for a in addresses {
+            let parts = a.split(separator: "/", maxSplits: 1).map(String.init)
+            let v6 = parts[0].contains(":")
+            guard parts.count == 2, let prefix = Int(parts[1]), (0...(v6 ? 128 : 32)).contains(prefix) else {
+                throw ValidationError("--address \(a): give ADDRESS/PREFIX, e.g. 10.0.0.2/24")
+            }
+            info.addresses.append(parts[0])
+            if v6 {
+                info.subnets.append(String(prefix))
+            } else {
+                let bits: UInt32 = prefix == 0 ? 0 : ~UInt32(0) << (32 - prefix)
+                info.subnets.append("\(bits >> 24).\(bits >> 16 & 255).\(bits >> 8 & 255).\(bits & 255)")
+            }
+        }
+        return info
     }
 
     func run() throws {
+        if action.hasSuffix("-ip") { return try runIP() }
         let reply = try address.require(ControlRequest(op: "kvp", partition: partition, action: action, key: key, value: value), command: "kvp \(action)")
         let items = reply.items ?? []
         if json {
@@ -296,6 +333,95 @@ struct KVP: ParsableCommand {
         } else {
             for item in items { print("\(item[0])=\(item[1])") }
         }
+    }
+
+    func runIP() throws {
+        let request = ControlRequest(op: "kvp", partition: partition, action: action, nic: key, ip: action == "set-ip" ? try ipInfo() : nil)
+        let reply = try address.require(request, command: "kvp \(action)")
+        guard action == "get-ip", let ip = reply.ip else { return print("\(partition): \(key ?? "") configured") }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            return print(String(decoding: try encoder.encode(ip), as: UTF8.self))
+        }
+        print("dhcp=\(ip.dhcp ? "yes" : "no")")
+        for (a, s) in zip(ip.addresses, ip.subnets) { print("address=\(a) \(s)") }
+        for g in ip.gateways { print("gateway=\(g)") }
+        for d in ip.dns { print("dns=\(d)") }
+    }
+}
+
+struct Backup: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Freeze or thaw a partition's guest file systems around a backup (VSS integration service).",
+        discussion: """
+            freeze PARTITION   the guest freezes every writable local file system (FIFREEZE) and answers when done
+            thaw PARTITION     the guest thaws them
+            check PARTITION    asks whether the guest can take part in a backup (HOT_BACKUP) and shows its flags
+            A guest left frozen thaws by itself after its backup_thaw_timeout_s (default 15 minutes).
+            """)
+
+    @Argument(help: "freeze, thaw or check.") var action: String
+    @Argument(help: "Partition name.") var partition: String
+    @OptionGroup var address: HostAddress
+
+    func validate() throws {
+        guard ["freeze", "thaw", "check"].contains(action) else { throw ValidationError("action must be freeze, thaw or check") }
+    }
+
+    func run() throws {
+        let reply = try address.require(ControlRequest(op: "backup", partition: partition, action: action), command: "backup \(action)")
+        switch action {
+        case "freeze": print("\(partition): guest file systems frozen")
+        case "thaw": print("\(partition): guest file systems thawed")
+        default: print("\(partition): the guest can take part in backups (flags \(reply.flags ?? "?"))")
+        }
+    }
+}
+
+struct CopyFile: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "copy-file",
+        abstract: "Copy a host file into a partition's guest (the guest services integration service, as Copy-VMFile).",
+        discussion: """
+            DEST is an absolute path in the guest, inside a directory its agent allows (fcopy_directories; \
+            by default /var/lib/viridian/incoming). The file arrives whole or not at all, with the source's \
+            permission bits. Interrupting the copy cancels it in the guest.
+            """)
+
+    @Argument(help: "Partition name.") var partition: String
+    @Argument(help: "The host file to copy.") var source: String
+    @Argument(help: "Absolute path of the file in the guest.") var destination: String
+    @Flag(help: "Replace the guest file if it exists.") var overwrite = false
+    @Flag(help: "Create missing directories on the way.") var createPath = false
+    @OptionGroup var address: HostAddress
+
+    func validate() throws {
+        guard destination.hasPrefix("/"), !destination.hasSuffix("/") else { throw ValidationError("DEST must be an absolute path to a file in the guest") }
+    }
+
+    func run() throws {
+        let path = URL(fileURLWithPath: source).standardizedFileURL.path
+        guard FileManager.default.isReadableFile(atPath: path) else { throw ValidationError("cannot read \(source)") }
+        let request = ControlRequest(op: "copy-file", partition: partition, path: path, destination: destination,
+                                     overwrite: overwrite, createPath: createPath)
+        let interactive = isatty(2) != 0
+        var shown = -1
+        let data = try ViridianHostService.send(request, controlPath: try address.controlPath()) { p in
+            guard p.total > 0 else { return }
+            let percent = Int(p.progress * 100 / p.total)
+            guard percent != shown else { return }
+            shown = percent
+            let line = "\(partition): \(String(format: "%.1f", Double(p.progress) / 1048576)) of \(String(format: "%.1f", Double(p.total) / 1048576)) MiB (\(percent) %)"
+            if interactive { FileHandleStandardError.write("\r" + line) } else if percent % 10 == 0 { FileHandleStandardError.write(line + "\n") }
+        }
+        if interactive && shown >= 0 { FileHandleStandardError.write("\n") }
+        guard let reply = try? JSONDecoder().decode(ControlReply.self, from: data) else { throw ValidationError("unreadable reply from viridian-host") }
+        guard reply.ok else {
+            FileHandleStandardError.write("viridian-host copy-file: \(reply.error ?? "failed")\n")
+            throw ExitCode.failure
+        }
+        print("\(partition): \(source) → \(destination) (\(reply.bytes ?? 0) bytes)")
     }
 }
 

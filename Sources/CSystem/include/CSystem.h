@@ -107,4 +107,13 @@ static inline unsigned long viridian_glue_ioc_join(void) { return VGLUE_IOC_JOIN
 /* open(2) with O_CLOEXEC; -1 with errno. */
 int viridian_open(const char *path, int flags, int mode);
 
+/* FIFREEZE (freeze != 0) or FITHAW on the file system of the open directory fd; -1 with errno. */
+int viridian_fsfreeze(int fd, int freeze);
+
+/* renameat2(RENAME_NOREPLACE): fails with EEXIST rather than replace; -1 with errno. */
+int viridian_rename_noreplace(int olddir, const char *oldname, int newdir, const char *newname);
+
+/* openat(2) with O_CLOEXEC; -1 with errno. */
+int viridian_openat(int dir, const char *path, int flags, int mode);
+
 #endif

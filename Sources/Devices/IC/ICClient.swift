@@ -15,6 +15,15 @@ public protocol ICGuestService: AnyObject {
     /// Handles one request. Edit `packet` (header + body) in place and return the status, or
     /// return nil and answer later with `ICClient.respond`.
     func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32?
+    /// Periodic work (with the bus locked), `now` in monotonic ns.
+    func tick(now: UInt64)
+    /// The channel is going away: end whatever a request left in progress.
+    func channelClosed()
+}
+
+extension ICGuestService {
+    public func tick(now: UInt64) {}
+    public func channelClosed() {}
 }
 
 /// The guest driver of one IC channel (Linux's hv_utils shape): every request is answered by

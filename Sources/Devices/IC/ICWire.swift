@@ -22,6 +22,10 @@ public enum ICStatus {
     public static let notSupported: UInt32 = 0x8007_0032
     public static let invalidArgument: UInt32 = 0x8007_0057
     public static let guidNotFound: UInt32 = 0x8004_1002
+    /// HV_ERROR_ALREADY_EXISTS: FCOPY's destination exists and overwrite was not asked for.
+    public static let alreadyExists: UInt32 = 0x8007_0050
+    /// HV_ERROR_DISK_FULL: FCOPY ran out of space (ENOSPC, EDQUOT).
+    public static let diskFull: UInt32 = 0x8007_0070
 }
 
 /// `icflags` bits.

@@ -56,6 +56,25 @@ public final class KVPProvider: ICProvider {
         next(0)
     }
 
+    /// SET_IP_INFO: asks the guest to configure the adapter `info.adapterID` names.
+    public func setIP(_ info: KVPIPInfo, completion: @escaping (UInt32?) -> Void) throws(UTF16FieldError) {
+        var b = Self.message(.setIPInfo, .external, size: KVPIPInfo.size)
+        try info.write(into: &b)
+        request(.kvpExchange, body: b) { completion(Self.status($0)) }
+    }
+
+    /// GET_IP_INFO: the configuration of the adapter with MAC `adapterID`.
+    public func getIP(adapterID: String, completion: @escaping (Result<KVPIPInfo, KVPEnumerationError>) -> Void) throws(UTF16FieldError) {
+        var b = Self.message(.getIPInfo, .external, size: KVPIPInfo.size)
+        try KVPIPInfo(adapterID: adapterID, family: 0).write(into: &b)
+        request(.kvpExchange, body: b) { outcome in
+            guard case .answered(let header, let packet) = outcome else { return completion(.failure(.noAnswer)) }
+            guard header.status == ICStatus.ok else { return completion(.failure(.status(header.status))) }
+            guard let info = try? KVPIPInfo(decoding: Array(packet[ICHeader.size...])) else { return completion(.failure(.malformed)) }
+            completion(.success(info))
+        }
+    }
+
     static func status(_ outcome: ICOutcome) -> UInt32? {
         if case .answered(let header, _) = outcome { return header.status }
         return nil
@@ -135,12 +154,15 @@ public final class KVPService: ICGuestService {
     /// The AUTO pool, read fresh for each enumeration from index 0.
     let intrinsic: () -> [KVPRecord]
     private var autoSnapshot: [KVPRecord] = []
+    /// Applies and reads adapter addresses (SET_IP_INFO, GET_IP_INFO); nil answers NOT_SUPPORTED.
+    let ip: (any IPConfigurator)?
     let logger: Logger
     public private(set) var refused: UInt64 = 0
 
-    public init(store: KVPStore, intrinsic: @escaping () -> [KVPRecord], logger: Logger) {
+    public init(store: KVPStore, intrinsic: @escaping () -> [KVPRecord], ip: (any IPConfigurator)? = nil, logger: Logger) {
         self.store = store
         self.intrinsic = intrinsic
+        self.ip = ip
         self.logger = logger
     }
 
@@ -178,7 +200,24 @@ public final class KVPService: ICGuestService {
                 try items[index].write(into: &body, at: 8)
                 status = ICStatus.ok
             case .getIPInfo, .setIPInfo:
-                return ICStatus.notSupported
+                guard let ip else { return ICStatus.notSupported }
+                guard body.count >= KVPIPInfo.size else { return refuse("short IP-info message") }
+                let info: KVPIPInfo
+                do { info = try KVPIPInfo(decoding: body) } catch { return refuse("\(error)") }
+                do throws(IPConfigError) {
+                    if op == .setIPInfo {
+                        try ip.apply(info)
+                        logger.notice("kvp: applied the host's IP configuration to \(info.adapterID): \(info.dhcp ? "DHCP" : info.addresses.joined(separator: ", "))")
+                    } else {
+                        var found = try ip.read(adapterID: info.adapterID)
+                        found.adapterID = info.adapterID
+                        do { try found.write(into: &body) } catch { return refuse("the adapter's configuration does not fit: \(error)") }
+                    }
+                } catch {
+                    logger.warning("kvp: \(op == .setIPInfo ? "SET" : "GET")_IP_INFO for \(info.adapterID): \(error)")
+                    return error.status
+                }
+                status = ICStatus.ok
             }
         } catch let error as KVPError {
             return refuse("\(error)")
