@@ -67,10 +67,13 @@ extension PartitionService {
         }
         guard started != nil else { return .failure(notAnswering) }
         var lastSent: UInt64 = 0, lastMove = Date()
-        while !done.poll(timeoutMs: 250) {
+        // Sorted keys: the line starts with {"progress": as the reader expects.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        while !done.poll(timeoutMs: 100) {
             let sent = state.sent.load(ordering: .relaxed)
             if sent != lastSent { (lastSent, lastMove) = (sent, Date()) }
-            let line = (try? JSONEncoder().encode(ControlProgress(progress: sent, total: size))) ?? Data()
+            let line = (try? encoder.encode(ControlProgress(progress: sent, total: size))) ?? Data()
             if !state.cancelled.load(ordering: .relaxed) && !emit(line + Data("\n".utf8)) {
                 logger.notice("\(configuration.name): copy-file to \(destination): the requester went away; cancelling")
                 state.cancelled.store(true, ordering: .relaxed)

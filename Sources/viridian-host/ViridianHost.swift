@@ -409,11 +409,12 @@ struct CopyFile: ParsableCommand {
         var shown = -1
         let data = try ViridianHostService.send(request, controlPath: try address.controlPath()) { p in
             guard p.total > 0 else { return }
-            let percent = Int(p.progress * 100 / p.total)
-            guard percent != shown else { return }
+            let percent = Int(min(p.progress, p.total) * 100 / p.total)
+            // A terminal gets every percent on one line; a log a line each time another 10 % is done.
+            guard interactive ? percent != shown : percent / 10 > shown / 10 || shown < 0 else { return }
             shown = percent
             let line = "\(partition): \(String(format: "%.1f", Double(p.progress) / 1048576)) of \(String(format: "%.1f", Double(p.total) / 1048576)) MiB (\(percent) %)"
-            if interactive { FileHandleStandardError.write("\r" + line) } else if percent % 10 == 0 { FileHandleStandardError.write(line + "\n") }
+            FileHandleStandardError.write(interactive ? "\r" + line : line + "\n")
         }
         if interactive && shown >= 0 { FileHandleStandardError.write("\n") }
         guard let reply = try? JSONDecoder().decode(ControlReply.self, from: data) else { throw ValidationError("unreadable reply from viridian-host") }

@@ -72,7 +72,7 @@ final class NetworkRig: @unchecked Sendable {
     /// Creates the namespaces, starts the host (one partition "guest1", one NIC; `nic` holds extra keys of its
     /// `[[partition.nic]]` table) and the agent, waits for both TAPs and addresses them.
     @discardableResult
-    func start(nic: String = "") throws -> HostFixture {
+    func start(nic: String = "", agentExtra: String = "") throws -> HostFixture {
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
         for ns in [hostNS, guestNS] {
             try ipCommand(["netns", "del", ns])  // a leftover of a killed run with the same pid; fails when absent
@@ -97,6 +97,7 @@ final class NetworkRig: @unchecked Sendable {
             network = true
             nic_tap = "vg%d"
             nic_netns = "\(guestNS)"
+            \(agentExtra)
             """)])
         self.agent = agent
         guard eventually(seconds: 15, { self.exists(self.guestNS, self.guestTap) }) else {
