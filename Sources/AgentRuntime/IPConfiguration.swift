@@ -49,7 +49,7 @@ public final class GuestIPConfigurator: IPConfigurator, @unchecked Sendable {
 
     /// `backend` "auto" picks NetworkManager when it runs, else systemd-networkd when it runs, else iproute2.
     public init(adapters: @escaping () -> [GuestAdapter], backend: String, resolvConf: String = "/etc/resolv.conf",
-                networkdDirectory: String = "/run/systemd/network", logger: Logger) {
+                networkdDirectory: String = "/etc/systemd/network", logger: Logger) {
         self.adapters = adapters
         self.backend = IPBackend(rawValue: backend) ?? Self.detect()
         self.resolvConf = resolvConf
@@ -151,7 +151,7 @@ public final class GuestIPConfigurator: IPConfigurator, @unchecked Sendable {
                 modify, ["nmcli", "connection", "up", name]]
     }
 
-    /// systemd-networkd: a runtime .network file for the interface (its DHCP, addresses, routes, DNS).
+    /// systemd-networkd: a .network file for the interface (kept across reboots, as Hyper-V's injected addresses are) (its DHCP, addresses, routes, DNS).
     func writeNetworkdFile(_ plan: IPPlan) throws(IPConfigError) {
         var text = "# Written by viridian-agent from the host's KVP SET_IP_INFO.\n[Match]\nName=\(plan.interface)\n\n[Network]\n"
         text += "DHCP=\(plan.dhcp ? "yes" : "no")\n"
@@ -201,7 +201,7 @@ public final class GuestIPConfigurator: IPConfigurator, @unchecked Sendable {
         } catch { throw .failed("cannot write \(resolvConf): \(error)") }
     }
 
-    /// Runs `command` (looked up in the system directories) with a 60-second limit.
+    /// Runs `command` (looked up in the system directories) and collects its output.
     static func run(_ command: [String]) -> (Int32, String) {
         guard let tool = command.first else { return (-1, "") }
         let path = tool.hasPrefix("/") ? tool : ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map { "\($0)/\(tool)" }.first { FileManager.default.isExecutableFile(atPath: $0) }

@@ -64,9 +64,10 @@ extension AgentSession {
                 withBus: { [weak self] body in self?.bus.withLock(body) })
         case "vss":
             return VSSService(freezer: MountFreezer(only: config.backupMountPoints), autoThawNs: UInt64(config.backupThawTimeoutS) * 1_000_000_000,
-                              now: viridian_now_ns, logger: logger)
+                              now: viridian_now_ns, logger: logger, withBus: { [weak self] body in self?.bus.withLock(body) })
         case "fcopy":
-            return FCopyService(allowed: config.fcopyDirectories, now: viridian_now_ns, logger: logger)
+            return FCopyService(allowed: config.fcopyDirectories, now: viridian_now_ns, logger: logger,
+                                withBus: { [weak self] body in self?.bus.withLock(body) })
         default:
             let store = try KVPStore(directory: config.stateDir + "/kvp")
             let intrinsic = IntrinsicData(include: config.kvpInterfacesInclude, exclude: config.kvpInterfacesExclude)

@@ -150,7 +150,7 @@ struct Run: ParsableCommand {
             // the answer goes out before the agent leaves the bus.
             if !ShutdownService.waitForAnswers(timeoutMs: 10_000) { logger.warning("shutdown: the answer to the host is still pending; leaving") }
             // Nothing a request began outlives the channel: frozen file systems thaw, partial copies go.
-            session.withBus { _ in for d in drivers { d.service.channelClosed() } }
+            for d in drivers { d.service.channelClosed() }
             withExtendedLifetime(drivers) {}
             if let lost = session.hostLost {
                 session.stop()

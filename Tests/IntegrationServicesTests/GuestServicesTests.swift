@@ -82,7 +82,7 @@ struct GuestServicesTests {
         let time = VirtualTime()
         let provider = VSSProvider(instanceID: GUID(low: 5, high: 5), logger: quiet, now: time.now)
         let freezer = FakeFreezer()
-        let service = VSSService(freezer: freezer, autoThawNs: 10_000_000_000, now: time.now, logger: quiet)
+        let service = VSSService(freezer: freezer, autoThawNs: 10_000_000_000, now: time.now, logger: quiet, background: false)
         let (machine, client) = try icMachine(provider, service: service)
         #expect(client.negotiated == ICVersion(5, 0) && provider.negotiated?.framework == ICVersion(3, 0))
         func ask(_ op: VSSOperation) -> VSSAnswer? {
@@ -117,7 +117,7 @@ struct GuestServicesTests {
 
     @Test("VSS: a message shorter than hv_vss_msg is refused, not read past its end")
     func vssShort() throws {
-        let service = VSSService(freezer: FakeFreezer(), autoThawNs: 1, now: { 0 }, logger: quiet)
+        let service = VSSService(freezer: FakeFreezer(), autoThawNs: 1, now: { 0 }, logger: quiet, background: false)
         let header = ICHeader(framework: ICVersion(3, 0), type: .vss, version: ICVersion(5, 0), bodySize: 4)
         var packet = ICHeader.packet(header, body: [5, 0, 0, 0])
         let (_, client) = try icMachine(VSSProvider(instanceID: GUID(low: 6, high: 6), logger: quiet, now: { 0 }), service: service)
@@ -135,7 +135,7 @@ struct GuestServicesTests {
         init() throws {
             root = temporaryDirectory("fcopy")
             provider = FCopyProvider(instanceID: GUID(low: 7, high: 7), logger: quiet, now: { 0 })
-            service = FCopyService(allowed: [root + "/in"], now: { 0 }, logger: quiet)
+            service = FCopyService(allowed: [root + "/in"], now: { 0 }, logger: quiet, background: false)
             try FileManager.default.createDirectory(atPath: root + "/in", withIntermediateDirectories: true)
             let (m, c) = try icMachine(provider, service: service)
             machine = LoopbackMachineHandle(m)

@@ -2,8 +2,10 @@
 // are renamed into place on COMPLETE; nothing outside the allowed directories, no symlink followed.
 
 import CSystem
+import Dispatch
 import Glibc
 import Logging
+import Synchronization
 import VMBusWire
 
 /// Why a copy was refused, and the status the host gets for it.
@@ -47,7 +49,9 @@ public enum FCopyRefusal: Error, Equatable, Sendable, CustomStringConvertible {
 /// Guest end (framework 3.0, service 1.1, as Linux's daemon). One copy at a time; a new START,
 /// CANCEL, a failure, two minutes without a fragment or the channel closing removes the
 /// temporary file. Files are created with the mode the host tagged, else 0644, owned by the agent.
-public final class FCopyService: ICGuestService {
+/// File I/O runs on a thread of its own, never with the bus locked (the file system may sit on one
+/// of the agent's own synthetic disks, whose writes need the bus).
+public final class FCopyService: ICGuestService, @unchecked Sendable {
     public let serviceType = ICMessageType.fileCopy
     public let frameworkVersions = [ICVersion(3, 0)]
     public let serviceVersions = [ICVersion(1, 1)]
@@ -57,6 +61,9 @@ public final class FCopyService: ICGuestService {
     public static let idleTimeoutNs: UInt64 = 120_000_000_000
     let now: () -> UInt64
     let logger: Logger
+    let withBus: @Sendable (@escaping @Sendable () -> Void) -> Void
+    /// nil: requests are handled where they arrive (tests); else on this serial queue.
+    private let queue: DispatchQueue?
 
     private struct Transfer {
         var directory: Int32
@@ -70,22 +77,45 @@ public final class FCopyService: ICGuestService {
         var overwrite: Bool
         var lastActivity: UInt64
     }
+    /// The copy in progress; touched only on the queue (or inline).
     private var transfer: Transfer?
+    private let idleSince = Mutex<UInt64?>(nil)
     public private(set) var filesCopied: UInt64 = 0
 
-    public init(allowed: [String], now: @escaping () -> UInt64, logger: Logger) {
+    /// `withBus` runs a closure with the bus locked (to answer); `background` false handles
+    /// requests inline (in-memory tests).
+    public init(allowed: [String], now: @escaping () -> UInt64, logger: Logger,
+                withBus: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void = { $0() }, background: Bool = true) {
         self.allowed = allowed.map { $0.count > 1 && $0.hasSuffix("/") ? String($0.dropLast()) : $0 }.filter { $0.hasPrefix("/") }
         self.now = now
         self.logger = logger
+        self.withBus = withBus
+        queue = background ? DispatchQueue(label: "viridian.fcopy") : nil
         for root in self.allowed { Self.sweep(root) }
     }
 
-    deinit { abort("the service stopped") }
+    deinit { channelClosed() }
 
-    public var inProgress: Bool { transfer != nil }
+    public var inProgress: Bool { idleSince.withLock { $0 } != nil }
+
+    private func onQueue(wait: Bool, _ work: @escaping @Sendable () -> Void) {
+        guard let queue else { return work() }
+        if wait { queue.sync(execute: work) } else { queue.async(execute: work) }
+    }
 
     public func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? {
-        let body = Array(packet[ICHeader.size...])
+        guard queue != nil else { return process(Array(packet[ICHeader.size...])) }
+        let reply = packet, withBus = self.withBus
+        nonisolated(unsafe) let answer = client
+        onQueue(wait: false) { [self] in
+            let status = process(Array(reply[ICHeader.size...]))
+            withBus { answer.respond(reply, status: status, transactionID: transactionID) }
+        }
+        return nil
+    }
+
+    /// One request; the status for the host.
+    private func process(_ body: [UInt8]) -> UInt32 {
         guard body.count >= 4 else { return refuse(.malformed("message of \(body.count) bytes")) }
         do throws(FCopyRefusal) {
             switch FCopyOperation(rawValue: body.le(UInt32.self, at: 0)) {
@@ -113,10 +143,12 @@ public final class FCopyService: ICGuestService {
     }
 
     public func tick(now: UInt64) {
-        if let t = transfer, now > t.lastActivity, now - t.lastActivity > Self.idleTimeoutNs { abort("no fragment for \(Self.idleTimeoutNs / 1_000_000_000) s") }
+        guard let since = idleSince.withLock({ $0 }), now > since, now - since > Self.idleTimeoutNs else { return }
+        onQueue(wait: false) { [self] in abort("no fragment for \(Self.idleTimeoutNs / 1_000_000_000) s") }
     }
 
-    public func channelClosed() { abort("the host closed the channel") }
+    /// Drops a copy in progress and waits for it (call without the bus locked).
+    public func channelClosed() { onQueue(wait: true) { [self] in abort("the host closed the channel") } }
 
     private func refuse(_ why: FCopyRefusal) -> UInt32 {
         logger.warning("fcopy: refused: \(why)")
@@ -147,6 +179,7 @@ public final class FCopyService: ICGuestService {
         transfer = Transfer(directory: directory, temporary: temporary, name: name, path: target, fd: fd, declared: start.fileSize,
                             written: 0, mode: mode_t(start.mode.map { $0 & 0o777 } ?? 0o644), overwrite: start.flags.contains(.overwrite),
                             lastActivity: now())
+        idleSince.withLock { $0 = now() }
         logger.notice("fcopy: receiving \(target) (\(start.fileSize) bytes)")
     }
 
@@ -167,6 +200,7 @@ public final class FCopyService: ICGuestService {
         t.written = end
         t.lastActivity = now()
         transfer = t
+        idleSince.withLock { $0 = t.lastActivity }
     }
 
     private func complete() throws(FCopyRefusal) {
@@ -179,6 +213,7 @@ public final class FCopyService: ICGuestService {
         close(t.fd)
         close(t.directory)
         transfer = nil
+        idleSince.withLock { $0 = nil }
         filesCopied &+= 1
         logger.notice("fcopy: \(t.path) written (\(t.declared) bytes, mode \(String(t.mode, radix: 8)))")
     }
@@ -187,6 +222,7 @@ public final class FCopyService: ICGuestService {
     private func abort(_ why: String?) {
         guard let t = transfer else { return }
         transfer = nil
+        idleSince.withLock { $0 = nil }
         if let why { logger.warning("fcopy: \(t.path) abandoned: \(why)") }
         close(t.fd)
         unlinkat(t.directory, t.temporary, 0)

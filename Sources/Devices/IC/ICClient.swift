@@ -17,7 +17,7 @@ public protocol ICGuestService: AnyObject {
     func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32?
     /// Periodic work (with the bus locked), `now` in monotonic ns.
     func tick(now: UInt64)
-    /// The channel is going away: end whatever a request left in progress.
+    /// The channel is going away: end whatever a request left in progress (called without the bus locked).
     func channelClosed()
 }
 

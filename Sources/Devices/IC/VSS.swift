@@ -1,7 +1,9 @@
 // Backup (VSS), both ends: the host asks the guest to freeze and thaw its file systems around a
 // snapshot; the guest freezes them (FIFREEZE), answers, and thaws by itself if THAW never comes.
 
+import Dispatch
 import Logging
+import Synchronization
 import VMBusWire
 
 /// What the host learns from one VSS request: the guest's status and the flags it answered with.
@@ -39,7 +41,11 @@ public final class VSSProvider: ICProvider {
 /// frozen and reports HV_E_FAIL); THAW thaws them in reverse; HOT_BACKUP answers
 /// VSS_HBU_NO_AUTO_RECOVERY and GET_DM_INFO flags 0, as Linux does; the rest are acknowledged.
 /// A freeze the host does not end within `autoThawNs` is ended here.
-public final class VSSService: ICGuestService {
+///
+/// Freezing and thawing run on a thread of their own, never with the bus locked: a file system
+/// on one of the agent's own synthetic disks (an NBD export) writes through the agent while it
+/// syncs, and that needs the bus.
+public final class VSSService: ICGuestService, @unchecked Sendable {
     public let serviceType = ICMessageType.vss
     public let frameworkVersions = [ICVersion(3, 0)]
     public let serviceVersions = [ICVersion(5, 0)]
@@ -47,63 +53,92 @@ public final class VSSService: ICGuestService {
     let autoThawNs: UInt64
     let now: () -> UInt64
     let logger: Logger
+    let withBus: @Sendable (@escaping @Sendable () -> Void) -> Void
+    /// nil: work runs where it is asked for (tests); else on this serial queue.
+    private let queue: DispatchQueue?
     /// When the freeze in force ends by itself.
-    public private(set) var thawDeadline: UInt64?
-    public private(set) var autoThaws: UInt64 = 0
+    private let deadline = Mutex<UInt64?>(nil)
+    private let thawsByTimeout = Atomic<UInt64>(0)
 
-    public init(freezer: any FileSystemFreezer, autoThawNs: UInt64, now: @escaping () -> UInt64, logger: Logger) {
+    /// `withBus` runs a closure with the bus locked (to answer); `background` false runs freeze and
+    /// thaw inline (in-memory tests, where nothing waits on the bus).
+    public init(freezer: any FileSystemFreezer, autoThawNs: UInt64, now: @escaping () -> UInt64, logger: Logger,
+                withBus: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void = { $0() }, background: Bool = true) {
         self.freezer = freezer
         self.autoThawNs = autoThawNs
         self.now = now
         self.logger = logger
+        self.withBus = withBus
+        queue = background ? DispatchQueue(label: "viridian.vss") : nil
     }
 
-    deinit { endFreeze("the service stopped") }
+    deinit { channelClosed() }
+
+    public var thawDeadline: UInt64? { deadline.withLock { $0 } }
+    public var autoThaws: UInt64 { thawsByTimeout.load(ordering: .relaxed) }
+
+    private func later(_ work: @escaping @Sendable () -> Void) {
+        if let queue { queue.async(execute: work) } else { work() }
+    }
 
     public func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? {
         guard let message = try? VSSMessage(decoding: packet, at: ICHeader.size) else {
             logger.warning("vss: short request (\(packet.count) bytes) refused")
             return ICStatus.invalidArgument
         }
-        var flags: UInt32 = 0
-        let status: UInt32
-        switch VSSOperation(rawValue: message.operation) {
-        case .freeze:
-            do {
-                let frozen = try freezer.freeze()
-                thawDeadline = now() &+ autoThawNs
-                logger.notice("vss: froze \(frozen.count) file systems for the host's backup: \(frozen.joined(separator: ", "))")
-                status = ICStatus.ok
-            } catch {
-                logger.error("vss: freeze failed, nothing left frozen: \(error)")
-                thawDeadline = nil
-                status = ICStatus.fail
+        let operation = VSSOperation(rawValue: message.operation)
+        switch operation {
+        case .freeze, .thaw:
+            packet.putLE(UInt32(0), at: ICHeader.size + 8)
+            let reply = packet, withBus = self.withBus
+            nonisolated(unsafe) let answer = client
+            later { [self] in
+                let status = operation == .freeze ? freeze() : (endFreeze(nil) ? ICStatus.ok : ICStatus.fail)
+                withBus { answer.respond(reply, status: status, transactionID: transactionID) }
             }
-        case .thaw:
-            status = endFreeze(nil) ? ICStatus.ok : ICStatus.fail
+            return nil
         case .hotBackup:
-            flags = VSSMessage.noAutoRecovery
-            status = ICStatus.ok
+            packet.putLE(VSSMessage.noAutoRecovery, at: ICHeader.size + 8)
         default:
-            status = ICStatus.ok
+            packet.putLE(UInt32(0), at: ICHeader.size + 8)
         }
-        packet.putLE(flags, at: ICHeader.size + 8)
-        return status
+        return ICStatus.ok
     }
 
     public func tick(now: UInt64) {
-        if let deadline = thawDeadline, now >= deadline {
-            autoThaws &+= 1
-            endFreeze("the host sent no THAW within \(autoThawNs / 1_000_000_000) s")
+        let due = deadline.withLock { d -> Bool in
+            guard let t = d, now >= t else { return false }
+            d = nil
+            return true
         }
+        guard due else { return }
+        thawsByTimeout.add(1, ordering: .relaxed)
+        later { [self] in endFreeze("the host sent no THAW within \(autoThawNs / 1_000_000_000) s") }
     }
 
-    public func channelClosed() { endFreeze("the host closed the backup channel") }
+    /// Thaws at once and waits for it (call without the bus locked).
+    public func channelClosed() {
+        let work: @Sendable () -> Void = { [self] in endFreeze("the host closed the backup channel") }
+        if let queue { queue.sync(execute: work) } else { work() }
+    }
+
+    private func freeze() -> UInt32 {
+        do {
+            let frozen = try freezer.freeze()
+            deadline.withLock { $0 = now() &+ autoThawNs }
+            logger.notice("vss: froze \(frozen.count) file systems for the host's backup: \(frozen.joined(separator: ", "))")
+            return ICStatus.ok
+        } catch {
+            logger.error("vss: freeze failed, nothing left frozen: \(error)")
+            deadline.withLock { $0 = nil }
+            return ICStatus.fail
+        }
+    }
 
     /// Thaws what is frozen; `why` is logged when the host did not ask. False if a thaw failed.
     @discardableResult
     private func endFreeze(_ why: String?) -> Bool {
-        thawDeadline = nil
+        deadline.withLock { $0 = nil }
         guard freezer.isFrozen else { return true }
         if let why { logger.warning("vss: thawing: \(why)") }
         let failures = freezer.thaw()
