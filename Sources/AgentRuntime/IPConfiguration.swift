@@ -45,7 +45,7 @@ public final class GuestIPConfigurator: IPConfigurator, @unchecked Sendable {
     let networkdDirectory: String
     let logger: Logger
     /// Runs a command; (exit status, output). Replaceable in tests.
-    var runner: ([String]) -> (Int32, String)
+    public var runner: ([String]) -> (Int32, String)
 
     /// `backend` "auto" picks NetworkManager when it runs, else systemd-networkd when it runs, else iproute2.
     public init(adapters: @escaping () -> [GuestAdapter], backend: String, resolvConf: String = "/etc/resolv.conf",
@@ -119,6 +119,13 @@ public final class GuestIPConfigurator: IPConfigurator, @unchecked Sendable {
             guard code == 0 else { throw .failed("\(command.joined(separator: " ")): \(out.trimmingCharacters(in: .whitespacesAndNewlines))") }
         }
         if backend == .iproute2 && !plan.dns.isEmpty { try writeResolvConf(plan.dns) }
+        if backend == .networkd {
+            // networkd reports a file it could not use only in its journal: ask it which one the link has.
+            let (_, status) = runner(["networkctl", "status", "--no-pager", plan.interface])
+            if status.contains("Network File:") && !status.contains(networkdFile(plan.interface)) {
+                throw .failed("systemd-networkd did not take \(networkdFile(plan.interface)) for \(plan.interface) (see journalctl -u systemd-networkd)")
+            }
+        }
         logger.info("kvp: \(plan.interface) configured through \(backend.rawValue)")
     }
 
@@ -158,18 +165,22 @@ public final class GuestIPConfigurator: IPConfigurator, @unchecked Sendable {
         for a in plan.addresses { text += "Address=\(a.address)/\(a.prefix)\n" }
         for g in plan.gateways { text += "Gateway=\(g)\n" }
         for d in plan.dns { text += "DNS=\(d)\n" }
-        let path = "\(networkdDirectory)/10-viridian-\(plan.interface).network"
+        let path = networkdFile(plan.interface)
         do {
             try FileManager.default.createDirectory(atPath: networkdDirectory, withIntermediateDirectories: true)
             try text.write(toFile: path, atomically: true, encoding: .utf8)
         } catch { throw .failed("cannot write \(path): \(error)") }
+        // networkd reads it as its own user; the agent's umask (0077) would keep it out.
+        chmod(path, 0o644)
     }
+
+    func networkdFile(_ interface: String) -> String { "\(networkdDirectory)/10-viridian-\(interface).network" }
 
     /// Whether the interface is left to DHCP (by our networkd file, NetworkManager or a dhclient lease).
     func dhcpEnabled(_ interface: String) -> Bool {
         switch backend {
         case .networkd:
-            return (try? String(contentsOfFile: "\(networkdDirectory)/10-viridian-\(interface).network", encoding: .utf8))?.contains("DHCP=yes") ?? false
+            return (try? String(contentsOfFile: networkdFile(interface), encoding: .utf8))?.contains("DHCP=yes") ?? false
         case .networkManager:
             let (code, out) = runner(["nmcli", "-g", "ipv4.method", "connection", "show", "viridian-\(interface)"])
             return code == 0 && out.hasPrefix("auto")

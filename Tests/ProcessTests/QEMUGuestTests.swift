@@ -190,6 +190,9 @@ struct QEMUGuestTests {
         let (kvpCode, kvp) = try rig.host(["kvp", "get", "guest1"])
         #expect(kvpCode == 0 && kvp.contains("Debian") && kvp.contains(release.trimmingCharacters(in: .whitespacesAndNewlines))
                 && kvp.contains("10.77.\(rig.subnet).2"), "\(kvp)")
+        phase = Date()
+        try checkGuestServices(rig, payload: payload, payloadSum: String(payloadSum.prefix(64)))
+        lap("backup freeze/thaw, copy-file, IP injection through networkd")
 
         // The package's sandbox refused nothing the agent did above (TAP, NBD sockets, the clock
         // through the drop-in, KVP).
@@ -224,6 +227,58 @@ struct QEMUGuestTests {
         #expect(off, "\(offOut)")
         #expect(rig.qemu.wait(seconds: 120) != nil, "QEMU still running after shutdown")
         print("QEMU guest: whole test \(Int(Date().timeIntervalSince(started))) s")
+    }
+
+    /// Backup, file copy and IP injection against the guest's real file system, its systemd-networkd
+    /// and the packaged agent's sandbox.
+    func checkGuestServices(_ rig: QEMUGuestRig, payload: String, payloadSum: String) throws {
+        // Backup: the ext4 on the agent's own NBD disk freezes (writes wait, fsfreeze agrees) and thaws.
+        let (mounted, mountOut) = try rig.guest("""
+            sock=$(ls /run/viridian/disks/*.sock | head -1); nbd-client -unix $sock /dev/nbd0 -b 4096 >/dev/null && mount /dev/nbd0 /mnt/d && echo mounted
+            """, seconds: 120)
+        #expect(mounted == 0 && mountOut.contains("mounted"), "\(mountOut)")
+        let (check, checkOut) = try rig.host(["backup", "check", "guest1"])
+        #expect(check == 0 && checkOut.contains("flags 0x5"), "\(checkOut)")
+        let (frozen, frozenOut) = try rig.host(["backup", "freeze", "guest1"])
+        #expect(frozen == 0, "\(frozenOut)")
+        let (_, during) = try rig.guest("rm -f /run/wdone; (echo frozen > /mnt/d/during; echo done > /run/wdone) & sleep 3; cat /run/wdone 2>/dev/null || echo blocked; fsfreeze -f /mnt/d 2>&1; true")
+        #expect(during.contains("blocked") && during.contains("busy"), "\(during)")
+        let (thawed, thawedOut) = try rig.host(["backup", "thaw", "guest1"])
+        #expect(thawed == 0, "\(thawedOut)")
+        let (_, after) = try rig.guest("sleep 1; cat /run/wdone /mnt/d/during; umount /mnt/d; nbd-client -d /dev/nbd0 >/dev/null")
+        #expect(after.contains("done\nfrozen"), "\(after)")
+        let (_, vssLog) = try rig.guest("journalctl -b -u viridian-agent -o cat --no-pager | grep vss: | tail -3")
+        print("QEMU guest: \(vssLog.trimmingCharacters(in: .whitespacesAndNewlines))")
+
+        // File copy into the allowed directory, refused outside it; a killed copy leaves nothing.
+        let (copied, copyOut) = try rig.host(["copy-file", "guest1", payload, "/var/lib/viridian/incoming/payload.bin"])
+        #expect(copied == 0, "\(copyOut)")
+        let (_, sum) = try rig.guest("sha256sum < /var/lib/viridian/incoming/payload.bin; stat -c %a /var/lib/viridian/incoming/payload.bin")
+        var st = stat()
+        stat(payload, &st)
+        #expect(sum.contains(payloadSum) && sum.contains("\n\(String(st.st_mode & 0o777, radix: 8))"), "\(sum)")
+        let (outside, outsideOut) = try rig.host(["copy-file", "guest1", payload, "/etc/viridian-copied"])
+        #expect(outside != 0 && outsideOut.contains("refused"), "\(outsideOut)")
+        let killed = try Child("viridian-host", ["copy-file", "guest1", payload, "/var/lib/viridian/incoming/half.bin", "--runtime-dir", rig.fixture.directory.path])
+        #expect(eventually(seconds: 60) { killed.text.contains(" %)") }, "\(killed.text)")
+        killed.signal(SIGKILL)
+        killed.wait(seconds: 5)
+        #expect(try eventually(seconds: 30) { try rig.guest("ls -A /var/lib/viridian/incoming").1.trimmingCharacters(in: .whitespacesAndNewlines) == "payload.bin" })
+
+        // IP injection: networkd gets a .network file for viridian0 and the new address answers pings.
+        let address = "10.77.\(rig.subnet).3"
+        let (set, setOut) = try rig.host(["kvp", "set-ip", "guest1", "0", "--address", "\(address)/24", "--gateway", "10.77.\(rig.subnet).1",
+                                          "--dns", "10.77.\(rig.subnet).1"])
+        #expect(set == 0, "\(setOut)")
+        let (_, networkd) = try rig.guest("cat /etc/systemd/network/10-viridian-viridian0.network")
+        #expect(networkd.contains("Address=\(address)/24") && networkd.contains("Gateway=10.77.\(rig.subnet).1"), "\(networkd)")
+        let configured = try eventually(seconds: 60) { try rig.guest("ip -o -4 addr show viridian0").1.contains("\(address)/24") }
+        let networkctl = configured ? "" : try rig.guest("networkctl status viridian0 --no-pager; journalctl -b -u systemd-networkd -o cat --no-pager | tail").1
+        #expect(configured, "\(networkctl)")
+        let (ping, pingOut) = try netnsExec(rig.hostNS, ["ping", "-c", "2", "-W", "5", address], seconds: 60)
+        #expect(ping == 0, "\(pingOut)")
+        let (got, gotOut) = try rig.host(["kvp", "get-ip", "guest1", "0", "--json"])
+        #expect(got == 0 && gotOut.contains(address) && gotOut.contains("255.255.255.0"), "\(gotOut)")
     }
 
     /// What the packages installed, as a user of the guest sees it: systemd runs the agent from the

@@ -42,7 +42,7 @@ self="$here/$(basename "${BASH_SOURCE[0]}")"
 
 suite=bookworm
 # dkms (and the compiler it depends on) so DKMS builds the module inside the root, as on a user's guest.
-include=systemd,systemd-sysv,udev,kmod,iproute2,nbd-client,e2fsprogs,iputils-ping,netcat-openbsd,coreutils,procps,libudev1,dkms
+include=systemd,systemd-sysv,udev,dbus,kmod,iproute2,nbd-client,e2fsprogs,iputils-ping,netcat-openbsd,coreutils,procps,libudev1,dkms
 base_rev=2            # bump when the trimming of the debootstrap'd root changes
 cache="$root/.cache/guest"
 debs=() stage_debs=() agent_config="$here/agent.toml" no_agent=0 release= mirror= rebuild=0 compress=lz4
@@ -411,6 +411,13 @@ EOF
         sys-fs-fuse-connections.mount; do
         ln -s /dev/null "$t/etc/systemd/system/$u"
     done
+    # systemd-networkd manages the network, so KVP IP injection goes through a network manager
+    # (a .network file, networkctl over D-Bus). It manages only links a .network file names;
+    # nothing waits for it at boot.
+    mkdir -p "$t/etc/systemd/system/multi-user.target.wants" "$t/etc/systemd/system/sockets.target.wants"
+    ln -sf /lib/systemd/system/systemd-networkd.service "$t/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+    ln -sf /lib/systemd/system/systemd-networkd.socket "$t/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"
+    ln -sf /dev/null "$t/etc/systemd/system/systemd-networkd-wait-online.service"
     # Only emergency messages on the console once systemd-sysctl ran (console.py also runs
     # dmesg -n 1), so command output on the serial shell stays clean.
     echo 'kernel.printk = 1 4 1 7' > "$t/etc/sysctl.d/10-viridian-console.conf"
