@@ -232,6 +232,11 @@ struct QEMUGuestTests {
     /// Backup, file copy and IP injection against the guest's real file system, its systemd-networkd
     /// and the packaged agent's sandbox.
     func checkGuestServices(_ rig: QEMUGuestRig, payload: String, payloadSum: String) throws {
+        var phase = Date()
+        func lap(_ what: String) {
+            print("QEMU guest: \(what) took \(String(format: "%.1f", Date().timeIntervalSince(phase))) s")
+            phase = Date()
+        }
         // Backup: the ext4 on the agent's own NBD disk freezes (writes wait, fsfreeze agrees) and thaws.
         let (mounted, mountOut) = try rig.guest("""
             sock=$(ls /run/viridian/disks/*.sock | head -1); nbd-client -unix $sock /dev/nbd0 -b 4096 >/dev/null && mount /dev/nbd0 /mnt/d && echo mounted
@@ -241,14 +246,21 @@ struct QEMUGuestTests {
         #expect(check == 0 && checkOut.contains("flags 0x5"), "\(checkOut)")
         let (frozen, frozenOut) = try rig.host(["backup", "freeze", "guest1"])
         #expect(frozen == 0, "\(frozenOut)")
-        let (_, during) = try rig.guest("rm -f /run/wdone; (echo frozen > /mnt/d/during; echo done > /run/wdone) & sleep 3; cat /run/wdone 2>/dev/null || echo blocked; fsfreeze -f /mnt/d 2>&1; true")
-        #expect(during.contains("blocked") && during.contains("busy"), "\(during)")
+        // The writer and fsfreeze run detached from the console shell (setsid -f): a command of the
+        // console's own that touches the frozen file system leaves the shell's line unfinished.
+        let (spawned, spawnOut) = try rig.guest("""
+            rm -f /run/wdone /run/fsfreeze.out; setsid -f sh -c 'echo frozen > /mnt/d/during; echo done > /run/wdone' </dev/null >/dev/null 2>&1
+            setsid -f sh -c 'fsfreeze -f /mnt/d > /run/fsfreeze.out 2>&1; echo rc=$? >> /run/fsfreeze.out' </dev/null >/dev/null 2>&1; echo spawned
+            """, seconds: 30)
+        let (waited, during) = try rig.guest("sleep 3; cat /run/wdone 2>/dev/null || echo blocked; cat /run/fsfreeze.out", seconds: 30)
+        #expect(spawned == 0 && waited == 0 && during.contains("blocked") && during.contains("busy") && during.contains("rc=1"), "\(spawnOut) \(during)")
         let (thawed, thawedOut) = try rig.host(["backup", "thaw", "guest1"])
         #expect(thawed == 0, "\(thawedOut)")
         let (_, after) = try rig.guest("sleep 1; cat /run/wdone /mnt/d/during; umount /mnt/d; nbd-client -d /dev/nbd0 >/dev/null")
         #expect(after.contains("done\nfrozen"), "\(after)")
-        let (_, vssLog) = try rig.guest("journalctl -b -u viridian-agent -o cat --no-pager | grep vss: | tail -3")
+        let (_, vssLog) = try rig.guest("journalctl -b -u viridian-agent -o cat --no-pager | grep -e vss: | tail -n 3")
         print("QEMU guest: \(vssLog.trimmingCharacters(in: .whitespacesAndNewlines))")
+        lap("backup check, freeze, a blocked write, thaw")
 
         // File copy into the allowed directory, refused outside it; a killed copy leaves nothing.
         let (copied, copyOut) = try rig.host(["copy-file", "guest1", payload, "/var/lib/viridian/incoming/payload.bin"])
@@ -259,12 +271,14 @@ struct QEMUGuestTests {
         #expect(sum.contains(payloadSum) && sum.contains("\n\(String(st.st_mode & 0o777, radix: 8))"), "\(sum)")
         let (outside, outsideOut) = try rig.host(["copy-file", "guest1", payload, "/etc/viridian-copied"])
         #expect(outside != 0 && outsideOut.contains("refused"), "\(outsideOut)")
+        lap("copy-file of 4 MiB, and one refused")
         let killed = try Child("viridian-host", ["copy-file", "guest1", payload, "/var/lib/viridian/incoming/half.bin", "--runtime-dir", rig.fixture.directory.path])
         #expect(eventually(seconds: 60) { killed.text.contains(" %)") }, "\(killed.text)")
         killed.signal(SIGKILL)
         killed.wait(seconds: 5)
         #expect(try eventually(seconds: 30) { try rig.guest("ls -A /var/lib/viridian/incoming").1.trimmingCharacters(in: .whitespacesAndNewlines) == "payload.bin" })
 
+        lap("a copy killed halfway, nothing left")
         // IP injection: networkd gets a .network file for viridian0 and the new address answers pings.
         let address = "10.77.\(rig.subnet).3"
         let (set, setOut) = try rig.host(["kvp", "set-ip", "guest1", "0", "--address", "\(address)/24", "--gateway", "10.77.\(rig.subnet).1",
@@ -279,6 +293,7 @@ struct QEMUGuestTests {
         #expect(ping == 0, "\(pingOut)")
         let (got, gotOut) = try rig.host(["kvp", "get-ip", "guest1", "0", "--json"])
         #expect(got == 0 && gotOut.contains(address) && gotOut.contains("255.255.255.0"), "\(gotOut)")
+        lap("set-ip through networkd, ping, get-ip")
     }
 
     /// What the packages installed, as a user of the guest sees it: systemd runs the agent from the

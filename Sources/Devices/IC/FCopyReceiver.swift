@@ -2,7 +2,6 @@
 // are renamed into place on COMPLETE; nothing outside the allowed directories, no symlink followed.
 
 import CSystem
-import Dispatch
 import Glibc
 import Logging
 import Synchronization
@@ -63,7 +62,7 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
     let logger: Logger
     let withBus: @Sendable (@escaping @Sendable () -> Void) -> Void
     /// nil: requests are handled where they arrive (tests); else on this serial queue.
-    private let queue: DispatchQueue?
+    private let queue: SerialWorker?
 
     private struct Transfer {
         var directory: Int32
@@ -90,17 +89,20 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
         self.now = now
         self.logger = logger
         self.withBus = withBus
-        queue = background ? DispatchQueue(label: "viridian.fcopy") : nil
+        queue = background ? SerialWorker(name: "viridian-fcopy") : nil
         for root in self.allowed { Self.sweep(root) }
     }
 
-    deinit { channelClosed() }
+    deinit {
+        channelClosed()
+        queue?.stop()
+    }
 
     public var inProgress: Bool { idleSince.withLock { $0 } != nil }
 
     private func onQueue(wait: Bool, _ work: @escaping @Sendable () -> Void) {
         guard let queue else { return work() }
-        if wait { queue.sync(execute: work) } else { queue.async(execute: work) }
+        if wait { queue.sync(work) } else { queue.async(work) }
     }
 
     public func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? {

@@ -1,7 +1,6 @@
 // Backup (VSS), both ends: the host asks the guest to freeze and thaw its file systems around a
 // snapshot; the guest freezes them (FIFREEZE), answers, and thaws by itself if THAW never comes.
 
-import Dispatch
 import Logging
 import Synchronization
 import VMBusWire
@@ -55,7 +54,7 @@ public final class VSSService: ICGuestService, @unchecked Sendable {
     let logger: Logger
     let withBus: @Sendable (@escaping @Sendable () -> Void) -> Void
     /// nil: work runs where it is asked for (tests); else on this serial queue.
-    private let queue: DispatchQueue?
+    private let queue: SerialWorker?
     /// When the freeze in force ends by itself.
     private let deadline = Mutex<UInt64?>(nil)
     private let thawsByTimeout = Atomic<UInt64>(0)
@@ -69,16 +68,19 @@ public final class VSSService: ICGuestService, @unchecked Sendable {
         self.now = now
         self.logger = logger
         self.withBus = withBus
-        queue = background ? DispatchQueue(label: "viridian.vss") : nil
+        queue = background ? SerialWorker(name: "viridian-vss") : nil
     }
 
-    deinit { channelClosed() }
+    deinit {
+        channelClosed()
+        queue?.stop()
+    }
 
     public var thawDeadline: UInt64? { deadline.withLock { $0 } }
     public var autoThaws: UInt64 { thawsByTimeout.load(ordering: .relaxed) }
 
     private func later(_ work: @escaping @Sendable () -> Void) {
-        if let queue { queue.async(execute: work) } else { work() }
+        if let queue { queue.async(work) } else { work() }
     }
 
     public func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? {
@@ -119,7 +121,7 @@ public final class VSSService: ICGuestService, @unchecked Sendable {
     /// Thaws at once and waits for it (call without the bus locked).
     public func channelClosed() {
         let work: @Sendable () -> Void = { [self] in endFreeze("the host closed the backup channel") }
-        if let queue { queue.sync(execute: work) } else { work() }
+        if let queue { queue.sync(work) } else { work() }
     }
 
     private func freeze() -> UInt32 {
