@@ -21,6 +21,9 @@ struct GuestServiceProcessTests {
             let (code, out) = try sh("truncate -s 32M \(dir)/fs\(i).img && mkfs.ext4 -q -F \(dir)/fs\(i).img && mkdir -p \(m) && mount -o loop \(dir)/fs\(i).img \(m)")
             try #require(code == 0, "\(out)")
         }
+        // Whatever happens, nothing stays frozen: a writer blocked on a frozen file system cannot
+        // even be killed, and its Child would wait for it forever.
+        func thawAll() { for m in mounts { _ = try? sh("fsfreeze -u \(m) 2>/dev/null") } }
         defer { for m in mounts { _ = try? sh("fsfreeze -u \(m) 2>/dev/null; umount \(m)") } }
         let agent = try Child("viridian-agent", ["run", "--config", try agentConfig(fixture, """
             timesync = "off"
@@ -39,7 +42,9 @@ struct GuestServiceProcessTests {
         #expect(frozen == 0, "\(freezeOut)\n\(agent.text)")
         let writers = try mounts.map { try Child("/bin/sh", ["-c", "echo backup > \($0)/written"]) }
         usleep(1_500_000)
-        #expect(writers.allSatisfy { $0.process.isRunning }, "a write to a frozen file system finished")
+        let blocked = writers.allSatisfy { $0.process.isRunning }
+        if !blocked { thawAll() }
+        #expect(blocked, "a write to a frozen file system finished")
         for m in mounts {
             let (code, out) = try sh("fsfreeze --freeze \(m)")
             #expect(code != 0 && out.contains("busy"), "fsfreeze: \(out)")
@@ -47,6 +52,7 @@ struct GuestServiceProcessTests {
         let (thawed, thawOut) = try run("viridian-host", ["backup", "thaw", "guest1"] + control)
         #expect(thawed == 0, "\(thawOut)")
         #expect(writers.allSatisfy { $0.wait(seconds: 10) == 0 })
+        thawAll()
         for m in mounts { #expect((try? String(contentsOfFile: "\(m)/written", encoding: .utf8)) == "backup\n") }
 
         // The host dies while the guest is frozen: the agent thaws without being told.
@@ -55,6 +61,7 @@ struct GuestServiceProcessTests {
         fixture.host.signal(SIGKILL)
         let late = try mounts.map { try Child("/bin/sh", ["-c", "echo after > \($0)/after"]) }
         #expect(late.allSatisfy { $0.wait(seconds: 15) == 0 }, "\(agent.text)")
+        thawAll()
         #expect(Date().timeIntervalSince(killed) < 15)
         #expect(agent.text.contains("vss: thawing"), "\(agent.text)")
     }

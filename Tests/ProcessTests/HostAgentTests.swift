@@ -26,9 +26,11 @@ struct HostAgentTests {
         #expect(agent.wait() == 0, "\(agent.text)")
         let devices = try decode([DeviceInfo].self, from: agent.text)
         #expect(devices.map(\.deviceClass) == ["Viridian Echo", "Viridian Echo", "Heartbeat", "Time Synchronization",
-                                                "Operating system shutdown", "Data Exchange", "Synthetic SCSI Controller"])
+                                                "Operating system shutdown", "Data Exchange", "VSS (Backup/Restore)", "Guest services",
+                                                "Synthetic SCSI Controller"])
         #expect(devices[0].classID == "5649524d-4543-484f-8000-766972696469" && devices[2].classID == "57164f39-9115-4e78-ab55-382f3bd5422d")
-        #expect(devices.map(\.relid) == [1, 2, 3, 4, 5, 6, 7])
+        #expect(devices[6].classID == "35fa2e29-ea23-4236-96ae-3a6ebacba440" && devices[7].classID == "34d14be3-dee4-41c8-9ae7-6b174977c192")
+        #expect(devices.map(\.relid) == Array(1...9))
         let plain = try fixture.agent(["list"])
         #expect(plain.wait() == 0)
         #expect(plain.text.contains("VMBUS ID  1: Class_ID = {5649524d-4543-484f-8000-766972696469} - Viridian Echo"))

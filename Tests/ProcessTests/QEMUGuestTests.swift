@@ -130,7 +130,7 @@ struct QEMUGuestTests {
         #expect(status.carrier == "qemu" && status.state == "attached")
         _ = try #require(try eventually(seconds: 60) { try rig.guest("viridian-agent list --running").0 == 0 })
         let (_, list) = try rig.guest("viridian-agent list --running")
-        for device in ["Heartbeat", "Time Synchronization", "Operating system shutdown", "Data Exchange", "Synthetic SCSI Controller", "Synthetic network adapter"] {
+        for device in ["Heartbeat", "Time Synchronization", "Operating system shutdown", "Data Exchange", "VSS (Backup/Restore)", "Guest services", "Synthetic SCSI Controller", "Synthetic network adapter"] {
             #expect(list.contains(device), "\(device) missing from:\n\(list)")
         }
         print("QEMU guest: login after \(Int(bootSeconds)) s, heartbeat ok after \(Int(joinSeconds)) s")

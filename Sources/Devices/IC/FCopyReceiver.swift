@@ -93,8 +93,9 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
         for root in self.allowed { Self.sweep(root) }
     }
 
+    // Queued jobs hold the service, so none is left by now: clean up here, on this thread.
     deinit {
-        channelClosed()
+        abort("the service stopped")
         queue?.stop()
     }
 

@@ -71,8 +71,9 @@ public final class VSSService: ICGuestService, @unchecked Sendable {
         queue = background ? SerialWorker(name: "viridian-vss") : nil
     }
 
+    // Queued jobs hold the service, so none is left by now: thaw here, on this thread.
     deinit {
-        channelClosed()
+        endFreeze("the service stopped")
         queue?.stop()
     }
 
