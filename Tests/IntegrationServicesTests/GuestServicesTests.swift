@@ -198,6 +198,12 @@ struct GuestServicesTests {
         #expect(rig.listing.count == 1 && rig.service.inProgress)
         rig.client.service.channelClosed()
         #expect(rig.listing.isEmpty)
+        // A host that stops sending fragments: after two idle minutes the partial file goes.
+        _ = try rig.raw(try FCopyStart(fileName: "idle", pathName: rig.root + "/in", flags: [], fileSize: 10).encoded())
+        rig.client.service.tick(now: FCopyService.idleTimeoutNs)
+        #expect(rig.listing.count == 1, "not idle long enough yet")
+        rig.client.service.tick(now: FCopyService.idleTimeoutNs + 1)
+        #expect(rig.listing.isEmpty && !rig.service.inProgress)
     }
 
     @Test("FCOPY hostile: traversal, absolute escapes, symlinks, bad names, unterminated and embedded-NUL names, bad fragments")

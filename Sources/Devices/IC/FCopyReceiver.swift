@@ -147,7 +147,11 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
 
     public func tick(now: UInt64) {
         guard let since = idleSince.withLock({ $0 }), now > since, now - since > Self.idleTimeoutNs else { return }
-        onQueue(wait: false) { [self] in abort("no fragment for \(Self.idleTimeoutNs / 1_000_000_000) s") }
+        onQueue(wait: false) { [self] in
+            // Still idle when the job runs (a fragment may have come in between).
+            guard let still = idleSince.withLock({ $0 }), now > still, now - still > Self.idleTimeoutNs else { return }
+            abort("no fragment for \(Self.idleTimeoutNs / 1_000_000_000) s")
+        }
     }
 
     /// Drops a copy in progress and waits for it (call without the bus locked).
