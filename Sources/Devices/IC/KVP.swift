@@ -145,8 +145,10 @@ public final class KVPStore: @unchecked Sendable {
     }
 }
 
-/// Guest end: answers from the store and the intrinsic data; refuses malformed requests.
-public final class KVPService: ICGuestService {
+/// Guest end: answers from the store and the intrinsic data; refuses malformed requests. IP
+/// requests run the network manager's tools, which take seconds: they run on a worker thread of
+/// their own and are answered from there, so the bus is not held meanwhile.
+public final class KVPService: ICGuestService, @unchecked Sendable {
     public let serviceType = ICMessageType.kvpExchange
     public let frameworkVersions = [ICVersion(3, 0), ICVersion(1, 0)]
     public let serviceVersions = [ICVersion(4, 0), ICVersion(3, 0), ICVersion(1, 0)]
@@ -157,14 +159,24 @@ public final class KVPService: ICGuestService {
     /// Applies and reads adapter addresses (SET_IP_INFO, GET_IP_INFO); nil answers NOT_SUPPORTED.
     let ip: (any IPConfigurator)?
     let logger: Logger
+    let withBus: @Sendable (@escaping @Sendable () -> Void) -> Void
+    /// nil: IP requests are handled where they arrive (tests); else on this worker.
+    private let worker: SerialWorker?
     public private(set) var refused: UInt64 = 0
 
-    public init(store: KVPStore, intrinsic: @escaping () -> [KVPRecord], ip: (any IPConfigurator)? = nil, logger: Logger) {
+    /// `withBus` runs a closure with the bus locked (to answer); `background` false handles IP
+    /// requests inline (in-memory tests).
+    public init(store: KVPStore, intrinsic: @escaping () -> [KVPRecord], ip: (any IPConfigurator)? = nil, logger: Logger,
+                withBus: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void = { $0() }, background: Bool = false) {
         self.store = store
         self.intrinsic = intrinsic
         self.ip = ip
         self.logger = logger
+        self.withBus = withBus
+        worker = background && ip != nil ? SerialWorker(name: "viridian-kvp-ip") : nil
     }
+
+    deinit { worker?.stop() }
 
     public func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? {
         let base = ICHeader.size
@@ -204,19 +216,22 @@ public final class KVPService: ICGuestService {
                 guard body.count >= KVPIPInfo.size else { return refuse("short IP-info message") }
                 let info: KVPIPInfo
                 do { info = try KVPIPInfo(decoding: body) } catch { return refuse("\(error)") }
-                do throws(IPConfigError) {
-                    if op == .setIPInfo {
-                        try ip.apply(info)
-                        logger.notice("kvp: applied the host's IP configuration to \(info.adapterID): \(info.dhcp ? "DHCP" : info.addresses.joined(separator: ", "))")
-                    } else {
-                        var found = try ip.read(adapterID: info.adapterID)
-                        found.adapterID = info.adapterID
-                        do { try found.write(into: &body) } catch { return refuse("the adapter's configuration does not fit: \(error)") }
+                if let worker {
+                    let request = packet, withBus = self.withBus
+                    nonisolated(unsafe) let answer = client
+                    worker.async { [self] in
+                        guard let ip = self.ip else { return }
+                        var b = Array(request[base...])
+                        let status = ipRequest(op, info, ip, &b)
+                        var answered = request
+                        answered.replaceSubrange(base..<answered.count, with: b)
+                        let reply = answered
+                        withBus { answer.respond(reply, status: status, transactionID: transactionID) }
                     }
-                } catch {
-                    logger.warning("kvp: \(op == .setIPInfo ? "SET" : "GET")_IP_INFO for \(info.adapterID): \(error)")
-                    return error.status
+                    return nil
                 }
+                let answered = ipRequest(op, info, ip, &body)
+                guard answered == ICStatus.ok else { return answered }
                 status = ICStatus.ok
             }
         } catch let error as KVPError {
@@ -233,5 +248,26 @@ public final class KVPService: ICGuestService {
         refused &+= 1
         logger.warning("kvp: refused request: \(why)")
         return ICStatus.invalidArgument
+    }
+
+    /// SET_IP_INFO or GET_IP_INFO (whose answer goes into `body`); the status for the host.
+    private func ipRequest(_ op: KVPOperation, _ info: KVPIPInfo, _ ip: any IPConfigurator, _ body: inout [UInt8]) -> UInt32 {
+        do throws(IPConfigError) {
+            if op == .setIPInfo {
+                try ip.apply(info)
+                logger.notice("kvp: applied the host's IP configuration to \(info.adapterID): \(info.dhcp ? "DHCP" : info.addresses.joined(separator: ", "))")
+            } else {
+                var found = try ip.read(adapterID: info.adapterID)
+                found.adapterID = info.adapterID
+                do { try found.write(into: &body) } catch {
+                    logger.warning("kvp: the configuration of \(info.adapterID) does not fit GET_IP_INFO: \(error)")
+                    return ICStatus.invalidArgument
+                }
+            }
+            return ICStatus.ok
+        } catch {
+            logger.warning("kvp: \(op == .setIPInfo ? "SET" : "GET")_IP_INFO for \(info.adapterID): \(error)")
+            return error.status
+        }
     }
 }
