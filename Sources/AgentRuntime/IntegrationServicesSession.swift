@@ -74,7 +74,7 @@ extension AgentSession {
             let ip = GuestIPConfigurator(adapters: adapters, backend: config.ipConfig, resolvConf: config.resolvConf, logger: logger)
             logger.info("kvp: IP injection through \(ip.backendName)")
             return KVPService(store: store, intrinsic: intrinsic.records, ip: ip, logger: logger,
-                              withBus: { [weak self] body in self?.bus.withLock(body) }, background: true)
+                              withBus: { [weak self] body in self?.bus.withLock(body) })
         }
     }
 }

@@ -264,7 +264,7 @@ struct GuestServicesTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let provider = KVPProvider(instanceID: GUID(low: 8, high: 8), logger: quiet, now: { 0 })
         let ip = FakeIP()
-        let service = KVPService(store: try KVPStore(directory: directory), intrinsic: { [] }, ip: ip, logger: quiet)
+        let service = KVPService(store: try KVPStore(directory: directory), intrinsic: { [] }, ip: ip, logger: quiet, background: false)
         let (machine, client) = try icMachine(provider, service: service)
         defer { withExtendedLifetime(client) {} }
         func set(_ info: KVPIPInfo) throws -> UInt32? {

@@ -60,9 +60,7 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
     public static let idleTimeoutNs: UInt64 = 120_000_000_000
     let now: () -> UInt64
     let logger: Logger
-    let withBus: @Sendable (@escaping @Sendable () -> Void) -> Void
-    /// nil: requests are handled where they arrive (tests); else on this serial queue.
-    private let queue: SerialWorker?
+    private let work: OffBusWork
 
     private struct Transfer {
         var directory: Int32
@@ -88,33 +86,17 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
         self.allowed = allowed.map { $0.count > 1 && $0.hasSuffix("/") ? String($0.dropLast()) : $0 }.filter { $0.hasPrefix("/") }
         self.now = now
         self.logger = logger
-        self.withBus = withBus
-        queue = background ? SerialWorker(name: "viridian-fcopy") : nil
+        work = OffBusWork(name: "viridian-fcopy", background: background, withBus: withBus)
         for root in self.allowed { Self.sweep(root) }
     }
 
     // Queued jobs hold the service, so none is left by now: clean up here, on this thread.
-    deinit {
-        abort("the service stopped")
-        queue?.stop()
-    }
+    deinit { abort("the service stopped") }
 
     public var inProgress: Bool { idleSince.withLock { $0 } != nil }
 
-    private func onQueue(wait: Bool, _ work: @escaping @Sendable () -> Void) {
-        guard let queue else { return work() }
-        if wait { queue.sync(work) } else { queue.async(work) }
-    }
-
     public func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? {
-        guard queue != nil else { return process(Array(packet[ICHeader.size...])) }
-        let reply = packet, withBus = self.withBus
-        nonisolated(unsafe) let answer = client
-        onQueue(wait: false) { [self] in
-            let status = process(Array(reply[ICHeader.size...]))
-            withBus { answer.respond(reply, status: status, transactionID: transactionID) }
-        }
-        return nil
+        work.answer(&packet, transactionID: transactionID, client: client) { [self] request in process(Array(request[ICHeader.size...])) }
     }
 
     /// One request; the status for the host.
@@ -147,7 +129,7 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
 
     public func tick(now: UInt64) {
         guard let since = idleSince.withLock({ $0 }), now > since, now - since > Self.idleTimeoutNs else { return }
-        onQueue(wait: false) { [self] in
+        work.async { [self] in
             // Still idle when the job runs (a fragment may have come in between).
             guard let still = idleSince.withLock({ $0 }), now > still, now - still > Self.idleTimeoutNs else { return }
             abort("no fragment for \(Self.idleTimeoutNs / 1_000_000_000) s")
@@ -155,7 +137,7 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
     }
 
     /// Drops a copy in progress and waits for it (call without the bus locked).
-    public func channelClosed() { onQueue(wait: true) { [self] in abort("the host closed the channel") } }
+    public func channelClosed() { work.sync { [self] in abort("the host closed the channel") } }
 
     private func refuse(_ why: FCopyRefusal) -> UInt32 {
         logger.warning("fcopy: refused: \(why)")

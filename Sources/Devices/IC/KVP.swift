@@ -159,24 +159,19 @@ public final class KVPService: ICGuestService, @unchecked Sendable {
     /// Applies and reads adapter addresses (SET_IP_INFO, GET_IP_INFO); nil answers NOT_SUPPORTED.
     let ip: (any IPConfigurator)?
     let logger: Logger
-    let withBus: @Sendable (@escaping @Sendable () -> Void) -> Void
-    /// nil: IP requests are handled where they arrive (tests); else on this worker.
-    private let worker: SerialWorker?
+    private let work: OffBusWork
     public private(set) var refused: UInt64 = 0
 
     /// `withBus` runs a closure with the bus locked (to answer); `background` false handles IP
     /// requests inline (in-memory tests).
     public init(store: KVPStore, intrinsic: @escaping () -> [KVPRecord], ip: (any IPConfigurator)? = nil, logger: Logger,
-                withBus: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void = { $0() }, background: Bool = false) {
+                withBus: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void = { $0() }, background: Bool = true) {
         self.store = store
         self.intrinsic = intrinsic
         self.ip = ip
         self.logger = logger
-        self.withBus = withBus
-        worker = background && ip != nil ? SerialWorker(name: "viridian-kvp-ip") : nil
+        work = OffBusWork(name: "viridian-kvp-ip", background: background && ip != nil, withBus: withBus)
     }
-
-    deinit { worker?.stop() }
 
     public func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? {
         let base = ICHeader.size
@@ -216,23 +211,13 @@ public final class KVPService: ICGuestService, @unchecked Sendable {
                 guard body.count >= KVPIPInfo.size else { return refuse("short IP-info message") }
                 let info: KVPIPInfo
                 do { info = try KVPIPInfo(decoding: body) } catch { return refuse("\(error)") }
-                if let worker {
-                    let request = packet, withBus = self.withBus
-                    nonisolated(unsafe) let answer = client
-                    worker.async { [self] in
-                        guard let ip = self.ip else { return }
-                        var b = Array(request[base...])
-                        let status = ipRequest(op, info, ip, &b)
-                        var answered = request
-                        answered.replaceSubrange(base..<answered.count, with: b)
-                        let reply = answered
-                        withBus { answer.respond(reply, status: status, transactionID: transactionID) }
-                    }
-                    return nil
+                nonisolated(unsafe) let configurator = ip
+                return work.answer(&packet, transactionID: transactionID, client: client) { [self] request in
+                    var b = Array(request[base...])
+                    let status = ipRequest(op, info, configurator, &b)
+                    request.replaceSubrange(base..<request.count, with: b)
+                    return status
                 }
-                let answered = ipRequest(op, info, ip, &body)
-                guard answered == ICStatus.ok else { return answered }
-                status = ICStatus.ok
             }
         } catch let error as KVPError {
             return refuse("\(error)")

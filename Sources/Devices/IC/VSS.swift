@@ -52,9 +52,7 @@ public final class VSSService: ICGuestService, @unchecked Sendable {
     let autoThawNs: UInt64
     let now: () -> UInt64
     let logger: Logger
-    let withBus: @Sendable (@escaping @Sendable () -> Void) -> Void
-    /// nil: work runs where it is asked for (tests); else on this serial queue.
-    private let queue: SerialWorker?
+    private let work: OffBusWork
     /// When the freeze in force ends by itself.
     private let deadline = Mutex<UInt64?>(nil)
     private let thawsByTimeout = Atomic<UInt64>(0)
@@ -67,22 +65,14 @@ public final class VSSService: ICGuestService, @unchecked Sendable {
         self.autoThawNs = autoThawNs
         self.now = now
         self.logger = logger
-        self.withBus = withBus
-        queue = background ? SerialWorker(name: "viridian-vss") : nil
+        work = OffBusWork(name: "viridian-vss", background: background, withBus: withBus)
     }
 
     // Queued jobs hold the service, so none is left by now: thaw here, on this thread.
-    deinit {
-        endFreeze("the service stopped")
-        queue?.stop()
-    }
+    deinit { endFreeze("the service stopped") }
 
     public var thawDeadline: UInt64? { deadline.withLock { $0 } }
     public var autoThaws: UInt64 { thawsByTimeout.load(ordering: .relaxed) }
-
-    private func later(_ work: @escaping @Sendable () -> Void) {
-        if let queue { queue.async(work) } else { work() }
-    }
 
     public func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? {
         guard let message = try? VSSMessage(decoding: packet, at: ICHeader.size) else {
@@ -93,13 +83,9 @@ public final class VSSService: ICGuestService, @unchecked Sendable {
         switch operation {
         case .freeze, .thaw:
             packet.putLE(UInt32(0), at: ICHeader.size + 8)
-            let reply = packet, withBus = self.withBus
-            nonisolated(unsafe) let answer = client
-            later { [self] in
-                let status = operation == .freeze ? freeze() : (endFreeze(nil) ? ICStatus.ok : ICStatus.fail)
-                withBus { answer.respond(reply, status: status, transactionID: transactionID) }
+            return work.answer(&packet, transactionID: transactionID, client: client) { [self] _ in
+                operation == .freeze ? freeze() : (endFreeze(nil) ? ICStatus.ok : ICStatus.fail)
             }
-            return nil
         case .hotBackup:
             packet.putLE(VSSMessage.noAutoRecovery, at: ICHeader.size + 8)
         default:
@@ -116,14 +102,11 @@ public final class VSSService: ICGuestService, @unchecked Sendable {
         }
         guard due else { return }
         thawsByTimeout.add(1, ordering: .relaxed)
-        later { [self] in endFreeze("the host sent no THAW within \(autoThawNs / 1_000_000_000) s") }
+        work.async { [self] in endFreeze("the host sent no THAW within \(autoThawNs / 1_000_000_000) s") }
     }
 
     /// Thaws at once and waits for it (call without the bus locked).
-    public func channelClosed() {
-        let work: @Sendable () -> Void = { [self] in endFreeze("the host closed the backup channel") }
-        if let queue { queue.sync(work) } else { work() }
-    }
+    public func channelClosed() { work.sync { [self] in endFreeze("the host closed the backup channel") } }
 
     private func freeze() -> UInt32 {
         do {
