@@ -72,10 +72,10 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
         var written: UInt64
         var mode: mode_t
         var overwrite: Bool
-        var lastActivity: UInt64
     }
-    /// The copy in progress; touched only on the queue (or inline).
+    /// The copy in progress; touched only on the worker (or inline).
     private var transfer: Transfer?
+    /// When the copy in progress last moved (nil: none); `tick` reads it on the bus thread.
     private let idleSince = Mutex<UInt64?>(nil)
     public private(set) var filesCopied: UInt64 = 0
 
@@ -166,8 +166,7 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
         guard fd >= 0 else { throw errno == ENOSPC || errno == EDQUOT ? .diskFull : .ioError("create in \(start.pathName)", errno) }
         closeDirectory = false
         transfer = Transfer(directory: directory, temporary: temporary, name: name, path: target, fd: fd, declared: start.fileSize,
-                            written: 0, mode: mode_t(start.mode.map { $0 & 0o777 } ?? 0o644), overwrite: start.flags.contains(.overwrite),
-                            lastActivity: now())
+                            written: 0, mode: mode_t(start.mode.map { $0 & 0o777 } ?? 0o644), overwrite: start.flags.contains(.overwrite))
         idleSince.withLock { $0 = now() }
         logger.notice("fcopy: receiving \(target) (\(start.fileSize) bytes)")
     }
@@ -187,9 +186,8 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
             done += n
         }
         t.written = end
-        t.lastActivity = now()
         transfer = t
-        idleSince.withLock { $0 = t.lastActivity }
+        idleSince.withLock { $0 = now() }
     }
 
     private func complete() throws(FCopyRefusal) {
