@@ -28,9 +28,10 @@ extension PartitionService {
         guard let answered = answer, let a = answered else {
             return .failure("the guest of \(configuration.name) did not answer (is an agent running with the vss service?)")
         }
-        let hex = "0x" + String(a.status, radix: 16)
-        guard a.status == ICStatus.ok else { return ControlReply(ok: false, error: "the guest could not \(action) (\(hex); its log says why)", guestStatus: hex) }
-        return ControlReply(ok: true, guestStatus: hex, flags: "0x" + String(a.flags, radix: 16))
+        guard a.status == ICStatus.ok else {
+            return ControlReply(ok: false, error: "the guest could not \(action) (\(hex(a.status)); its log says why)", guestStatus: hex(a.status))
+        }
+        return ControlReply(ok: true, guestStatus: hex(a.status), flags: hex(a.flags))
     }
 
     /// `copy-file`: streams the host file `path` to `destination` in the guest, writing progress
@@ -84,14 +85,13 @@ extension PartitionService {
         switch state.result {
         case .copied(let n)?: return ControlReply(ok: true, bytes: n)
         case .refused(let step, let status)?:
-            let hex = "0x" + String(status, radix: 16)
             let why = switch status {
             case ICStatus.alreadyExists: "\(destination) exists in the guest (use --overwrite)"
             case ICStatus.diskFull: "the guest's file system is full"
             case ICStatus.invalidArgument: "the guest refused \(destination) (outside its allowed directories, or a bad name)"
             default: "the guest failed at \(step)"
             }
-            return ControlReply(ok: false, error: "\(why) (\(hex))", guestStatus: hex)
+            return ControlReply(ok: false, error: "\(why) (\(hex(status)))", guestStatus: hex(status))
         case .cancelled?: return .failure("cancelled")
         case .readFailed(let e)?: return .failure("reading \(source): \(String(cString: strerror(e)))")
         case .badRequest(let why)?: return .failure(why)
@@ -103,9 +103,7 @@ extension PartitionService {
     func kvpIP(_ request: ControlRequest) -> ControlReply {
         guard let provider = kvp else { return .failure("partition \(configuration.name) has no KVP service") }
         let wanted = request.nic ?? ""
-        let index = Int(wanted) ?? configuration.nic.firstIndex { $0.tap == wanted }
-            ?? nics.firstIndex { MACAddress.format($0.mac).lowercased() == wanted.lowercased() }
-        guard let index, nics.indices.contains(index) else {
+        guard let index = nicIndex(wanted) ?? nics.firstIndex(where: { MACAddress.format($0.mac).lowercased() == wanted.lowercased() }) else {
             return .failure("partition \(configuration.name) has no NIC '\(wanted)' (give its MAC, index or host TAP name)")
         }
         let nic = nics[index]
@@ -121,7 +119,7 @@ extension PartitionService {
                 return ControlReply(ok: true, ip: ControlIPInfo(dhcp: info.dhcp, addresses: info.addresses, subnets: info.subnets,
                                                                 gateways: info.gateways, dns: info.dns))
             case .failure(.status(let status))??:
-                return ControlReply(ok: false, error: "the guest could not report \(mac) (0x\(String(status, radix: 16)))", guestStatus: "0x" + String(status, radix: 16))
+                return ControlReply(ok: false, error: "the guest could not report \(mac) (\(hex(status)))", guestStatus: hex(status))
             case .failure(.malformed)??: return .failure("the guest's answer was malformed")
             default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?)")
             }
@@ -137,11 +135,10 @@ extension PartitionService {
         switch outcome {
         case .failure(let error)?: return .failure("\(error)")
         case .success(let status?)?:
-            let hex = "0x" + String(status, radix: 16)
-            if status == ICStatus.ok { return ControlReply(ok: true, guestStatus: hex) }
+            if status == ICStatus.ok { return ControlReply(ok: true, guestStatus: hex(status)) }
             let why = status == ICStatus.invalidArgument ? "the guest refused the configuration (it says why in its log)"
                 : status == ICStatus.guidNotFound ? "the guest has no adapter \(mac)" : "the guest could not apply it"
-            return ControlReply(ok: false, error: "\(why) (\(hex))", guestStatus: hex)
+            return ControlReply(ok: false, error: "\(why) (\(hex(status)))", guestStatus: hex(status))
         default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?)")
         }
     }

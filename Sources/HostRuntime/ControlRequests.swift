@@ -103,6 +103,9 @@ public struct ControlProgress: Codable, Sendable {
     public var total: UInt64
 }
 
+/// A guest status (or flags) as replies show it: 0x80004005.
+func hex(_ value: UInt32) -> String { "0x" + String(value, radix: 16) }
+
 extension PartitionService {
     /// The reply when the partition thread did not take a request in time.
     var notAnswering: String { "partition \(configuration.name) did not answer within \(Self.performTimeoutMs) ms (its thread is busy or stuck)" }
@@ -131,9 +134,9 @@ extension PartitionService {
         guard let answered = status, let code = answered else {
             return .failure("the guest of \(configuration.name) did not answer (is an agent running with the shutdown service?)")
         }
-        let hex = "0x" + String(code, radix: 16)
-        return code == ICStatus.ok ? ControlReply(ok: true, guestStatus: hex)
-            : ControlReply(ok: false, error: "the guest reported failure (\(hex))", guestStatus: hex)
+        let text = hex(code)
+        return code == ICStatus.ok ? ControlReply(ok: true, guestStatus: text)
+            : ControlReply(ok: false, error: "the guest reported failure (\(text))", guestStatus: text)
     }
 
     /// KVP get/set/delete/list through the guest.
@@ -158,8 +161,8 @@ extension PartitionService {
             case .failure(let error)?: return .failure("\(error)")
             case .success(let status?)?:
                 return status == ICStatus.ok ? ControlReply(ok: true, guestStatus: "0x0")
-                    : ControlReply(ok: false, error: action == "delete" ? "no such key in the guest's external pool" : "the guest refused (0x\(String(status, radix: 16)))",
-                                   guestStatus: "0x" + String(status, radix: 16))
+                    : ControlReply(ok: false, error: action == "delete" ? "no such key in the guest's external pool" : "the guest refused (\(hex(status)))",
+                                   guestStatus: hex(status))
             default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?)")
             }
         case "get", "list":
@@ -171,7 +174,7 @@ extension PartitionService {
             let items: [KVPRecord]
             switch outcome {
             case .success(let all)?: items = key.map { k in all.filter { $0.key == k } } ?? all
-            case .failure(.status(let status))?: return .failure("the guest refused the enumeration (0x\(String(status, radix: 16)))")
+            case .failure(.status(let status))?: return .failure("the guest refused the enumeration (\(hex(status)))")
             case .failure(.malformed)?: return .failure("the guest's answer was malformed")
             default: return .failure("the guest of \(name) did not answer (is an agent running with the KVP service?)")
             }
@@ -289,11 +292,16 @@ extension PartitionService {
         guard request.action == "link" else { return .failure("unknown nic action '\(request.action ?? "")' (link)") }
         guard let up = request.up else { return .failure("nic link needs up or down") }
         let name = request.nic ?? ""
-        let index = Int(name) ?? configuration.nic.firstIndex { $0.tap == name }
-        guard let index, nics.indices.contains(index) else {
+        guard let index = nicIndex(name) else {
             return .failure("partition \(configuration.name) has no NIC '\(name)' (\(nics.count) configured; give an index or a TAP name)")
         }
         guard perform({ self.nics[index].setLink(up: up) }) != nil else { return .failure(notAnswering) }
         return ControlReply(ok: true)
+    }
+
+    /// The adapter a request names by its index (0, 1, …) or its host TAP, if there is one.
+    func nicIndex(_ name: String) -> Int? {
+        guard let index = Int(name) ?? configuration.nic.firstIndex(where: { $0.tap == name }), nics.indices.contains(index) else { return nil }
+        return index
     }
 }

@@ -310,12 +310,7 @@ struct KVP: ParsableCommand {
                 throw ValidationError("--address \(a): give ADDRESS/PREFIX, e.g. 10.0.0.2/24")
             }
             info.addresses.append(parts[0])
-            if v6 {
-                info.subnets.append(String(prefix))
-            } else {
-                let bits: UInt32 = prefix == 0 ? 0 : ~UInt32(0) << (32 - prefix)
-                info.subnets.append("\(bits >> 24).\(bits >> 16 & 255).\(bits >> 8 & 255).\(bits & 255)")
-            }
+            info.subnets.append(v6 ? String(prefix) : IPPlan.mask(prefix))
         }
         return info
     }
