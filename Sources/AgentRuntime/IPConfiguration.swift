@@ -58,7 +58,7 @@ public final class GuestIPConfigurator: IPConfigurator, @unchecked Sendable {
         runner = Self.run
     }
 
-    /// NetworkManager if its D-Bus name answers, else networkd if it runs, else iproute2.
+    /// NetworkManager if its run directory shows it running, else networkd if its state file does, else iproute2.
     static func detect() -> IPBackend {
         if FileManager.default.fileExists(atPath: "/run/NetworkManager/NetworkManager.pid") || FileManager.default.fileExists(atPath: "/run/NetworkManager/devices") {
             return .networkManager

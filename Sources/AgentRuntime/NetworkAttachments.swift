@@ -253,9 +253,10 @@ public final class NetworkAttachments: @unchecked Sendable {
 
     private var recorded: [NICInfo]?
 
-    /// Writes the list for `viridian-agent nic list` when it changed (link state, new NICs).
-    public func record() throws {
-        let now = list
+    /// Writes the list for `viridian-agent nic list` when it changed (link state, new NICs);
+    /// `current` is `list` when the caller has just read it.
+    public func record(_ current: [NICInfo]? = nil) throws {
+        let now = current ?? list
         guard now != recorded else { return }
         recorded = now
         try AgentStateFile.write(now, to: Self.statePath(stateDir))

@@ -126,19 +126,20 @@ struct Run: ParsableCommand {
                 do { try network?.attach() } catch { logger.error("network: \(error)") }
             }
             defer { network?.stop() }
-            func recordAdapters() {
-                let nics = network?.list ?? []
+            func recordAdapters(_ nics: [NICInfo]) {
                 adapters.withLock { $0 = nics.map { GuestAdapter(interface: $0.tap, mac: $0.mac, instance: $0.instance, netns: $0.netns) } }
             }
-            recordAdapters()
+            recordAdapters(network?.list ?? [])
             systemdNotify("READY=1")
             watchdog.status("joined partition \(session.link.partitionName) with \(session.devices().count) devices")
             // Serve until a stop signal or the host going away; each pass proves the agent alive.
             while !waitOrStop(stop, ms: 200) {
                 if session.hostLost != nil { break }
                 session.pet()
-                try? network?.record()
-                recordAdapters()
+                // One read of the NICs per pass serves their state file and KVP's adapter list.
+                let nics = network?.list ?? []
+                try? network?.record(nics)
+                recordAdapters(nics)
                 session.withBus { _ in for d in drivers { d.service.tick(now: viridian_now_ns()) } }
                 if let disks, waitOrStop(disks.busChanged, ms: 0) {
                     disks.busChanged.wait()
