@@ -77,7 +77,6 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
     private var transfer: Transfer?
     /// When the copy in progress last moved (nil: none); `tick` reads it on the bus thread.
     private let idleSince = Mutex<UInt64?>(nil)
-    public private(set) var filesCopied: UInt64 = 0
 
     /// `withBus` runs a closure with the bus locked (to answer); `background` false handles
     /// requests inline (in-memory tests).
@@ -201,7 +200,6 @@ public final class FCopyService: ICGuestService, @unchecked Sendable {
         close(t.directory)
         transfer = nil
         idleSince.withLock { $0 = nil }
-        filesCopied &+= 1
         logger.notice("fcopy: \(t.path) written (\(t.declared) bytes, mode \(String(t.mode, radix: 8)))")
     }
 

@@ -93,7 +93,6 @@ public final class MountFreezer: FileSystemFreezer {
     let only: [String]
     let mountInfoPath: String
     private var frozen: [(mountPoint: String, fd: Int32)] = []
-    public private(set) var skipped: [String] = []
 
     public init(only: [String], mountInfoPath: String = "/proc/self/mountinfo") {
         self.only = only
@@ -107,7 +106,6 @@ public final class MountFreezer: FileSystemFreezer {
     public func freeze() throws(FreezeError) -> [String] {
         guard frozen.isEmpty else { return frozen.map(\.mountPoint) }
         guard let table = Self.readAll(mountInfoPath) else { throw .noMountTable(errno: errno) }
-        skipped = []
         for m in freezeCandidates(mountInfo: table, only: only) {
             let fd = viridian_open(m.mountPoint, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0)
             guard fd >= 0 else {
@@ -122,10 +120,7 @@ public final class MountFreezer: FileSystemFreezer {
             let e = errno
             close(fd)
             // EOPNOTSUPP: this file system cannot freeze. EBUSY: someone else froze it (not ours to thaw).
-            if e == EOPNOTSUPP || e == EBUSY {
-                skipped.append(m.mountPoint)
-                continue
-            }
+            if e == EOPNOTSUPP || e == EBUSY { continue }
             _ = thaw()
             throw .failed(m.mountPoint, errno: e)
         }

@@ -71,7 +71,6 @@ public final class VSSService: ICGuestService, @unchecked Sendable {
     // Queued jobs hold the service, so none is left by now: thaw here, on this thread.
     deinit { endFreeze("the service stopped") }
 
-    public var thawDeadline: UInt64? { deadline.withLock { $0 } }
     public var autoThaws: UInt64 { thawsByTimeout.load(ordering: .relaxed) }
 
     public func handle(_ header: ICHeader, packet: inout [UInt8], version: ICVersion, transactionID: UInt64, client: ICClient) -> UInt32? {
