@@ -82,7 +82,7 @@ let package = Package(
         .target(
             name: "EmulatedDevices",
             dependencies: [
-                "CSystem", "VMBusWire", "SyntheticStorage", "SyntheticNetwork",
+                "CSystem", "VMBusWire", "GuestMemory", "SyntheticStorage", "SyntheticNetwork",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/Devices/Emulated",
@@ -189,7 +189,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "EmulatedTests",
-            dependencies: ["EmulatedDevices", "SyntheticNetwork", "SyntheticStorage", "VMBusWire"],
+            dependencies: ["EmulatedDevices", "GuestMemory", "SyntheticNetwork", "SyntheticStorage", "VMBusWire"],
             swiftSettings: strict),
         .testTarget(name: "VMBusWireTests", dependencies: ["VMBusWire"], swiftSettings: strict),
         .testTarget(name: "VMBusRingTests", dependencies: ["VMBusRing", "VMBusWire"], swiftSettings: strict),

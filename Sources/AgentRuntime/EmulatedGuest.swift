@@ -1,10 +1,12 @@
-// A guest without integration components: legacy drivers for the emulated IDE disk and NE2000 NIC,
-// every register access one trap, exported through the same NBD and TAP surfaces as the synthetic devices.
+// A guest without integration components: legacy drivers for the emulated IDE disk (PIO, or bus-master
+// DMA behind a PIIX4) and NICs (DEC 21140, NE2000), every register access one trap, exported through
+// the same NBD and TAP surfaces as the synthetic devices.
 
 import CSystem
 import EmulatedDevices
 import Foundation
 import Glibc
+import GuestMemory
 import Logging
 import NBD
 import PartitionLink
@@ -40,11 +42,12 @@ final class ATABlockDevice: NBDBlockDevice, @unchecked Sendable {
     let isReadOnly: Bool
     let blockSize = 512
     private let lock = Lock()
-    /// Sectors per command (bounded staging buffer).
-    static let chunkSectors = 256
+    /// Sectors per command: what the driver moves at once (its DMA buffer, or a PIO command).
+    let chunkSectors: Int
 
     init(driver: ATADriver, readOnly: Bool) {
         self.driver = driver
+        chunkSectors = min(driver.maximumTransfer, 256 * 8)
         size = driver.sectors * 512
         isReadOnly = readOnly
     }
@@ -61,7 +64,7 @@ final class ATABlockDevice: NBDBlockDevice, @unchecked Sendable {
     private func sectors(read: Bool, start: UInt64, count: Int, _ p: UnsafeMutableRawPointer) -> UInt32 {
         var done = 0
         while done < count {
-            let n = min(count - done, Self.chunkSectors)
+            let n = min(count - done, chunkSectors)
             do {
                 if read {
                     try driver.read(lba: start / 512 + UInt64(done), count: n, into: p + done * 512)
@@ -112,9 +115,10 @@ final class ATABlockDevice: NBDBlockDevice, @unchecked Sendable {
     }
 }
 
-/// The NE2000 bridged to a guest TAP: one thread waits on the TAP and the IRQ line and drives the card.
+/// An emulated NIC (DEC 21140 or NE2000) bridged to a guest TAP: one thread waits on the TAP and
+/// the IRQ line and drives the card.
 final class EmulatedNIC: @unchecked Sendable {
-    let driver: NE2000Driver
+    let driver: any LegacyNICDriver
     let tap: TapDevice
     let irq: LinkInterruptWait
     private let stopping = EventFD.make()
@@ -122,7 +126,7 @@ final class EmulatedNIC: @unchecked Sendable {
     private(set) var framesOut: UInt64 = 0
     private(set) var framesIn: UInt64 = 0
 
-    init(driver: NE2000Driver, tap: TapDevice, irq: LinkInterruptWait) {
+    init(driver: any LegacyNICDriver, tap: TapDevice, irq: LinkInterruptWait) {
         self.driver = driver
         self.tap = tap
         self.irq = irq
@@ -162,6 +166,7 @@ final class EmulatedNIC: @unchecked Sendable {
                         iov[1] = iovec(iov_base: frame.baseAddress, iov_len: n)
                         if tap.send(UnsafeBufferPointer(iov)) { framesIn &+= 1 }
                     }
+                    driver.receiveDone()
                 }
             }
             if fds[0].revents != 0 {
@@ -184,19 +189,54 @@ extension EventFD {
 }
 
 /// What a guest without enlightenments uses: the emulated IDE disks exported over NBD and the
-/// emulated NE2000 bridged to a TAP, driven through port I/O traps and legacy interrupt lines.
+/// emulated NICs bridged to TAPs, driven through port I/O traps and legacy interrupt lines. The
+/// PCI bus is scanned first, as a kernel does: a PIIX4 IDE function means bus-master DMA for the
+/// IDE disks (as ata_piix), a DEC 21140 a NIC with descriptor rings (as tulip); the NE2000 is
+/// probed at its ISA port as ne.c does.
 public final class EmulatedGuest: @unchecked Sendable {
     let link: any GuestPlatform
     let logger: Logger
     private var servers: [NBDServer] = []
-    private var nic: EmulatedNIC?
+    private var nics: [EmulatedNIC] = []
     public private(set) var exports: [DiskExport] = []
-    public private(set) var nicInfo: NICInfo?
+    public private(set) var nicInfo: [NICInfo] = []
     private var stateDir: String?
+    /// Guest pages for the DMA devices' tables, rings and buffers.
+    private var pages: GuestPageAllocator
 
     public init(link: any GuestPlatform, logger: Logger) {
         self.link = link
         self.logger = logger
+        pages = GuestPageAllocator(pageCount: link.pool.pageCount)
+    }
+
+    /// `bytes` of guest memory, contiguous in guest-physical addresses below 4 GiB (32-bit bus masters).
+    private func dmaWindow(bytes: Int) -> DMAWindow? {
+        let count = (bytes + 4095) / 4096
+        guard let first = try? pages.allocate(pages: count) else { return nil }
+        let pfns = link.pool.pfns(first: first, count: count)
+        guard pfns.indices.allSatisfy({ pfns[$0] == pfns[0] + UInt64($0) }), (pfns[0] + UInt64(count)) << 12 <= 1 << 32,
+            let p = try? link.pool.pointer(page: first, count: count * 4096)
+        else {
+            pages.release(firstPage: first, pages: count)
+            return nil
+        }
+        return DMAWindow(base: p, gpa: pfns[0] << 12, size: count * 4096)
+    }
+
+    /// The PIIX4's bus master for the primary channel, set up as ata_piix does (decode enabled
+    /// in IDETIM, I/O and bus mastering on), with a PRD page and a 1 MiB buffer.
+    private func piix4BusMaster(_ pci: PCIConfigAccess, _ f: PCIFunctionAddress) -> ATABusMaster? {
+        guard pci.read(f, PIIX4IDE.idetimPrimary, size: 2) & UInt32(PIIX4IDE.decodeEnable) != 0 else {
+            logger.warning("ide: PIIX4 \(f): primary channel disabled in IDETIM; using PIO")
+            return nil
+        }
+        pci.enable(f, busMaster: true)
+        guard let port = pci.ioBar(f, 4), let table = dmaWindow(bytes: 4096), let buffer = dmaWindow(bytes: 1 << 20) else {
+            logger.warning("ide: PIIX4 \(f): no BMIDE BAR or no DMA memory; using PIO")
+            return nil
+        }
+        return ATABusMaster(port: port, table: table, buffer: buffer)
     }
 
     /// Waits up to `timeoutMs` for the host's interrupt line `irq` (it comes right after the welcome).
@@ -209,33 +249,56 @@ public final class EmulatedGuest: @unchecked Sendable {
         return link.interruptLine(irq)
     }
 
-    /// Probes the IDE channel and the NE2000 and brings up what answers.
-    public func start(exportDir: String, stateDir: String, tapName: String, netns: String?) throws {
+    /// Scans PCI, probes the IDE channel and the NICs and brings up what answers. NIC n (the 21140
+    /// first, then the NE2000) gets the TAP `tapPattern` with %d replaced by n (without a %d: the
+    /// name itself for NIC 0, the name and n for the others).
+    public func start(exportDir: String, stateDir: String, tapPattern: String, netns: String?) throws {
         try FileManager.default.createDirectory(atPath: exportDir, withIntermediateDirectories: true)
+        let pci = PCIConfigAccess(io: LinkPortIO(link: link, vp: 0))
+        let functions = pci.scan()
+        logger.info("pci: \(functions.isEmpty ? "no functions" : functions.map { "\($0) \(hex4($0.vendor)):\(hex4($0.deviceID))" }.joined(separator: ", "))")
+        let piix4 = functions.first { $0.vendor == PIIX4IDE.vendor && $0.deviceID == PIIX4IDE.device }
+        let tulip = functions.first { $0.vendor == DEC21140Function.vendor && $0.deviceID == DEC21140Function.device }
         if let l14 = line(14, timeoutMs: 1000) {
             let irq = LinkInterruptWait(line: l14)
+            let busMaster = piix4.flatMap { piix4BusMaster(pci, $0) }
             for unit in UInt8(0)...1 {
-                guard let driver = try? ATADriver(io: LinkPortIO(link: link, vp: 0), interrupt: irq, unit: unit) else { continue }
+                guard let driver = try? ATADriver(io: LinkPortIO(link: link, vp: 0), interrupt: irq, unit: unit, busMaster: busMaster) else { continue }
+                if let piix4, let mode = driver.dmaMode, mode & 0x40 != 0 {
+                    // do_pata_set_dmamode: UDMA timing for the drive, then its enable bit.
+                    let shift = 4 * Int(unit)
+                    let timing = pci.read(piix4, PIIX4IDE.udmaTiming, size: 2) & ~(3 << UInt32(shift)) | UInt32(mode & 7) << UInt32(shift)
+                    pci.write(piix4, PIIX4IDE.udmaTiming, size: 2, value: timing)
+                    pci.write(piix4, PIIX4IDE.udmaControl, size: 1, value: pci.read(piix4, PIIX4IDE.udmaControl, size: 1) | 1 << UInt32(unit))
+                }
                 let path = "\(exportDir)/ide0-\(unit == 0 ? "master" : "slave").sock"
                 let server = try NBDServer(path: path, exportName: "", device: ATABlockDevice(driver: driver, readOnly: false), logger: logger)
                 server.start()
                 servers.append(server)
                 exports.append(DiskExport(controller: 0, lun: unit, sizeBytes: driver.sectors * 512, readOnly: false, export: path))
-                logger.info("ide: \(unit == 0 ? "master" : "slave") \(driver.model), \((driver.sectors * 512) >> 20) MiB, PIO multiple \(driver.multiple), nbd+unix:///?socket=\(path)")
+                let transfer = driver.dmaMode.map { m in m & 0x40 != 0 ? "UDMA\(m & 7) bus-master DMA" : "MWDMA\(m & 7) bus-master DMA" }
+                    ?? "PIO multiple \(driver.multiple)"
+                logger.info("ide: \(unit == 0 ? "master" : "slave") \(driver.model), \((driver.sectors * 512) >> 20) MiB, \(transfer), nbd+unix:///?socket=\(path)")
+            }
+        }
+        let nicVP = UInt32(min(1, link.vpCount - 1))
+        if let tulip, let l11 = line(11, timeoutMs: 200) {
+            let irq = LinkInterruptWait(line: l11)
+            do {
+                pci.enable(tulip, busMaster: true)
+                guard let port = pci.ioBar(tulip, 0) else { throw TulipDriverError.noDevice("BAR 0 is not an I/O BAR") }
+                guard let window = dmaWindow(bytes: TulipDriver.windowBytes) else { throw TulipDriverError.memory(needed: TulipDriver.windowBytes) }
+                let driver = try TulipDriver(io: LinkPortIO(link: link, vp: nicVP), interrupt: irq, base: port, window: window)
+                try bringUp(driver, irq: irq, kind: "DEC 21140", tapPattern: tapPattern, netns: netns)
+            } catch {
+                logger.error("dec21140: \(error)")
             }
         }
         if let l9 = line(9, timeoutMs: 200) {
             let irq = LinkInterruptWait(line: l9)
             do {
-                let driver = try NE2000Driver(io: LinkPortIO(link: link, vp: UInt32(min(1, link.vpCount - 1))), interrupt: irq)
-                let tap = try TapDevice(name: tapName, namespace: netns)
-                try tap.configure(mac: driver.mac, mtu: 1500, up: true)
-                let nic = EmulatedNIC(driver: driver, tap: tap, irq: irq)
-                nic.start()
-                self.nic = nic
-                nicInfo = NICInfo(index: 0, relid: 0, tap: tap.name, netns: netns, mac: MACAddress.format(driver.mac), mtu: 1500,
-                                  carrier: true, nvspVersion: "none (NE2000)", queues: 1)
-                logger.info("ne2000: MAC \(MACAddress.format(driver.mac)), TAP \(tap.name)\(netns.map { " (netns \($0))" } ?? "")")
+                let driver = try NE2000Driver(io: LinkPortIO(link: link, vp: nicVP), interrupt: irq)
+                try bringUp(driver, irq: irq, kind: "NE2000", tapPattern: tapPattern, netns: netns)
             } catch {
                 logger.error("ne2000: \(error)")
             }
@@ -243,16 +306,31 @@ public final class EmulatedGuest: @unchecked Sendable {
         try record(stateDir: stateDir)
     }
 
+    /// Bridges a NIC driver to the next TAP.
+    private func bringUp(_ driver: any LegacyNICDriver, irq: LinkInterruptWait, kind: String, tapPattern: String, netns: String?) throws {
+        let index = nics.count
+        let name = tapPattern.contains("%d") ? tapPattern.replacingOccurrences(of: "%d", with: String(index))
+            : index == 0 ? tapPattern : tapPattern + String(index)
+        let tap = try TapDevice(name: name, namespace: netns)
+        try tap.configure(mac: driver.mac, mtu: 1500, up: true)
+        let nic = EmulatedNIC(driver: driver, tap: tap, irq: irq)
+        nic.start()
+        nics.append(nic)
+        nicInfo.append(NICInfo(index: index, relid: 0, tap: tap.name, netns: netns, mac: MACAddress.format(driver.mac), mtu: 1500,
+                               carrier: true, nvspVersion: "none (\(kind))", queues: 1))
+        logger.info("\(kind): MAC \(MACAddress.format(driver.mac)), TAP \(tap.name)\(netns.map { " (netns \($0))" } ?? "")")
+    }
+
     private func record(stateDir: String) throws {
         self.stateDir = stateDir
         try AgentStateFile.write(exports, to: DiskExporter.statePath(stateDir))
-        try AgentStateFile.write(nicInfo.map { [$0] } ?? [], to: NetworkAttachments.statePath(stateDir))
+        try AgentStateFile.write(nicInfo, to: NetworkAttachments.statePath(stateDir))
     }
 
     /// Stops the NIC and the exports and forgets the state files, as the enlightened exporters do.
     public func stop() {
-        nic?.stop()
-        nic = nil
+        for nic in nics { nic.stop() }
+        nics.removeAll()
         for s in servers { s.stop() }
         servers.removeAll()
         if let stateDir {
@@ -260,4 +338,10 @@ public final class EmulatedGuest: @unchecked Sendable {
             unlink(NetworkAttachments.statePath(stateDir))
         }
     }
+}
+
+/// Four hex digits.
+private func hex4(_ v: UInt16) -> String {
+    let h = String(v, radix: 16)
+    return String(repeating: "0", count: 4 - h.count) + h
 }

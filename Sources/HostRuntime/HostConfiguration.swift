@@ -40,7 +40,12 @@ import VMBusWire
 /// path = "/var/lib/viridian/images/guest1-disk0.img"   # may be the same image a SCSI LUN serves (use one path at a time)
 /// size_mib = 64
 /// read_only = false
-/// [partition.ne2000]                 # an emulated NE2000 NIC (0x300, IRQ 9) bridged to a host TAP
+/// ide_controller = "piix4"           # (partition key) "piix4": PCI 00:07.1 with bus-master DMA, as Hyper-V gen 1; "isa": PIO only
+/// [partition.dec21140]               # an emulated DEC 21140A (PCI 00:0a.0, IRQ 11), Hyper-V's legacy network adapter
+/// tap = "vh2"
+/// netns = "hostside"
+/// mac = "00:15:5d:00:01:81"
+/// [partition.ne2000]                 # an emulated NE2000 NIC (ISA 0x300, IRQ 9) bridged to a host TAP
 /// tap = "vh1"
 /// netns = "hostside"
 /// mac = "00:15:5d:00:01:80"
@@ -126,6 +131,10 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     public var nic: [NICConfiguration] = []
     /// Emulated IDE disks (master, slave); none by default.
     public var ide: [DiskConfiguration] = []
+    /// The controller in front of the IDE disks: "piix4" (bus-master DMA) or "isa" (PIO only).
+    public var ideController: String = "piix4"
+    /// An emulated DEC 21140A NIC; none by default.
+    public var dec21140: NICConfiguration?
     /// An emulated NE2000 NIC; none by default.
     public var ne2000: NICConfiguration?
     /// How the guest reaches the partition: "link" (an agent process) or "qemu" (a QEMU guest).
@@ -164,7 +173,8 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         case timeOffsetMs = "time_offset_ms"
         case disk
         case storagePollMicroseconds = "storage_poll_us"
-        case nic, ide, ne2000, carrier
+        case nic, ide, ne2000, dec21140, carrier
+        case ideController = "ide_controller"
         case ramFile = "ram_file"
         case ivshmemSocket = "ivshmem_socket"
     }
@@ -187,6 +197,8 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         nic = try c.decodeIfPresent([NICConfiguration].self, forKey: .nic) ?? []
         ide = try c.decodeIfPresent([DiskConfiguration].self, forKey: .ide) ?? []
         ne2000 = try c.decodeIfPresent(NICConfiguration.self, forKey: .ne2000)
+        dec21140 = try c.decodeIfPresent(NICConfiguration.self, forKey: .dec21140)
+        ideController = try c.decodeIfPresent(String.self, forKey: .ideController) ?? "piix4"
         carrier = try c.decodeIfPresent(String.self, forKey: .carrier) ?? "link"
         ramFile = try c.decodeIfPresent(String.self, forKey: .ramFile)
         ivshmemSocket = try c.decodeIfPresent(String.self, forKey: .ivshmemSocket)
@@ -210,7 +222,9 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
                 throw ConfigurationError.invalid("\(name): a QEMU guest has 1…\(QEMUHostCarrier.maximumVPs) VPs")
             }
             guard memoryMiB <= 2048 else { throw ConfigurationError.invalid("\(name): a QEMU guest has at most 2048 MiB (RAM below 4 GiB is one range)") }
-            guard ide.isEmpty, ne2000 == nil else { throw ConfigurationError.invalid("\(name): emulated IDE and NE2000 need carrier = \"link\"") }
+            guard ide.isEmpty, ne2000 == nil, dec21140 == nil else {
+                throw ConfigurationError.invalid("\(name): emulated IDE, DEC 21140 and NE2000 need carrier = \"link\"")
+            }
         default:
             throw ConfigurationError.invalid("\(name): carrier must be \"link\" or \"qemu\", not '\(carrier)'")
         }
@@ -225,8 +239,11 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
             throw ConfigurationError.invalid("\(name): disk \(d.path): controller must be 0…15 and size_mib 1…\(DiskConfiguration.sizeRange.upperBound)")
         }
         guard ide.count <= 2 else { throw ConfigurationError.invalid("\(name): an IDE channel has two disks at most") }
+        guard ["piix4", "isa"].contains(ideController) else {
+            throw ConfigurationError.invalid("\(name): ide_controller must be \"piix4\" (bus-master DMA) or \"isa\" (PIO only), not '\(ideController)'")
+        }
         var taps = Set<String>()
-        for n in nic + (ne2000.map { [$0] } ?? []) {
+        for n in nic + (ne2000.map { [$0] } ?? []) + (dec21140.map { [$0] } ?? []) {
             guard !n.tap.isEmpty, n.tap.utf8.count < 16, taps.insert((n.netns ?? "") + "/" + n.tap).inserted else {
                 throw ConfigurationError.invalid("\(name): nic tap '\(n.tap)' must be 1–15 bytes and unique")
             }

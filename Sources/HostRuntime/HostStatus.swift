@@ -41,6 +41,8 @@ public struct PartitionStatus: Codable, Sendable {
     public var nics: [NICStatus]?
     /// Port I/O traps served (emulated devices; each is one exit).
     public var portIOExits: UInt64 = 0
+    /// Interrupts the emulated devices raised (rising edges of their IRQ lines, since the host started).
+    public var lineInterrupts: UInt64 = 0
 }
 
 /// One synthetic network adapter. rx = host → guest, tx = guest → host.
@@ -125,7 +127,7 @@ extension PartitionService {
                               rxFrames: n.counters.rxFrames, rxBytes: n.counters.rxBytes, txFrames: n.counters.txFrames,
                               txBytes: n.counters.txBytes, drops: n.counters.drops, ringFull: n.counters.ringFull,
                               protocolErrors: n.counters.protocolErrors)
-                }, portIOExits: runtime?.portExits ?? 0)
+                }, portIOExits: runtime?.portExits ?? 0, lineInterrupts: lines.reduce(0) { $0 &+ $1.raised })
         }
         // A partition thread that does not answer is reported as such; the others still are.
         return snapshot ?? PartitionStatus(
@@ -146,7 +148,7 @@ extension HostStatus {
                 + ", \(p.memoryMiB) MiB, attaches \(p.attachCount)" + (p.heartbeat.map { ", heartbeat \($0)" } ?? "")
                 + ", socket \(p.socket)")
             if p.state == "attached" {
-                lines.append("  hypercalls \(p.hypercalls)  port I/O exits \(p.portIOExits)  doorbell signals \(p.signals)  messages in/out \(p.messagesIn)/\(p.messagesOut)  malformed \(p.malformedMessages)")
+                lines.append("  hypercalls \(p.hypercalls)  port I/O exits \(p.portIOExits)  IRQs \(p.lineInterrupts)  doorbell signals \(p.signals)  messages in/out \(p.messagesIn)/\(p.messagesOut)  malformed \(p.malformedMessages)")
                 lines.append("  VP  interrupts  msgs-delivered  queued  events  EOMs")
                 for v in p.vps {
                     lines.append("  " + [pad(v.index, 2), pad(v.interrupts, 10), pad(v.messagesDelivered, 14), pad(v.messagesQueued, 6),

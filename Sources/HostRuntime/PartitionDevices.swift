@@ -1,4 +1,5 @@
-// A partition's devices, built from its configuration: IC providers, SCSI controllers, NICs, emulated IDE and NE2000.
+// A partition's devices, built from its configuration: IC providers, SCSI controllers, NICs, and the
+// emulated ones (IDE behind a PIIX4 or on its own, DEC 21140, NE2000).
 
 import CSystem
 import EchoDevice
@@ -30,6 +31,9 @@ final class PartitionDevices {
     /// Synthetic network adapters, in configuration order.
     let nics: [NetworkVSP]
     let ide: ATAController?
+    /// The PIIX4 IDE function in front of `ide` (ide_controller = "piix4").
+    let piix4: PIIX4IDE?
+    let dec21140: DEC21140?
     let ne2000: NE2000?
 
     init(configuration: PartitionConfiguration, id: UInt32, imageDirectory: String, logger: Logger) throws {
@@ -98,19 +102,33 @@ final class PartitionDevices {
         self.nics = nics
         if configuration.ide.isEmpty {
             ide = nil
+            piix4 = nil
         } else {
             let backends: [(any BlockBackend)?] = try configuration.ide.map { try $0.openBackend() }
-            ide = ATAController(disks: backends)
-            logger.info("\(configuration.name): emulated IDE channel 0x1F0/IRQ 14: \(configuration.ide.map(\.path).joined(separator: ", "))")
+            let channel = ATAController(disks: backends)
+            ide = channel
+            piix4 = configuration.ideController == "piix4" ? PIIX4IDE(channel: channel) : nil
+            logger.info("\(configuration.name): emulated IDE channel 0x1F0/IRQ 14\(piix4 == nil ? " (ISA, PIO only)" : " behind a PIIX4 (PCI 00:07.1, bus-master DMA)"): \(configuration.ide.map(\.path).joined(separator: ", "))")
+        }
+        func legacyTAP(_ nic: NICConfiguration, _ device: String) throws -> TapDevice {
+            do {
+                let tap = try TapDevice(name: nic.tap, namespace: nic.netns)
+                try tap.configure(mtu: 1500, up: true)
+                return tap
+            } catch {
+                throw ConfigurationError.invalid("\(configuration.name): \(device) (TAP \(nic.tap)): \(error)" + (getuid() != 0 ? " (TAP devices need root)" : ""))
+            }
+        }
+        if let nic = configuration.dec21140 {
+            let tap = try legacyTAP(nic, "dec21140")
+            let mac = nic.macAddress(partitionID: id, index: 0x81)
+            dec21140 = DEC21140(mac: mac, port: tap, line: InterruptLine(irq: 11))
+            logger.info("\(configuration.name): emulated DEC 21140A (PCI 00:0a.0, IRQ 11) = TAP \(tap.name), MAC \(MACAddress.format(mac))")
+        } else {
+            dec21140 = nil
         }
         if let nic = configuration.ne2000 {
-            let tap: TapDevice
-            do {
-                tap = try TapDevice(name: nic.tap, namespace: nic.netns)
-                try tap.configure(mtu: 1500, up: true)
-            } catch {
-                throw ConfigurationError.invalid("\(configuration.name): ne2000 (TAP \(nic.tap)): \(error)" + (getuid() != 0 ? " (TAP devices need root)" : ""))
-            }
+            let tap = try legacyTAP(nic, "ne2000")
             let mac = nic.macAddress(partitionID: id, index: 0x80)
             ne2000 = NE2000(base: 0x300, mac: mac, port: tap, line: InterruptLine(irq: 9))
             logger.info("\(configuration.name): emulated NE2000 0x300/IRQ 9 = TAP \(tap.name), MAC \(MACAddress.format(mac))")

@@ -59,12 +59,16 @@ public final class PartitionService: @unchecked Sendable {
     public var nics: [NetworkVSP] { deviceSet.nics }
     /// Handlers of descriptors the carrier and devices asked the loop to watch.
     var watched: [Int32: () -> Void] = [:]
-    /// Legacy I/O ports: the emulated devices (IDE channel, NE2000), reached by port I/O traps.
+    /// Legacy I/O ports: the emulated devices (IDE channel, NE2000, the PCI functions' BARs), reached by port I/O traps.
     public let portIO = PortIOBus()
+    /// PCI bus 0 (configuration mechanism #1) when the partition has an emulated PCI device.
+    public private(set) var pci: PCIBus?
     public var ide: ATAController? { deviceSet.ide }
+    public var piix4: PIIX4IDE? { deviceSet.piix4 }
+    public var dec21140: DEC21140? { deviceSet.dec21140 }
     public var ne2000: NE2000? { deviceSet.ne2000 }
     /// Interrupt lines of the emulated devices.
-    var lines: [InterruptLine] { [ide?.line, ne2000?.line].compactMap { $0 } }
+    var lines: [InterruptLine] { [ide?.line, dec21140?.line, ne2000?.line].compactMap { $0 } }
 
     public init(configuration: PartitionConfiguration, id: UInt32, carrier: any HostCarrier, imageDirectory: String, logger: Logger,
                 trace: TraceWriter?) throws {
@@ -80,6 +84,16 @@ public final class PartitionService: @unchecked Sendable {
         deviceSet = try PartitionDevices(configuration: configuration, id: id, imageDirectory: imageDirectory, logger: logger)
         if let ide = deviceSet.ide { portIO.attach(ide) }
         if let ne2000 = deviceSet.ne2000 { portIO.attach(ne2000) }
+        if deviceSet.piix4 != nil || deviceSet.dec21140 != nil {
+            // What a generation 1 VM's firmware leaves: 440BX, the PIIX4 (ISA bridge, IDE), the legacy NIC.
+            let bus = PCIBus(ports: portIO)
+            portIO.attach(bus)
+            bus.attach(i440BXHostBridge(), device: 0, function: 0)
+            bus.attach(piix4ISABridge(), device: 7, function: 0)
+            if let piix4 = deviceSet.piix4 { bus.attach(piix4, device: 7, function: 1) }
+            if let dec = deviceSet.dec21140 { bus.attach(DEC21140Function(chip: dec), device: 10, function: 0) }
+            pci = bus
+        }
         epoll = viridian_epoll_create()
         wake = try EventFD()
         guard epoll >= 0 else { throw LinkError.system(call: "epoll_create", errno: errno) }
@@ -190,6 +204,9 @@ public final class PartitionService: @unchecked Sendable {
         runtime.server.detachGuest()
         for line in lines { line.onRaise = nil }
         if let ne2000 { watch(ne2000.descriptor, wanted: false) {} }
+        if let dec21140 { watch(dec21140.descriptor, wanted: false) {} }
+        piix4?.busMaster.memory = nil
+        dec21140?.memory = nil
         carrier.guestDetached()
         self.runtime = nil
         logger.notice("\(configuration.name): \(reason); partition reset, waiting for a guest")
@@ -210,11 +227,16 @@ extension PartitionService: CarrierDelegate {
         }
         for device in deviceSet.all { runtime.server.offer(device) }
         runtime.portIO = portIO
-        if ne2000 != nil { runtime.afterPortWrite = { [unowned self] in self.ne2000Serviced() } }
+        if ne2000 != nil || dec21140 != nil { runtime.afterPortWrite = { [unowned self] in self.legacyNICsServiced() } }
         portIO.reset()
+        piix4?.busMaster.memory = memory
+        dec21140?.memory = memory
         for line in lines { line.onRaise = try carrier.addInterruptLine(irq: line.irq) }
         if let ne2000, ne2000.descriptor >= 0 {
             watch(ne2000.descriptor, wanted: true) { [unowned self] in self.ne2000Readable() }
+        }
+        if let dec21140, dec21140.descriptor >= 0 {
+            watch(dec21140.descriptor, wanted: true) { [unowned self] in self.dec21140Readable() }
         }
         self.runtime = runtime
         attachCount += 1
@@ -238,10 +260,22 @@ extension PartitionService {
         if !ne2000.pollReceive() { watch(ne2000.descriptor, wanted: false) {} }
     }
 
-    /// After a port write: a guest that moved BNRY may have made room for waiting frames.
-    func ne2000Serviced() {
-        guard let ne2000, runtime != nil, watched[ne2000.descriptor] == nil else { return }
-        watch(ne2000.descriptor, wanted: true) { [unowned self] in self.ne2000Readable() }
+    /// Frames wait on the 21140's TAP: as for the NE2000, while the chip takes them.
+    func dec21140Readable() {
+        guard let dec21140 else { return }
+        if !dec21140.pollReceive() { watch(dec21140.descriptor, wanted: false) {} }
+    }
+
+    /// After a port write: a guest that freed ring space (NE2000 BNRY, 21140 CSR2 or any CSR)
+    /// may have let waiting frames in; watch the TAPs again where the card takes frames.
+    func legacyNICsServiced() {
+        guard runtime != nil else { return }
+        if let ne2000, watched[ne2000.descriptor] == nil {
+            watch(ne2000.descriptor, wanted: true) { [unowned self] in self.ne2000Readable() }
+        }
+        if let dec21140, dec21140.acceptsFrames, watched[dec21140.descriptor] == nil {
+            watch(dec21140.descriptor, wanted: true) { [unowned self] in self.dec21140Readable() }
+        }
     }
 }
 

@@ -75,7 +75,7 @@ struct Run: ParsableCommand {
     var reconnect = false
 
     @Flag(name: .customLong("no-enlightenments"),
-          help: "Behave as a guest without integration components: no VMBus; only the emulated IDE disk and NE2000 NIC, driven by port I/O traps.")
+          help: "Behave as a guest without integration components: no VMBus; only the emulated devices (IDE disks by PIO or PIIX4 bus-master DMA, DEC 21140 and NE2000 NICs), driven by port I/O traps.")
     var noEnlightenments = false
 
     func run() throws {
@@ -328,7 +328,7 @@ extension Run {
             link.detach()
         }
         try guest.start(exportDir: configuration.exportDir, stateDir: configuration.stateDir,
-                        tapName: configuration.nicTap.replacingOccurrences(of: "%d", with: "0"), netns: configuration.nicNetns)
+                        tapPattern: configuration.nicTap, netns: configuration.nicNetns)
         systemdNotify("READY=1")
         while !waitOrStop(stop, ms: 200) {
             if waitOrStop(lost, ms: 0) { throw AgentError.hostGone("the host closed partition link \(configuration.link)") }

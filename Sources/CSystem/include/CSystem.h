@@ -97,6 +97,11 @@ long viridian_writev(int fd, const void *iov, int count);
 #include "viridian_glue.h"
 int viridian_glue_ioctl(int fd, unsigned long request, void *arg);
 /* The request numbers (function-like macros do not reach Swift). */
+/* Descriptor words shared with another process (emulated DMA devices and their drivers):
+ * a release store publishes what was written before it, an acquire load sees it. */
+static inline void viridian_store_release_u32(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE); }
+static inline uint32_t viridian_load_acquire_u32(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE); }
+
 static inline unsigned long viridian_glue_ioc_info(void) { return VGLUE_IOC_INFO; }
 static inline unsigned long viridian_glue_ioc_set_eventfd(void) { return VGLUE_IOC_SET_EVENTFD; }
 static inline unsigned long viridian_glue_ioc_ring(void) { return VGLUE_IOC_RING; }

@@ -30,11 +30,18 @@ public enum ATACommand {
     public static let standbyImmediate: UInt8 = 0xE0, idleImmediate: UInt8 = 0xE1, standby: UInt8 = 0xE2, idle: UInt8 = 0xE3
     public static let checkPowerMode: UInt8 = 0xE5, flushCache: UInt8 = 0xE7, flushCacheExt: UInt8 = 0xEA
     public static let identify: UInt8 = 0xEC, setFeatures: UInt8 = 0xEF
+    /// Bus-master DMA transfers (a PIIX4 channel only).
+    public static let readDMA: UInt8 = 0xC8, readDMAExt: UInt8 = 0x25, writeDMA: UInt8 = 0xCA, writeDMAExt: UInt8 = 0x35
+    /// SET FEATURES subcommand: set transfer mode (sector count: 0x08|n PIO, 0x20|n MWDMA, 0x40|n UDMA).
+    public static let setTransferMode: UInt8 = 0x03
 }
 
 /// One ATA channel (the primary: command block 0x1F0–0x1F7, control 0x3F6, IRQ 14) with up to two
-/// disks over block backends — the same image files the StorageVSP serves. Transfers are PIO only:
-/// every 2 or 4 bytes through the data port is one register access, so one trap. Register
+/// disks over block backends — the same image files the StorageVSP serves. On its own (an ISA
+/// channel) transfers are PIO only: every 2 or 4 bytes through the data port is one register
+/// access, so one trap. Behind a PIIX4 (`busMaster` set) the disks also offer multiword DMA 0–2
+/// and UDMA 0–5 in IDENTIFY and take READ/WRITE DMA (EXT): the command leaves DRQ set until the
+/// bus master is started, which moves the whole transfer and interrupts once. Register
 /// behaviour follows ATA/ATAPI-7: status and error bits, DRQ blocks of one sector (or the
 /// multiple count), interrupts at each data block and at completion, 28- and 48-bit LBA (the
 /// latter through the two-deep task-file FIFO and the HOB bit), CHS translated with 16 heads ×
@@ -61,10 +68,14 @@ public final class ATAController: PortIODevice {
     var device: UInt8 = 0xA0
     var control: UInt8 = 0
     private var intrq = false
+    /// The PIIX4 bus master in front of this channel; nil on a PIO-only (ISA) channel.
+    public internal(set) weak var busMaster: BusMasterIDE?
 
     public private(set) var commands: UInt64 = 0
     public private(set) var sectorsRead: UInt64 = 0
     public private(set) var sectorsWritten: UInt64 = 0
+    /// DMA commands completed.
+    public private(set) var dmaCommands: UInt64 = 0
 
     public init(disks: [(any BlockBackend)?], commandBase: UInt16 = primaryCommand, controlPort: UInt16 = primaryControl,
                 line: InterruptLine = InterruptLine(irq: 14)) {
@@ -77,6 +88,9 @@ public final class ATAController: PortIODevice {
     public var portRanges: [ClosedRange<UInt16>] { [commandBase...(commandBase + 7), controlPort...controlPort] }
 
     var selected: ATADisk? { disks[Int(device >> 4) & 1] }
+
+    /// Whether unit `unit` (0 master, 1 slave) has a disk.
+    func hasDisk(_ unit: Int) -> Bool { disks[unit] != nil }
 
     public func reset() {
         features = 0
@@ -189,7 +203,7 @@ public final class ATAController: PortIODevice {
         d.error = 0
         switch command {
         case ATACommand.identify:
-            d.load(d.identifyData())
+            d.load(d.identifyData(dma: busMaster != nil))
             d.begin(.dataIn, remaining: 1, block: 1, lba: 0, write: false)
             d.status = ATAStatus.ready | ATAStatus.seekComplete | ATAStatus.dataRequest
             raise()
@@ -215,6 +229,11 @@ public final class ATAController: PortIODevice {
             d.error = 0x01  // device 0 passed
             d.status = ATAStatus.ready | ATAStatus.seekComplete
             raise()
+        case ATACommand.readDMA, ATACommand.readDMAExt, ATACommand.writeDMA, ATACommand.writeDMAExt:
+            dmaCommand(d, command)
+        case ATACommand.setFeatures where features == ATACommand.setTransferMode:
+            guard d.setTransferMode(sectorCount.current, dma: busMaster != nil) else { return fail(d, ATAError.abort) }
+            complete(d)
         case ATACommand.setFeatures, ATACommand.initializeParameters, ATACommand.idle, ATACommand.idleImmediate,
              ATACommand.standby, ATACommand.standbyImmediate:
             complete(d)
@@ -238,7 +257,8 @@ public final class ATAController: PortIODevice {
 
     /// The LBA and count the task file names for `command` (48-bit for the EXT commands).
     private func address(_ command: UInt8) -> (lba: UInt64, count: Int)? {
-        let ext = [ATACommand.readSectorsExt, ATACommand.readMultipleExt, ATACommand.writeSectorsExt, ATACommand.writeMultipleExt].contains(command)
+        let ext = [ATACommand.readSectorsExt, ATACommand.readMultipleExt, ATACommand.writeSectorsExt, ATACommand.writeMultipleExt,
+                   ATACommand.readDMAExt, ATACommand.writeDMAExt].contains(command)
         if ext {
             let lba = UInt64(lbaHigh.previous) << 40 | UInt64(lbaMid.previous) << 32 | UInt64(lbaLow.previous) << 24
                 | UInt64(lbaHigh.current) << 16 | UInt64(lbaMid.current) << 8 | UInt64(lbaLow.current)
@@ -268,6 +288,59 @@ public final class ATAController: PortIODevice {
         } else {
             readBlock(d)
         }
+    }
+
+    // MARK: DMA
+
+    /// READ/WRITE DMA (EXT): checked like PIO, then the disk waits with DRQ for the bus master.
+    private func dmaCommand(_ d: ATADisk, _ command: UInt8) {
+        guard busMaster != nil else { return fail(d, ATAError.abort) }  // an ISA channel has no DMA
+        let write = command == ATACommand.writeDMA || command == ATACommand.writeDMAExt
+        guard let (lba, count) = address(command), lba + UInt64(count) <= d.sectors else { return fail(d, ATAError.idNotFound) }
+        if write && d.backend.isReadOnly { return fail(d, ATAError.abort) }
+        d.begin(.dma, remaining: count, block: count, lba: lba, write: write)
+        d.status = ATAStatus.ready | ATAStatus.seekComplete | ATAStatus.dataRequest
+        if busMaster?.started == true { runDMA(d) }
+    }
+
+    /// The bus master's start bit went from 0 to 1.
+    func busMasterStarted() {
+        guard let d = selected, d.phase == .dma else { return }
+        runDMA(d)
+    }
+
+    /// Moves the pending DMA transfer between the image and guest memory, then interrupts.
+    private func runDMA(_ d: ATADisk) {
+        guard let bm = busMaster else { return }
+        let bytes = d.remaining * Self.sectorSize
+        // The direction bit must match the command; a mismatch is the guest's error.
+        guard bm.toMemory != d.write else {
+            bm.finish(fault: .tableTooShort(bytes: 0), exact: false, bytes: 0)
+            return fail(d, ATAError.abort)
+        }
+        let buffers: [UnsafeMutableRawBufferPointer], exact: Bool
+        do {
+            (buffers, exact) = try bm.segments(bytes: bytes)
+        } catch {
+            bm.finish(fault: error, exact: false, bytes: 0)
+            return fail(d, ATAError.abort)
+        }
+        do {
+            if d.write {
+                try d.backend.write(offset: d.lba * 512, from: buffers.map { UnsafeRawBufferPointer($0) })
+                sectorsWritten &+= UInt64(d.remaining)
+            } else {
+                try d.backend.read(offset: d.lba * 512, into: buffers)
+                sectorsRead &+= UInt64(d.remaining)
+            }
+        } catch {
+            bm.finish(fault: nil, exact: exact, bytes: 0)
+            return fail(d, d.write ? ATAError.abort : ATAError.uncorrectable, fault: d.write)
+        }
+        dmaCommands &+= 1
+        d.remaining = 0
+        bm.finish(fault: nil, exact: exact, bytes: bytes)
+        complete(d)
     }
 
     /// Fills the buffer with the next DRQ block of a read and interrupts.
@@ -322,12 +395,14 @@ public final class ATAController: PortIODevice {
 
 /// One disk on an ATA channel: its backend, status, error and the transfer in progress.
 final class ATADisk {
-    enum Phase { case idle, dataIn, dataOut }
+    enum Phase { case idle, dataIn, dataOut, dma }
     let backend: any BlockBackend
     let serial: String
     var status: UInt8 = ATAStatus.ready | ATAStatus.seekComplete
     var error: UInt8 = 0x01
     var multiple = 0
+    /// The transfer mode SET FEATURES chose (0x08|n PIO n, 0x20|n MWDMA n, 0x40|n UDMA n; 0: default PIO).
+    var transferMode: UInt8 = 0
     var phase = Phase.idle
     var buffer = [UInt8](repeating: 0, count: ATAController.maximumMultiple * ATAController.sectorSize)
     var position = 0
@@ -348,7 +423,18 @@ final class ATADisk {
         status = ATAStatus.ready | ATAStatus.seekComplete
         error = 0x01
         multiple = 0
+        transferMode = 0
         phase = .idle
+    }
+
+    /// SET FEATURES 03h: PIO 0–4, and MWDMA 0–2 or UDMA 0–5 where the channel has DMA.
+    func setTransferMode(_ mode: UInt8, dma: Bool) -> Bool {
+        switch mode >> 3 {
+        case 0 where mode <= 1, 1 where mode & 7 <= 4: transferMode = 0
+        case 4 where dma && mode & 7 <= 2, 8 where dma && mode & 7 <= 5: transferMode = mode
+        default: return false
+        }
+        return true
     }
 
     func begin(_ phase: Phase, remaining: Int, block: Int, lba: UInt64, write: Bool) {
@@ -367,7 +453,7 @@ final class ATADisk {
     }
 
     /// IDENTIFY DEVICE data (ATA/ATAPI-7 words), with the integrity word.
-    func identifyData() -> [UInt8] {
+    func identifyData(dma: Bool) -> [UInt8] {
         var w = [UInt16](repeating: 0, count: 256)
         let cylinders = UInt16(min(sectors / (16 * 63), 16383))
         w[0] = 0x0040
@@ -378,8 +464,8 @@ final class ATADisk {
         put(&w, 23, 8, "1.0")
         put(&w, 27, 40, "Viridian emulated ATA disk")
         w[47] = 0x8000 | UInt16(ATAController.maximumMultiple)
-        w[49] = 0x0200  // LBA
-        w[53] = 0x0003  // words 54–58 and 64–70 valid
+        w[49] = dma ? 0x0300 : 0x0200  // LBA, and DMA
+        w[53] = dma ? 0x0007 : 0x0003  // words 54–58, 64–70 (and 88) valid
         w[54] = cylinders
         w[55] = 16
         w[56] = 63
@@ -390,6 +476,12 @@ final class ATADisk {
         let lba28 = UInt32(min(sectors, 0x0FFF_FFFF))
         w[60] = UInt16(truncatingIfNeeded: lba28)
         w[61] = UInt16(truncatingIfNeeded: lba28 >> 16)
+        if dma {
+            // Modes supported in the low byte, the one selected in the high byte.
+            w[63] = 0x0007 | (transferMode >> 3 == 4 ? 0x0100 << UInt16(transferMode & 7) : 0)
+            w[88] = 0x003F | (transferMode >> 3 == 8 ? 0x0100 << UInt16(transferMode & 7) : 0)
+            w[93] = 0x6000  // an 80-conductor cable detected (UDMA above mode 2 allowed)
+        }
         w[64] = 0x0003  // PIO modes 3 and 4
         w[65] = 120; w[66] = 120; w[67] = 120; w[68] = 120
         w[80] = 0x00F0  // ATA/ATAPI-4 … 7

@@ -17,7 +17,7 @@ public enum NE2000DriverError: Error, Equatable, Sendable {
 /// Layout: one transmit buffer of 6 pages at 0x40, receive ring 0x46…0x7F. A transmission is
 /// complete when the call returns (the card reports PTX within the CR write; otherwise the
 /// driver waits for the interrupt). Not thread-safe: one thread drives it, the caller locks.
-public final class NE2000Driver {
+public final class NE2000Driver: LegacyNICDriver {
     public static let transmitPage: UInt8 = 0x40
     public static let receiveStart: UInt8 = 0x46
     public static let receiveStop: UInt8 = 0x80

@@ -29,3 +29,21 @@ public protocol InterruptWait: AnyObject {
     /// Blocks until the line rose (or `timeoutMs` passed); false on timeout or when the partition is gone.
     func wait(timeoutMs: Int) -> Bool
 }
+
+/// A guest driver for an emulated network card (NE2000, DEC 21140), as the agent's bridge to a TAP uses it.
+public protocol LegacyNICDriver: AnyObject {
+    /// The station address the card reported.
+    var mac: [UInt8] { get }
+    /// Sends one frame; false if the card did not take it.
+    func transmit(_ frame: UnsafeRawBufferPointer) -> Bool
+    /// The next received frame into `buffer`; its length, or nil when none waits.
+    func receive(into buffer: UnsafeMutableRawBufferPointer) -> Int?
+    /// The interrupt handler's register work; `received` says `receive` has frames.
+    func handleInterrupt() -> (received: Bool, transmitted: Bool)
+    /// Called after `receive` ran dry.
+    func receiveDone()
+}
+
+extension LegacyNICDriver {
+    public func receiveDone() {}
+}

@@ -55,6 +55,22 @@ public final class PortIOBus {
         }
     }
 
+    /// Moves a relocatable device (a PCI BAR's register block) to `ranges`, replacing where it was;
+    /// [] stops decoding it. A range that overlaps another device is not decoded (false).
+    @discardableResult
+    public func remap(_ device: any PortIODevice, to ranges: [ClosedRange<UInt16>]) -> Bool {
+        table.removeAll { $0.device === device }
+        var all = true
+        for r in ranges {
+            guard !table.contains(where: { $0.range.overlaps(r) }) else {
+                all = false
+                continue
+            }
+            table.append((r, device))
+        }
+        return all
+    }
+
     private func device(at port: UInt16) -> (any PortIODevice)? {
         for e in table where e.range.contains(port) { return e.device }
         return nil
