@@ -43,6 +43,37 @@ public struct PartitionStatus: Codable, Sendable {
     public var portIOExits: UInt64 = 0
     /// Interrupts the emulated devices raised (rising edges of their IRQ lines, since the host started).
     public var lineInterrupts: UInt64 = 0
+    /// The emulated IDE channel (absent without IDE disks).
+    public var ide: IDEStatus?
+    /// Emulated NICs: the DEC 21140, then the NE2000 (absent when there are none).
+    public var legacyNICs: [LegacyNICStatus]?
+}
+
+/// The emulated IDE channel's counters, since the host started.
+public struct IDEStatus: Codable, Sendable {
+    /// "piix4" (bus-master DMA) or "isa" (PIO only).
+    public var controller: String
+    public var commands: UInt64
+    /// READ/WRITE DMA commands completed through the bus master.
+    public var dmaCommands: UInt64
+    public var sectorsRead: UInt64
+    public var sectorsWritten: UInt64
+    /// Bus-master transfers refused (PRD table outside memory, too short, bus mastering off …).
+    public var busMasterFaults: UInt64
+}
+
+/// One emulated NIC's counters. rx = host → guest, tx = guest → host.
+public struct LegacyNICStatus: Codable, Sendable {
+    /// "dec21140" or "ne2000".
+    public var model: String
+    public var tap: String
+    public var mac: String
+    public var rxFrames: UInt64
+    public var txFrames: UInt64
+    public var rxDrops: UInt64
+    public var txDrops: UInt64
+    /// Fatal bus errors (21140: descriptors or buffers outside guest memory).
+    public var busErrors: UInt64
 }
 
 /// One synthetic network adapter. rx = host → guest, tx = guest → host.
@@ -127,13 +158,34 @@ extension PartitionService {
                               rxFrames: n.counters.rxFrames, rxBytes: n.counters.rxBytes, txFrames: n.counters.txFrames,
                               txBytes: n.counters.txBytes, drops: n.counters.drops, ringFull: n.counters.ringFull,
                               protocolErrors: n.counters.protocolErrors)
-                }, portIOExits: runtime?.portExits ?? 0, lineInterrupts: lines.reduce(0) { $0 &+ $1.raised })
+                }, portIOExits: runtime?.portExits ?? 0, lineInterrupts: lines.reduce(0) { $0 &+ $1.raised },
+                ide: ide.map { c in
+                    IDEStatus(controller: piix4 == nil ? "isa" : "piix4", commands: c.commands, dmaCommands: c.dmaCommands, sectorsRead: c.sectorsRead,
+                              sectorsWritten: c.sectorsWritten, busMasterFaults: piix4?.busMaster.faults ?? 0)
+                },
+                legacyNICs: legacyNICStatus)
         }
         // A partition thread that does not answer is reported as such; the others still are.
         return snapshot ?? PartitionStatus(
             id: id, name: configuration.name, socket: carrier.address, state: "not answering", carrier: carrier.kind, guest: nil,
             agentPID: nil, attachCount: 0, memoryMiB: configuration.memoryMiB, vmbusVersion: nil, uptimeSeconds: nil, hypercalls: 0,
             signals: 0, messagesIn: 0, messagesOut: 0, malformedMessages: 0, heartbeat: nil, vps: [], channels: [], nics: nil)
+    }
+}
+
+extension PartitionService {
+    /// The emulated NICs' counters, nil when there are none.
+    var legacyNICStatus: [LegacyNICStatus]? {
+        var all: [LegacyNICStatus] = []
+        if let d = dec21140 {
+            all.append(LegacyNICStatus(model: "dec21140", tap: (d.port as? TapDevice)?.name ?? "", mac: MACAddress.format(d.mac), rxFrames: d.rxFrames,
+                                       txFrames: d.txFrames, rxDrops: d.rxDrops, txDrops: d.txDrops, busErrors: d.busErrors))
+        }
+        if let n = ne2000 {
+            all.append(LegacyNICStatus(model: "ne2000", tap: (n.port as? TapDevice)?.name ?? "", mac: MACAddress.format(n.mac), rxFrames: n.rxFrames,
+                                       txFrames: n.txFrames, rxDrops: n.rxDrops, txDrops: n.txDrops &+ n.txAborts, busErrors: 0))
+        }
+        return all.isEmpty ? nil : all
     }
 }
 
@@ -155,6 +207,12 @@ extension HostStatus {
                                          pad(v.eventsSignalled, 6), pad(v.eoms, 5)].joined(separator: "  "))
                 }
                 lines.append("  relid  device               state     VP  in-fill/size     out-fill/size    pkts-in   pkts-out  sig-in  sig-out  full")
+                if let i = p.ide {
+                    lines.append("  IDE (\(i.controller)): commands \(i.commands), DMA \(i.dmaCommands), sectors read/written \(i.sectorsRead)/\(i.sectorsWritten), bus-master faults \(i.busMasterFaults)")
+                }
+                for n in p.legacyNICs ?? [] {
+                    lines.append("  \(n.model) \(n.tap) \(n.mac): rx \(n.rxFrames) frames, tx \(n.txFrames) frames, drops rx/tx \(n.rxDrops)/\(n.txDrops), bus errors \(n.busErrors)")
+                }
                 for n in p.nics ?? [] {
                     lines.append("  NIC \(n.index) \(n.tap) \(n.mac) MTU \(n.mtu) link \(n.link ? "up" : "down"): rx \(n.rxFrames) frames / \(n.rxBytes) B, tx \(n.txFrames) frames / \(n.txBytes) B, drops \(n.drops), ring full \(n.ringFull), errors \(n.protocolErrors)")
                 }

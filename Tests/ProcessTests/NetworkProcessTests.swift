@@ -57,10 +57,10 @@ final class NetworkRig: @unchecked Sendable {
     private(set) var fixture: HostFixture?
     private(set) var agent: Child?
 
-    /// Use the emulated NE2000 (and an agent without enlightenments) instead of the synthetic NIC.
-    let emulated: Bool
+    /// The emulated card ("ne2000" or "dec21140", with an agent without enlightenments) instead of the synthetic NIC.
+    let emulated: String?
 
-    init(tag: String, subnet: Int, emulated: Bool = false) {
+    init(tag: String, subnet: Int, emulated: String? = nil) {
         self.emulated = emulated
         hostNS = "vnh-\(getpid())-\(tag)"
         guestNS = "vng-\(getpid())-\(tag)"
@@ -84,13 +84,13 @@ final class NetworkRig: @unchecked Sendable {
             name = "guest1"
             memory_mib = 256
             echo_devices = 0
-            [\(emulated ? "partition.ne2000" : "[partition.nic]")]
+            [\(emulated.map { "partition." + $0 } ?? "[partition.nic]")]
             tap = "\(hostTap)"
             netns = "\(hostNS)"
             \(nic)
             """)
         self.fixture = fixture
-        let agent = try Child("viridian-agent", ["run"] + (emulated ? ["--no-enlightenments"] : []) + ["--config", try agentConfig(fixture, """
+        let agent = try Child("viridian-agent", ["run"] + (emulated != nil ? ["--no-enlightenments"] : []) + ["--config", try agentConfig(fixture, """
             timesync = "off"
             storage = false
             export_dir = "\(fixture.directory.path)/exports"
