@@ -14,13 +14,14 @@ extension CompareReport {
 struct CompareChart {
     let report: CompareReport
 
-    static let colors: [ComparePath: String] = [.direct: "#8c8c8c", .enlightened: "#40826d", .emulated: "#d9822b"]
+    static let colors: [ComparePath: String] = [.direct: "#8c8c8c", .enlightened: "#40826d", .emulatedDMA: "#d9822b", .emulatedPIO: "#a33b3b"]
     static let legend: [ComparePath: String] = [
-        .direct: "direct (no VMM)", .enlightened: "enlightened (VMBus)", .emulated: "emulated (port I/O traps)",
+        .direct: "direct (no VMM)", .enlightened: "enlightened (VMBus)", .emulatedDMA: "emulated DMA (PIIX4 IDE, DEC 21140)",
+        .emulatedPIO: "emulated PIO (ATA PIO, NE2000)",
     ]
 
     let left = 84.0, right = 24.0, plotHeight = 340.0, groupWidth = 176.0
-    let barWidth = 40.0, barGap = 6.0
+    let barWidth = 34.0, barGap = 5.0
     /// The lines under the title, wrapped to the width.
     let subtitle: [String]
     var legendTop: Double { 44 + 15 * Double(subtitle.count) }
@@ -139,7 +140,8 @@ struct CompareChart {
     }
 
     private func group(_ svg: inout SVGText, _ w: CompareWorkload, _ bars: [Bar], x: Double, y: (Double) -> Double) {
-        let span = 3 * barWidth + 2 * barGap
+        let paths = Double(ComparePath.allCases.count)
+        let span = paths * barWidth + (paths - 1) * barGap
         for (i, path) in ComparePath.allCases.enumerated() {
             let bx = x + (groupWidth - span) / 2 + Double(i) * (barWidth + barGap), center = bx + barWidth / 2
             guard let bar = bars.first(where: { $0.path == path }), let median = bar.summary.median else {
@@ -166,13 +168,13 @@ struct CompareChart {
         let mid = x + groupWidth / 2
         svg.text(w.title, x: mid, y: plotBottom + 18, size: 12, anchor: "middle", weight: "bold", fill: "#222222")
         guard let ratio = report.ratios.first(where: { $0.workload == w.id }) else { return }
-        if let advantage = ratio.enlightenedAdvantage {
-            svg.text("enlightened \(CompareFormat.digits(advantage))× emulated", x: mid, y: plotBottom + 34, size: 10, anchor: "middle",
+        if let dma = ratio.enlightenedAdvantageOverDMA {
+            svg.text("enlightened \(CompareFormat.digits(dma))× DMA", x: mid, y: plotBottom + 34, size: 10, anchor: "middle",
                      fill: Self.colors[.enlightened] ?? "#000000")
         }
-        if let traps = ratio.emulatedOverEnlightenedTrapsPerIO {
-            svg.text("emulated traps/I/O \(CompareFormat.digits(traps))×", x: mid, y: plotBottom + 49, size: 10, anchor: "middle",
-                     fill: Self.colors[.emulated] ?? "#000000")
+        if let pio = ratio.dmaAdvantageOverPIO {
+            svg.text("DMA \(CompareFormat.digits(pio))× PIO", x: mid, y: plotBottom + 49, size: 10, anchor: "middle",
+                     fill: Self.colors[.emulatedDMA] ?? "#000000")
         }
     }
 

@@ -11,6 +11,7 @@ struct CompareSnapshot: Sendable {
     var hypercalls: UInt64
     var signals: UInt64
     var portIOExits: UInt64
+    var interrupts: UInt64
 }
 
 /// What a run cost the host (and the agent): the difference of two snapshots.
@@ -20,6 +21,7 @@ struct CompareCounters: Sendable {
     var hypercalls: UInt64
     var signals: UInt64
     var portIOExits: UInt64
+    var interrupts: UInt64
     /// Every exit to the host: hypercalls, doorbell signals and port I/O traps.
     var traps: UInt64 { hypercalls + signals + portIOExits }
 
@@ -30,6 +32,7 @@ struct CompareCounters: Sendable {
         hypercalls = delta(before.hypercalls, after.hypercalls)
         signals = delta(before.signals, after.signals)
         portIOExits = delta(before.portIOExits, after.portIOExits)
+        interrupts = delta(before.interrupts, after.interrupts)
     }
 }
 
@@ -41,6 +44,16 @@ struct CompareHostStatus: Decodable {
         var hypercalls: UInt64
         var signals: UInt64
         var portIOExits: UInt64?
+        var lineInterrupts: UInt64?
+        var vps: [VP]
+
+        /// One VP's SynIC interrupt count.
+        struct VP: Decodable {
+            var interrupts: UInt64
+        }
+
+        /// SynIC interrupts of every VP and the emulated devices' IRQ edges.
+        var interrupts: UInt64 { vps.reduce(lineInterrupts ?? 0) { $0 &+ $1.interrupts } }
     }
 
     var pid: Int32

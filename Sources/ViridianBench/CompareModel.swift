@@ -5,10 +5,17 @@ public enum CompareSection: String, Codable, Sendable, CaseIterable {
     case storage, network
 }
 
-/// How the I/O gets to the device: with no VMM in between (direct), through VMBus (enlightened)
-/// or through trapped register accesses to a legacy device model (emulated).
+/// How the I/O gets to the device: with no VMM in between (direct), through VMBus (enlightened),
+/// or through trapped register accesses to the legacy devices a generation 1 VM has — the PIIX4
+/// IDE with bus-master DMA and the DEC 21140 with descriptor rings (emulated-dma) — or to the
+/// oldest kind, ATA PIO on an ISA channel and the NE2000 (emulated-pio).
 public enum ComparePath: String, Codable, Sendable, CaseIterable {
-    case direct, enlightened, emulated
+    case direct, enlightened
+    case emulatedDMA = "emulated-dma"
+    case emulatedPIO = "emulated-pio"
+
+    /// Either emulated path (the agent runs with --no-enlightenments).
+    public var isEmulated: Bool { self == .emulatedDMA || self == .emulatedPIO }
 }
 
 /// The unit of a workload's headline metric; values are kept in these base units.

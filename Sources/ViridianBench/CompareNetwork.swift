@@ -1,11 +1,13 @@
 // viridian-bench compare, network: iperf3 TCP both ways and ping from the guest namespace to the host
-// namespace over a veth pair (direct), the synthetic NIC (enlightened) and the NE2000 (emulated).
+// namespace over a veth pair (direct), the synthetic NIC (enlightened), the DEC 21140 (emulated-dma)
+// and the NE2000 (emulated-pio).
 
 import Foundation
 
 extension CompareSession {
-    /// The emulated path: the NE2000's host TAP and the agent's guest TAP, on a subnet of its own.
-    static let emulatedRoute = NetworkBenchmark.Path(name: "emulated", hostDevice: "vh1", guestDevice: "vn0", subnet: "10.81.0")
+    /// The emulated paths: the card's host TAP and the agent's guest TAP, each on a subnet of its own.
+    static let emulatedPIORoute = NetworkBenchmark.Path(name: "emulated-pio", hostDevice: "vh1", guestDevice: "vn0", subnet: "10.81.0")
+    static let emulatedDMARoute = NetworkBenchmark.Path(name: "emulated-dma", hostDevice: "vh2", guestDevice: "vd0", subnet: "10.82.0")
 
     /// Namespaces, the veth pair and iperf3's server first; then per path: its stack, every workload
     /// --repeat times, the stack stopped.
@@ -21,9 +23,9 @@ extension CompareSession {
                 switch path {
                 case .direct:
                     route = NetworkBenchmark.veth
-                case .enlightened, .emulated:
-                    route = path == .emulated ? Self.emulatedRoute : NetworkBenchmark.viridian
-                    progress.note("starting viridian-host and viridian-agent\(path == .emulated ? " --no-enlightenments" : "") "
+                case .enlightened, .emulatedDMA, .emulatedPIO:
+                    route = path == .emulatedPIO ? Self.emulatedPIORoute : path == .emulatedDMA ? Self.emulatedDMARoute : NetworkBenchmark.viridian
+                    progress.note("starting viridian-host and viridian-agent\(path.isEmulated ? " --no-enlightenments" : "") "
                                   + "for the \(path.rawValue) NIC (\(route.hostDevice) ↔ \(route.guestDevice), \(route.subnet).0/24)")
                     stack = try CompareStack.start(rig: rig, binDirectory: binDirectory, path: path, device: .nic(route))
                 }

@@ -20,6 +20,7 @@ public struct CompareSummary: Codable, Sendable {
     /// Medians over the runs; nil on the direct path (no viridian-host).
     public var cpuMicrosecondsPerIO: Double?
     public var trapsPerIO: Double?
+    public var interruptsPerIO: Double?
 
     init(workload: CompareWorkload, path: ComparePath, runs all: [CompareRun]) {
         self.workload = workload.id
@@ -37,20 +38,26 @@ public struct CompareSummary: Codable, Sendable {
         latencyP99Us = ViridianBench.median(good.compactMap(\.latencyP99Us))
         cpuMicrosecondsPerIO = ViridianBench.median(good.compactMap(\.cpuMicrosecondsPerIO))
         trapsPerIO = ViridianBench.median(good.compactMap(\.trapsPerIO))
+        interruptsPerIO = ViridianBench.median(good.compactMap(\.interruptsPerIO))
     }
 }
 
 /// One workload: how the paths compare, from the medians.
 public struct CompareRatio: Codable, Sendable {
     public var workload: String
-    /// False for latencies, where a ratio below 1 means enlightened is faster.
+    /// False for latencies, where a ratio below 1 means the first path is faster.
     public var higherIsBetter: Bool
-    public var enlightenedOverEmulated: Double?
+    public var enlightenedOverEmulatedDMA: Double?
+    public var enlightenedOverEmulatedPIO: Double?
+    public var emulatedDMAOverEmulatedPIO: Double?
     public var enlightenedOverDirect: Double?
-    /// How many traps the emulated path takes per I/O for every one the enlightened path takes.
-    public var emulatedOverEnlightenedTrapsPerIO: Double?
-    /// How many times better enlightened does than emulated, whichever way the metric points.
-    public var enlightenedAdvantage: Double?
+    /// Traps per I/O of the emulated DMA path for every one of the enlightened path, and of PIO for every one of DMA.
+    public var emulatedDMAOverEnlightenedTrapsPerIO: Double?
+    public var emulatedPIOOverEmulatedDMATrapsPerIO: Double?
+    /// How many times better one path does than another, whichever way the metric points.
+    public var enlightenedAdvantageOverDMA: Double?
+    public var enlightenedAdvantageOverPIO: Double?
+    public var dmaAdvantageOverPIO: Double?
 
     init(workload: CompareWorkload, summaries: [CompareSummary]) {
         func summary(_ path: ComparePath) -> CompareSummary? {
@@ -60,13 +67,19 @@ public struct CompareRatio: Codable, Sendable {
             guard let a, let b, b > 0 else { return nil }
             return a / b
         }
+        func advantage(_ a: Double?, over b: Double?) -> Double? { workload.higherIsBetter ? quotient(a, b) : quotient(b, a) }
         self.workload = workload.id
         higherIsBetter = workload.higherIsBetter
-        let enlightened = summary(.enlightened)?.median, emulated = summary(.emulated)?.median
-        enlightenedOverEmulated = quotient(enlightened, emulated)
+        let enlightened = summary(.enlightened)?.median, dma = summary(.emulatedDMA)?.median, pio = summary(.emulatedPIO)?.median
+        enlightenedOverEmulatedDMA = quotient(enlightened, dma)
+        enlightenedOverEmulatedPIO = quotient(enlightened, pio)
+        emulatedDMAOverEmulatedPIO = quotient(dma, pio)
         enlightenedOverDirect = quotient(enlightened, summary(.direct)?.median)
-        emulatedOverEnlightenedTrapsPerIO = quotient(summary(.emulated)?.trapsPerIO, summary(.enlightened)?.trapsPerIO)
-        enlightenedAdvantage = workload.higherIsBetter ? enlightenedOverEmulated : quotient(emulated, enlightened)
+        emulatedDMAOverEnlightenedTrapsPerIO = quotient(summary(.emulatedDMA)?.trapsPerIO, summary(.enlightened)?.trapsPerIO)
+        emulatedPIOOverEmulatedDMATrapsPerIO = quotient(summary(.emulatedPIO)?.trapsPerIO, summary(.emulatedDMA)?.trapsPerIO)
+        enlightenedAdvantageOverDMA = advantage(enlightened, over: dma)
+        enlightenedAdvantageOverPIO = advantage(enlightened, over: pio)
+        dmaAdvantageOverPIO = advantage(dma, over: pio)
     }
 }
 
@@ -104,13 +117,15 @@ public struct CompareReport: Codable, Sendable {
         "I/O for the per-I/O columns: storage = one fio I/O (1 MiB or 4 KiB); TCP = 1448 payload bytes received "
             + "(one 1500-byte frame's worth: bytes / 1448); ping = one echo round trip.",
         "Traps = the partition's hypercalls + doorbell signals (HvSignalEvent exits) + port I/O exits over the run, "
-            + "from viridian-host status --json.",
+            + "from viridian-host status --json. IRQs = SynIC interrupts of all VPs + rising edges of the emulated devices' IRQ lines.",
         "CPU = viridian-host's user + system time over the run (/proc/PID/stat, counted in clock ticks of "
             + "1/\(Int(ProcessCPU.ticksPerSecond)) s, so a run that cost less shows 0); the agent's is in the raw runs.",
         "Direct: storage = fio (io_uring) on the image file through the page cache, the caching the host uses; "
             + "network = a veth pair between the host and guest namespaces.",
-        "Emulated = the guest agent with --no-enlightenments: IDE disk (ATA PIO) and NE2000 (MTU 1500, no offloads), "
-            + "every register access one trap.",
+        "Emulated = the guest agent with --no-enlightenments, every register access one trap. emulated-dma = what a Hyper-V "
+            + "generation 1 VM emulates: the PIIX4 IDE (00:07.1) with bus-master DMA as ata_piix drives it, and the DEC 21140A "
+            + "(00:0a.0) with descriptor rings as tulip drives it. emulated-pio = ATA PIO on an ISA channel and the NE2000. "
+            + "Both NICs: MTU 1500, no offloads.",
         "fio runs are time-based but wait for the requests in flight at the end, so slow emulated runs last longer than --seconds.",
     ]
 

@@ -47,8 +47,11 @@ public struct CompareRun: Codable, Sendable {
     public var portIOExits: UInt64?
     /// hypercalls + signals + portIOExits.
     public var traps: UInt64?
+    /// Interrupts the host raised: SynIC interrupts of every VP plus emulated devices' IRQ edges.
+    public var interrupts: UInt64?
     public var cpuMicrosecondsPerIO: Double?
     public var trapsPerIO: Double?
+    public var interruptsPerIO: Double?
 
     init(workload: CompareWorkload, path: ComparePath, run: Int) {
         self.workload = workload.id
@@ -76,9 +79,11 @@ public struct CompareRun: Codable, Sendable {
         signals = counters.signals
         portIOExits = counters.portIOExits
         traps = counters.traps
+        interrupts = counters.interrupts
         if m.ios > 0 {
             cpuMicrosecondsPerIO = counters.hostCPUSeconds * 1e6 / m.ios
             trapsPerIO = Double(counters.traps) / m.ios
+            interruptsPerIO = Double(counters.interrupts) / m.ios
         }
     }
 }

@@ -8,9 +8,11 @@ import Foundation
 final class CompareStack {
     /// The device the partition has.
     enum Device {
-        /// The image as a SCSI LUN (enlightened) or the IDE master (emulated), exported over NBD by the agent.
+        /// The image as a SCSI LUN (enlightened) or the IDE master (emulated: behind a PIIX4, or on an
+        /// ISA channel), exported over NBD by the agent.
         case disk(image: String)
-        /// A synthetic NIC (enlightened) or the NE2000 (emulated) between TAPs in the rig's namespaces.
+        /// A synthetic NIC (enlightened), the DEC 21140 (emulated-dma) or the NE2000 (emulated-pio)
+        /// between TAPs in the rig's namespaces.
         case nic(NetworkBenchmark.Path)
     }
 
@@ -47,7 +49,7 @@ final class CompareStack {
             try rig.waitUntil(seconds: 30, host, failure: { "viridian-host did not open \(directory)/bench.sock" }) {
                 FileManager.default.fileExists(atPath: "\(directory)/bench.sock")
             }
-            let agentArguments = ["run", "--config", "\(directory)/agent.toml"] + (path == .emulated ? ["--no-enlightenments"] : [])
+            let agentArguments = ["run", "--config", "\(directory)/agent.toml"] + (path.isEmulated ? ["--no-enlightenments"] : [])
             let started = try rig.spawn("viridian-agent", "\(binDirectory)/viridian-agent", agentArguments)
             agent = started
             let stack = CompareStack(rig: rig, path: path, directory: directory, hostBinary: hostBinary, host: host, agent: started)
@@ -85,7 +87,7 @@ final class CompareStack {
     func exportSocket() -> String? {
         let exports = "\(directory)/exports"
         let names = (try? FileManager.default.contentsOfDirectory(atPath: exports)) ?? []
-        let name = path == .emulated
+        let name = path.isEmulated
             ? names.first { $0 == "ide0-master.sock" }
             : names.first { $0.hasPrefix("scsi") && $0.hasSuffix("-lun0.sock") }
         return name.map { "\(exports)/\($0)" }
@@ -112,12 +114,12 @@ final class CompareStack {
             let status = try partitionStatus()
             let (hostCPU, agentCPU) = try cpuSeconds()
             return CompareSnapshot(hostCPUSeconds: hostCPU, agentCPUSeconds: agentCPU, hypercalls: status.hypercalls,
-                                   signals: status.signals, portIOExits: status.portIOExits ?? 0)
+                                   signals: status.signals, portIOExits: status.portIOExits ?? 0, interrupts: status.interrupts)
         }
         let (hostCPU, agentCPU) = try cpuSeconds()
         let status = try partitionStatus()
         return CompareSnapshot(hostCPUSeconds: hostCPU, agentCPUSeconds: agentCPU, hypercalls: status.hypercalls,
-                               signals: status.signals, portIOExits: status.portIOExits ?? 0)
+                               signals: status.signals, portIOExits: status.portIOExits ?? 0, interrupts: status.interrupts)
     }
 
     private func cpuSeconds() throws -> (host: Double, agent: Double) {
@@ -141,12 +143,12 @@ final class CompareStack {
     static func hostConfiguration(directory: String, path: ComparePath, device: Device, rig: NetworkBenchRig) -> String {
         var text = NetworkBenchRig.benchHostConfiguration(directory: directory)
         switch (device, path) {
-        case (.disk(let image), .emulated):
-            text += "disk = []\n[[partition.ide]]\npath = \"\(image)\"\n"
+        case (.disk(let image), .emulatedDMA), (.disk(let image), .emulatedPIO):
+            text += "disk = []\nide_controller = \"\(path == .emulatedDMA ? "piix4" : "isa")\"\n[[partition.ide]]\npath = \"\(image)\"\n"
         case (.disk(let image), _):
             text += "[[partition.disk]]\npath = \"\(image)\"\n"
-        case (.nic(let route), .emulated):
-            text += "disk = []\n[partition.ne2000]\ntap = \"\(route.hostDevice)\"\nnetns = \"\(rig.hostNS)\"\n"
+        case (.nic(let route), .emulatedDMA), (.nic(let route), .emulatedPIO):
+            text += "disk = []\n[partition.\(path == .emulatedDMA ? "dec21140" : "ne2000")]\ntap = \"\(route.hostDevice)\"\nnetns = \"\(rig.hostNS)\"\n"
         case (.nic(let route), _):
             text += "disk = []\n[[partition.nic]]\ntap = \"\(route.hostDevice)\"\nnetns = \"\(rig.hostNS)\"\nmtu = 1500\n"
         }

@@ -1,5 +1,5 @@
 // viridian-bench compare, storage: the same fio jobs on the image file (direct), on the agent's NBD
-// export of the SCSI LUN (enlightened) and on its export of the IDE master (emulated).
+// export of the SCSI LUN (enlightened) and on its export of the IDE master (emulated: PIIX4 DMA, ATA PIO).
 
 import Foundation
 
@@ -35,8 +35,8 @@ extension CompareSession {
                 switch path {
                 case .direct:
                     target = ["--filename=\(image)", "--ioengine=io_uring"]
-                case .enlightened, .emulated:
-                    progress.note("starting viridian-host and viridian-agent\(path == .emulated ? " --no-enlightenments" : "") for the \(path.rawValue) disk")
+                case .enlightened, .emulatedDMA, .emulatedPIO:
+                    progress.note("starting viridian-host and viridian-agent\(path.isEmulated ? " --no-enlightenments" : "") for the \(path.rawValue) disk")
                     let started = try CompareStack.start(rig: rig, binDirectory: binDirectory, path: path, device: .disk(image: image))
                     stack = started
                     guard let socket = started.exportSocket() else { throw BenchError.setup("the export socket vanished") }

@@ -284,17 +284,18 @@ struct NetworkBench: ParsableCommand {
 
 struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Enlightened (VMBus) vs emulated (trapped IDE and NE2000) vs direct I/O: a table, a JSON file and an SVG chart.",
+        abstract: "Direct vs enlightened (VMBus) vs emulated DMA (PIIX4 IDE, DEC 21140) vs emulated PIO (ATA PIO, NE2000) I/O: a table, a JSON file and an SVG chart.",
         discussion: """
             Storage: fio seq read and seq write (1 MiB, QD 8) and random read (4 KiB, QD 32) on the image file \
             through the page cache (direct), on the agent's NBD export of the synthetic SCSI LUN (enlightened) \
-            and on its export of the emulated IDE disk (emulated, agent --no-enlightenments). Network: iperf3 \
-            TCP guest→host and host→guest and ping RTT between two namespaces over a veth pair (direct), the \
-            synthetic NIC (enlightened) and the NE2000 (emulated). Each run also counts the partition's traps \
-            (hypercalls + doorbell signals + port I/O exits) and viridian-host's CPU time per I/O. The emulated \
-            path moves a few hundred KB/s, so its runs are as short as the others (fio waits for requests in \
-            flight, so they may last longer). Needs root (for the network part), fio, iperf3, and viridian-host \
-            and viridian-agent built next to viridian-bench: \
+            and on its export of the emulated IDE disk behind a PIIX4 with bus-master DMA (emulated-dma) and on \
+            an ISA channel by PIO (emulated-pio), the agent running --no-enlightenments. Network: iperf3 TCP \
+            guest→host and host→guest and ping RTT between two namespaces over a veth pair (direct), the \
+            synthetic NIC (enlightened), the DEC 21140 (emulated-dma) and the NE2000 (emulated-pio). Each run \
+            also counts the partition's traps (hypercalls + doorbell signals + port I/O exits), interrupts and \
+            viridian-host's CPU time per I/O. The PIO path moves a few hundred KB/s, so its runs are as short \
+            as the others (fio waits for requests in flight, so they may last longer). Needs root (for the \
+            network part), fio, iperf3, and viridian-host and viridian-agent built next to viridian-bench: \
             swift build -c release && sudo .build/release/viridian-bench compare
             """)
 

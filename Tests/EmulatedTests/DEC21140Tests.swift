@@ -230,6 +230,21 @@ struct DEC21140Tests {
         #expect(rig.io.inl(rig.csr(5)) & fbe != 0)
     }
 
+    @Test("A frame handed over in two steps (FS descriptor, poll, then the LS descriptor, poll) goes out whole, as on the chip")
+    func frameAcrossPolls() throws {
+        let rig = try TulipRig()
+        _ = rig.drain()
+        let sent = rig.port.sent.count
+        for i in 0..<150 { (rig.memory.base + (i < 100 ? 0x4000 + i : 0x5000 + i - 100)).storeBytes(of: UInt8(i), as: UInt8.self) }
+        descriptor(rig, at: 0x2000, status: TulipDescriptor.own, control: TulipDescriptor.firstSegment | 100, buffer1: 0x4000, buffer2: 0)
+        descriptor(rig, at: 0x2010, status: 0, control: TulipDescriptor.lastSegment | TulipDescriptor.endOfRing | 50, buffer1: 0x5000, buffer2: 0)
+        transmitFrom(rig, list: 0x2000)
+        #expect(rig.port.sent.count == sent && rig.io.inl(rig.csr(5)) & TulipStatus.transmitUnavailable != 0)
+        (rig.memory.base + 0x2010).storeBytes(of: TulipDescriptor.own.littleEndian, as: UInt32.self)
+        rig.io.outl(rig.csr(1), 0)
+        #expect(rig.port.sent.count == sent + 1 && rig.port.sent.last == (0..<150).map { UInt8($0) })
+    }
+
     @Test("Random CSR writes and random descriptor memory: 100,000 accesses, the host survives and the chip still works after a reset")
     func randomGarbage() throws {
         let rig = try TulipRig()

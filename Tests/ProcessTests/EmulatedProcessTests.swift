@@ -102,3 +102,30 @@ struct EmulatedTulipProcessTests {
         print("DEC 21140 TCP: \(report.split(separator: "\n").first ?? "") out, \(reportBack.split(separator: "\n").first ?? "") back")
     }
 }
+
+@Suite("Emulated devices in the host configuration")
+struct EmulatedConfigurationTests {
+    func parse(_ keys: String, _ tables: String = "") throws -> HostConfiguration {
+        try HostConfiguration.parse("[[partition]]\nname = \"g\"\n\(keys)\n[[partition.ide]]\npath = \"/tmp/x.img\"\n\(tables)")
+    }
+
+    func refusal(_ keys: String, _ tables: String = "") -> String {
+        do {
+            _ = try parse(keys, tables)
+            return ""
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test("ide_controller defaults to the PIIX4; isa is accepted, anything else refused with the choices; the 21140's TAP must be its own")
+    func keys() throws {
+        #expect(try parse("").partition[0].ideController == "piix4")
+        #expect(try parse("ide_controller = \"isa\"").partition[0].ideController == "isa")
+        let nic = try parse("", "[partition.dec21140]\ntap = \"vh9\"").partition[0].dec21140
+        #expect(nic?.tap == "vh9")
+        #expect(refusal("ide_controller = \"ahci\"").contains("ide_controller must be \"piix4\""))
+        #expect(refusal("", "[partition.dec21140]\ntap = \"vh9\"\n[partition.ne2000]\ntap = \"vh9\"").contains("unique"))
+        #expect(refusal("carrier = \"qemu\"\ndisk = []").contains("need carrier = \"link\""))
+    }
+}

@@ -315,7 +315,7 @@ public final class ATAController: PortIODevice {
         let bytes = d.remaining * Self.sectorSize
         // The direction bit must match the command; a mismatch is the guest's error.
         guard bm.toMemory != d.write else {
-            bm.finish(fault: .tableTooShort(bytes: 0), exact: false, bytes: 0)
+            bm.finish(fault: .wrongDirection, exact: false, bytes: 0)
             return fail(d, ATAError.abort)
         }
         let buffers: [UnsafeMutableRawBufferPointer], exact: Bool

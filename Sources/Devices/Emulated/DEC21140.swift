@@ -87,6 +87,10 @@ public final class DEC21140: PortIODevice {
     private var staged = 0
     /// The receive descriptors a frame goes to (kept to avoid an allocation per frame).
     private var chain: [Descriptor] = []
+    /// The frame being gathered from transmit descriptors: buffers in `txIOV[1...]`, bytes, and
+    /// whether it grew past the maximum. It survives a poll demand that ends before its LS
+    /// descriptor, as on the chip.
+    private var txSegmentCount = 0, txLength = 0, txOversize = false
 
     public init(mac: [UInt8], port: any FramePort, line: InterruptLine) {
         precondition(mac.count == 6, "a MAC is 6 bytes")
@@ -146,6 +150,9 @@ public final class DEC21140: PortIODevice {
         timer = 0; generalPort = 0; watchdog = 0
         receiveState = TulipStatus.stateStopped
         transmitState = TulipStatus.stateStopped
+        txSegmentCount = 0
+        txLength = 0
+        txOversize = false
         updateLine()
     }
 
@@ -297,9 +304,6 @@ public final class DEC21140: PortIODevice {
 
     private func transmit() {
         var walked = 0
-        var segments = 0
-        var length = 0
-        var oversize = false
         transmitState = TulipStatus.transmitSuspended
         while walked < Self.walkLimit {
             walked += 1
@@ -316,41 +320,42 @@ public final class DEC21140: PortIODevice {
                 continue
             }
             if d.control & TulipDescriptor.firstSegment != 0 {
-                segments = 0
-                length = 0
-                oversize = false
+                txSegmentCount = 0
+                txLength = 0
+                txOversize = false
             }
             /// Adds one buffer to the frame; false on a bus error.
             func gather(_ address: UInt32, _ size: Int) -> Bool {
                 guard size > 0 else { return true }
-                if length + size > Self.maximumFrame || segments == Self.txSegments {
-                    oversize = true
+                if txLength + size > Self.maximumFrame || txSegmentCount == Self.txSegments {
+                    txOversize = true
                     return true
                 }
                 guard masterEnabled(), let p = try? memory?.pointer(gpa: UInt64(address), count: size) else { return false }
-                segments += 1
-                txIOV[segments] = iovec(iov_base: p, iov_len: size)
-                length += size
+                txSegmentCount += 1
+                txIOV[txSegmentCount] = iovec(iov_base: p, iov_len: size)
+                txLength += size
                 return true
             }
             guard gather(d.buffer1, d.size1), d.control & TulipDescriptor.chained != 0 || gather(d.buffer2, d.size2) else { return busError() }
             var result: UInt32 = 0
             if d.control & TulipDescriptor.lastSegment != 0 {
-                if oversize {
+                if txOversize {
                     result = TulipDescriptor.errorSummary | TulipDescriptor.jabberTimeout
                     status |= TulipStatus.transmitJabber
                     txDrops &+= 1
-                } else if length > 0 {
+                } else if txLength > 0 {
                     txIOV[0] = iovec(iov_base: txHeader, iov_len: Self.headerSize)
-                    if length < Self.minimumFrame && d.control & TulipDescriptor.disablePadding == 0 {
-                        segments += 1
-                        txIOV[segments] = iovec(iov_base: txPad, iov_len: Self.minimumFrame - length)
+                    var count = txSegmentCount + 1
+                    if txLength < Self.minimumFrame && d.control & TulipDescriptor.disablePadding == 0 {
+                        txIOV[count] = iovec(iov_base: txPad, iov_len: Self.minimumFrame - txLength)
+                        count += 1
                     }
-                    if port.send(UnsafeBufferPointer(start: txIOV, count: segments + 1)) { txFrames &+= 1 } else { txDrops &+= 1 }
+                    if port.send(UnsafeBufferPointer(start: txIOV, count: count)) { txFrames &+= 1 } else { txDrops &+= 1 }
                 }
-                segments = 0
-                length = 0
-                oversize = false
+                txSegmentCount = 0
+                txLength = 0
+                txOversize = false
                 if d.control & TulipDescriptor.interruptOnCompletion != 0 { status |= TulipStatus.transmitInterrupt }
             }
             storeStatus(d, result)
@@ -547,5 +552,8 @@ public final class DEC21140Function: PCIFunction {
         if let base = config.ioBase(0) { chip.relocate(base) }
     }
 
-    public func resetFunction() { chip.relocate(config.ioBase(0) ?? 0) }
+    public func resetFunction() {
+        chip.reset()
+        chip.relocate(config.ioBase(0) ?? 0)
+    }
 }

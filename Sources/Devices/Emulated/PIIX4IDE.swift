@@ -24,6 +24,8 @@ public enum BusMasterFault: Error, Equatable, Sendable {
     case tableTooShort(bytes: Int)
     /// No EOT within the 64 KiB the table may occupy.
     case tableUnterminated
+    /// The command register's direction does not match the disk command (read vs write).
+    case wrongDirection
 }
 
 /// The BMIDE block of one PIIX4 (BAR 4, 16 bytes: primary channel at +0, secondary at +8). Each
