@@ -41,12 +41,15 @@ final class ATABlockDevice: NBDBlockDevice, @unchecked Sendable {
     let size: UInt64
     let isReadOnly: Bool
     let blockSize = 512
-    private let lock = Lock()
+    /// The channel's lock: master and slave share the task file, the interrupt line and the
+    /// bus master's PRD table and buffer, so one command at a time on the channel.
+    private let lock: Lock
     /// Sectors per command: what the driver moves at once (its DMA buffer, or a PIO command).
     let chunkSectors: Int
 
-    init(driver: ATADriver, readOnly: Bool) {
+    init(driver: ATADriver, readOnly: Bool, channel lock: Lock) {
         self.driver = driver
+        self.lock = lock
         chunkSectors = min(driver.maximumTransfer, 256 * 8)
         size = driver.sectors * 512
         isReadOnly = readOnly
@@ -262,6 +265,7 @@ public final class EmulatedGuest: @unchecked Sendable {
         if let l14 = line(14, timeoutMs: 1000) {
             let irq = LinkInterruptWait(line: l14)
             let busMaster = piix4.flatMap { piix4BusMaster(pci, $0) }
+            let channel = Lock()
             for unit in UInt8(0)...1 {
                 guard let driver = try? ATADriver(io: LinkPortIO(link: link, vp: 0), interrupt: irq, unit: unit, busMaster: busMaster) else { continue }
                 if let piix4, let mode = driver.dmaMode, mode & 0x40 != 0 {
@@ -272,7 +276,7 @@ public final class EmulatedGuest: @unchecked Sendable {
                     pci.write(piix4, PIIX4IDE.udmaControl, size: 1, value: pci.read(piix4, PIIX4IDE.udmaControl, size: 1) | 1 << UInt32(unit))
                 }
                 let path = "\(exportDir)/ide0-\(unit == 0 ? "master" : "slave").sock"
-                let server = try NBDServer(path: path, exportName: "", device: ATABlockDevice(driver: driver, readOnly: false), logger: logger)
+                let server = try NBDServer(path: path, exportName: "", device: ATABlockDevice(driver: driver, readOnly: false, channel: channel), logger: logger)
                 server.start()
                 servers.append(server)
                 exports.append(DiskExport(controller: 0, lun: unit, sizeBytes: driver.sectors * 512, readOnly: false, export: path))
