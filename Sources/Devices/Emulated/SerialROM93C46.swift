@@ -11,11 +11,11 @@
 public struct SerialROM93C46 {
     public static let words = 64
     public private(set) var contents: [UInt16]
-    private enum Phase { case idle, opcode, address, output, ignore }
+    private enum Phase { case idle, command, output, ignore }
     private var phase = Phase.idle
+    /// The opcode and address bits shifted in so far (8 in all: 2 + 6).
     private var shift: UInt32 = 0
     private var bits = 0
-    private var opcode: UInt32 = 0
     private var address = 0
     private var outputBit = 0
     private var clock = false
@@ -39,25 +39,16 @@ public struct SerialROM93C46 {
         switch phase {
         case .idle:
             if dataIn {
-                phase = .opcode
+                phase = .command
                 shift = 0
                 bits = 0
             }
-        case .opcode:
+        case .command:
             shift = shift << 1 | (dataIn ? 1 : 0)
             bits += 1
-            if bits == 2 {
-                opcode = shift
-                phase = .address
-                shift = 0
-                bits = 0
-            }
-        case .address:
-            shift = shift << 1 | (dataIn ? 1 : 0)
-            bits += 1
-            if bits == 6 {
-                address = Int(shift)
-                if opcode == 0b10 {
+            if bits == 8 {
+                address = Int(shift & 0x3F)
+                if shift >> 6 == 0b10 {
                     phase = .output
                     outputBit = 16
                     dataOut = false  // the dummy zero
