@@ -235,7 +235,7 @@ public final class EmulatedGuest: @unchecked Sendable {
             return nil
         }
         pci.enable(f, busMaster: true)
-        guard let port = pci.ioBar(f, 4), let table = dmaWindow(bytes: 4096), let buffer = dmaWindow(bytes: 1 << 20) else {
+        guard let port = pci.ioBar(f, 4, span: 16), let table = dmaWindow(bytes: 4096), let buffer = dmaWindow(bytes: 1 << 20) else {
             logger.warning("ide: PIIX4 \(f): no BMIDE BAR or no DMA memory; using PIO")
             return nil
         }
@@ -290,7 +290,7 @@ public final class EmulatedGuest: @unchecked Sendable {
             let irq = LinkInterruptWait(line: l11)
             do {
                 pci.enable(tulip, busMaster: true)
-                guard let port = pci.ioBar(tulip, 0) else { throw TulipDriverError.noDevice("BAR 0 is not an I/O BAR") }
+                guard let port = pci.ioBar(tulip, 0, span: DEC21140.registerBytes) else { throw TulipDriverError.noDevice("BAR 0 is not an I/O BAR") }
                 guard let window = dmaWindow(bytes: TulipDriver.windowBytes) else { throw TulipDriverError.memory(needed: TulipDriver.windowBytes) }
                 let driver = try TulipDriver(io: LinkPortIO(link: link, vp: nicVP), interrupt: irq, base: port, window: window)
                 try bringUp(driver, irq: irq, kind: "DEC 21140", tapPattern: tapPattern, netns: netns)

@@ -38,7 +38,7 @@ final class TulipRig {
         let access = PCIConfigAccess(io: io)
         let f = try #require(access.scan().first { $0.vendor == 0x1011 && $0.deviceID == 0x0009 })
         access.enable(f, busMaster: true)
-        let base = try #require(access.ioBar(f, 0))
+        let base = try #require(access.ioBar(f, 0, span: DEC21140.registerBytes))
         return try TulipDriver(io: io, interrupt: flag, base: base,
                                window: DMAWindow(base: memory.base + (1 << 20), gpa: 1 << 20, size: TulipDriver.windowBytes))
     }

@@ -42,7 +42,7 @@ final class PIIX4Rig {
         let access = PCIConfigAccess(io: io)
         let f = try #require(access.scan().first { $0.vendor == 0x8086 && $0.deviceID == 0x7111 })
         access.enable(f, busMaster: true)
-        let port = try #require(access.ioBar(f, 4))
+        let port = try #require(access.ioBar(f, 4, span: 16))
         return try ATADriver(io: io, interrupt: flag, busMaster: ATABusMaster(port: port, table: window(0x10000, 4096), buffer: window(1 << 20, 1 << 20)))
     }
 }
@@ -82,11 +82,15 @@ struct PIIX4Tests {
         let rig = try PIIX4Rig(image)
         let access = PCIConfigAccess(io: rig.io)
         let ide = try #require(access.scan().last)
-        #expect(access.ioBar(ide, 4) == PIIX4IDE.defaultBusMasterBase)
+        #expect(access.ioBar(ide, 4, span: 16) == PIIX4IDE.defaultBusMasterBase)
         access.write(ide, 0x20, size: 4, value: 0xFFFF_FFFF)
         #expect(access.read(ide, 0x20, size: 4) == 0x0000_FFF1)  // 16 ports, I/O
         access.write(ide, 0x20, size: 4, value: 0xD001)
-        #expect(access.ioBar(ide, 4) == 0xD000)
+        #expect(access.ioBar(ide, 4, span: 16) == 0xD000)
+        // A BAR whose ports would run past 0xFFFF (a hostile host's value) is not handed to a driver.
+        access.write(ide, 0x20, size: 4, value: 0xFFF5)
+        #expect(access.ioBar(ide, 4, span: 16) == 0xFFF0 && access.ioBar(ide, 4, span: 17) == nil)
+        access.write(ide, 0x20, size: 4, value: 0xD001)
         rig.io.outl(0xD004, 0x0001_2344)
         #expect(rig.io.inl(0xD004) == 0x0001_2344)  // the PRD pointer, bits 1–0 zero
         #expect(rig.io.inl(PIIX4IDE.defaultBusMasterBase + 4) == 0xFFFF_FFFF)  // the old place floats

@@ -41,6 +41,8 @@ public enum ATADriverError: Error, Equatable, Sendable {
     case outOfRange
     /// The bus master reported an error (BMIDE status).
     case busMaster(status: UInt8)
+    /// The bus master's eight ports would run past 0xFFFF.
+    case badPort(UInt16)
 }
 
 /// Drives one disk of a legacy ATA channel with PIO, as libata's SFF host state machine does:
@@ -74,6 +76,7 @@ public final class ATADriver {
     public init(io: any PortIO, interrupt: any InterruptWait, base: UInt16 = ATAController.primaryCommand,
                 controlPort: UInt16 = ATAController.primaryControl, unit: UInt8 = 0, busMaster: ATABusMaster? = nil) throws(ATADriverError) {
         self.io = io
+        if let busMaster, busMaster.port > 0xFFF8 { throw .badPort(busMaster.port) }
         self.busMaster = busMaster
         self.interrupt = interrupt
         self.base = base

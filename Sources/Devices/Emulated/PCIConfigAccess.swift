@@ -61,10 +61,12 @@ public final class PCIConfigAccess {
         return found
     }
 
-    /// The port an I/O BAR decodes at (nil for a memory BAR or an unassigned one).
-    public func ioBar(_ f: PCIFunctionAddress, _ index: Int) -> UInt16? {
+    /// The port an I/O BAR decodes at, for a driver that uses `span` ports from it; nil for a
+    /// memory BAR, an unassigned one, or one whose ports would run past 0xFFFF (the value comes
+    /// from the other side, and port arithmetic on it must not overflow).
+    public func ioBar(_ f: PCIFunctionAddress, _ index: Int, span: Int) -> UInt16? {
         let bar = read(f, PCIConfig.bar0 + 4 * index, size: 4)
-        guard bar & 1 == 1, bar & 0xFFFC != 0 else { return nil }
+        guard bar & 1 == 1, bar & 0xFFFC != 0, Int(bar & 0xFFFC) + span <= 0x10000 else { return nil }
         return UInt16(truncatingIfNeeded: bar & 0xFFFC)
     }
 

@@ -6,6 +6,8 @@ import CSystem
 /// Why the 21140 driver could not bring the chip up.
 public enum TulipDriverError: Error, Equatable, Sendable {
     case noDevice(String)
+    /// The CSR block would run past port 0xFFFF.
+    case badPort(UInt16)
     /// The DMA window is too small for the rings and buffers.
     case memory(needed: Int)
 }
@@ -60,6 +62,7 @@ public final class TulipDriver: LegacyNICDriver {
 
     public init(io: any PortIO, interrupt: any InterruptWait, base: UInt16, window: DMAWindow) throws(TulipDriverError) {
         guard window.size >= Self.windowBytes else { throw .memory(needed: Self.windowBytes) }
+        guard Int(base) + DEC21140.registerBytes <= 0x10000 else { throw .badPort(base) }
         self.io = io
         self.interrupt = interrupt
         self.base = base
