@@ -69,6 +69,8 @@ public final class PartitionService: @unchecked Sendable {
     public var ne2000: NE2000? { deviceSet.ne2000 }
     /// Interrupt lines of the emulated devices.
     var lines: [InterruptLine] { [ide?.line, dec21140?.line, ne2000?.line].compactMap { $0 } }
+    /// The emulated NICs, whose TAPs the loop watches (kept: it is walked after every port write).
+    let legacyNICs: [any LegacyNICDevice]
 
     public init(configuration: PartitionConfiguration, id: UInt32, carrier: any HostCarrier, imageDirectory: String, logger: Logger,
                 trace: TraceWriter?) throws {
@@ -82,6 +84,7 @@ public final class PartitionService: @unchecked Sendable {
         if !versions.isEmpty { server.supportedVersions = Set(versions) }
         serverConfiguration = server
         deviceSet = try PartitionDevices(configuration: configuration, id: id, imageDirectory: imageDirectory, logger: logger)
+        legacyNICs = ([deviceSet.dec21140, deviceSet.ne2000] as [(any LegacyNICDevice)?]).compactMap { $0 }
         if let ide = deviceSet.ide { portIO.attach(ide) }
         if let ne2000 = deviceSet.ne2000 { portIO.attach(ne2000) }
         if deviceSet.piix4 != nil || deviceSet.dec21140 != nil {
@@ -203,8 +206,7 @@ public final class PartitionService: @unchecked Sendable {
         runtime.partition.eventPortObserver = nil
         runtime.server.detachGuest()
         for line in lines { line.onRaise = nil }
-        if let ne2000 { watch(ne2000.descriptor, wanted: false) {} }
-        if let dec21140 { watch(dec21140.descriptor, wanted: false) {} }
+        for nic in legacyNICs { watch(nic.descriptor, wanted: false) {} }
         piix4?.busMaster.memory = nil
         dec21140?.memory = nil
         carrier.guestDetached()
@@ -227,17 +229,12 @@ extension PartitionService: CarrierDelegate {
         }
         for device in deviceSet.all { runtime.server.offer(device) }
         runtime.portIO = portIO
-        if ne2000 != nil || dec21140 != nil { runtime.afterPortWrite = { [unowned self] in self.legacyNICsServiced() } }
+        if !legacyNICs.isEmpty { runtime.afterPortWrite = { [unowned self] in self.legacyNICsServiced() } }
         portIO.reset()
         piix4?.busMaster.memory = memory
         dec21140?.memory = memory
         for line in lines { line.onRaise = try carrier.addInterruptLine(irq: line.irq) }
-        if let ne2000, ne2000.descriptor >= 0 {
-            watch(ne2000.descriptor, wanted: true) { [unowned self] in self.ne2000Readable() }
-        }
-        if let dec21140, dec21140.descriptor >= 0 {
-            watch(dec21140.descriptor, wanted: true) { [unowned self] in self.dec21140Readable() }
-        }
+        for nic in legacyNICs { watchFrames(nic) }
         self.runtime = runtime
         attachCount += 1
         for connection in runtime.partition.eventConnectionIDs.sorted() { carrier.eventPortChanged(connection, added: true) }
@@ -253,29 +250,20 @@ extension PartitionService: CarrierDelegate {
 }
 
 extension PartitionService {
-    /// Frames wait on the NE2000's TAP: take what the card's ring has room for. While the ring is
-    /// full the TAP is not watched; the guest's register accesses that free the ring bring it back.
-    func ne2000Readable() {
-        guard let ne2000 else { return }
-        if !ne2000.pollReceive() { watch(ne2000.descriptor, wanted: false) {} }
-    }
-
-    /// Frames wait on the 21140's TAP: as for the NE2000, while the chip takes them.
-    func dec21140Readable() {
-        guard let dec21140 else { return }
-        if !dec21140.pollReceive() { watch(dec21140.descriptor, wanted: false) {} }
+    /// Watches an emulated NIC's TAP: frames are taken while the card has room. While it has none
+    /// the TAP is not watched; the guest's register accesses that free the ring bring it back.
+    func watchFrames(_ nic: any LegacyNICDevice) {
+        guard nic.descriptor >= 0 else { return }
+        watch(nic.descriptor, wanted: true) { [unowned self] in
+            if !nic.pollReceive() { self.watch(nic.descriptor, wanted: false) {} }
+        }
     }
 
     /// After a port write: a guest that freed ring space (NE2000 BNRY, 21140 CSR2 or any CSR)
     /// may have let waiting frames in; watch the TAPs again where the card takes frames.
     func legacyNICsServiced() {
         guard runtime != nil else { return }
-        if let ne2000, watched[ne2000.descriptor] == nil {
-            watch(ne2000.descriptor, wanted: true) { [unowned self] in self.ne2000Readable() }
-        }
-        if let dec21140, dec21140.acceptsFrames, watched[dec21140.descriptor] == nil {
-            watch(dec21140.descriptor, wanted: true) { [unowned self] in self.dec21140Readable() }
-        }
+        for nic in legacyNICs where nic.acceptsFrames && watched[nic.descriptor] == nil { watchFrames(nic) }
     }
 }
 

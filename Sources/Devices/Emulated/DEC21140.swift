@@ -35,7 +35,7 @@ import SyntheticNetwork
 /// `walkLimit` descriptors (a ring that points at itself ends there); a frame over 1518 bytes
 /// ends with TDES0.ES|TO and CSR5.TJT; a frame that would need more than `descriptorsPerFrame`
 /// receive descriptors is dropped. Not thread-safe: the partition thread calls everything.
-public final class DEC21140: PortIODevice {
+public final class DEC21140: PCIIORegion, LegacyNICDevice {
     public static let registerBytes = 128
     public static let maximumFrame = 1518
     public static let walkLimit = 4096
@@ -123,7 +123,7 @@ public final class DEC21140: PortIODevice {
 
     /// Moved by the PCI bus (BAR 0).
     public var portRanges: [ClosedRange<UInt16>] { [] }
-    func relocate(_ base: UInt16) { self.base = base }
+    public func relocate(_ base: UInt16) { self.base = base }
 
     /// The port's descriptor, readable when frames wait.
     public var descriptor: Int32 { port.descriptor }
@@ -541,19 +541,11 @@ public final class DEC21140Function: PCIFunction {
         config.set(PCIConfig.interruptLine, UInt8(truncatingIfNeeded: chip.line.irq))
         config.set(PCIConfig.subsystemVendorID, 0x14)
         config.set(PCIConfig.subsystemVendorID + 1, 0x14)
-        chip.relocate(base)
         let config = config
         chip.masterEnabled = { config.command & PCIConfig.busMaster != 0 }
     }
 
-    public var ioRegions: [Int: any PortIODevice] { [0: chip] }
+    public var ioRegions: [Int: any PCIIORegion] { [0: chip] }
 
-    public func configWritten(offset: Int, size: Int) {
-        if let base = config.ioBase(0) { chip.relocate(base) }
-    }
-
-    public func resetFunction() {
-        chip.reset()
-        chip.relocate(config.ioBase(0) ?? 0)
-    }
+    public func resetFunction() { chip.reset() }
 }

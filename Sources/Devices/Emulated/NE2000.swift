@@ -92,7 +92,7 @@ public enum NE2000Bits {
 ///   and runts under 14 are dropped.
 ///
 /// Not thread-safe: the caller serialises port accesses and `pollReceive` (one host thread).
-public final class NE2000: PortIODevice {
+public final class NE2000: PortIODevice, LegacyNICDevice {
     public static let memoryStart = 0x4000
     public static let memorySize = 0x4000
     public static let maximumFrame = 1518

@@ -114,20 +114,23 @@ public final class PCIConfigSpace {
     }
 }
 
+/// A register block behind an I/O BAR: the bus places it on the port bus and tells it its base,
+/// from which it decodes its registers' offsets.
+public protocol PCIIORegion: PortIODevice {
+    func relocate(_ base: UInt16)
+}
+
 /// A function on the emulated PCI bus.
 public protocol PCIFunction: AnyObject {
     var config: PCIConfigSpace { get }
     /// The function's I/O register blocks, by BAR index (the bus decodes them where the BAR points).
-    var ioRegions: [Int: any PortIODevice] { get }
-    /// A configuration write landed (after the mask); `config` holds the new values.
-    func configWritten(offset: Int, size: Int)
+    var ioRegions: [Int: any PCIIORegion] { get }
     /// Power-on state of the function's registers (the configuration space is reset by the bus).
     func resetFunction()
 }
 
 extension PCIFunction {
-    public var ioRegions: [Int: any PortIODevice] { [:] }
-    public func configWritten(offset: Int, size: Int) {}
+    public var ioRegions: [Int: any PCIIORegion] { [:] }
     public func resetFunction() {}
 }
 
@@ -145,8 +148,8 @@ public final class PCIHeaderOnly: PCIFunction {
 /// cycles (the chipset's other registers live there): they read ones and are ignored.
 ///
 /// The bus also places each function's I/O BARs on the port bus: when the guest moves a BAR or
-/// turns I/O decoding on or off, the region follows (a BAR that would overlap another device's
-/// ports is left undecoded rather than stealing them).
+/// turns I/O decoding on or off, the region follows and learns its new base (a BAR that would
+/// overlap another device's ports is left undecoded rather than stealing them).
 public final class PCIBus: PortIODevice {
     public private(set) var address: UInt32 = 0
     private var functions: [Int: any PCIFunction] = [:]
@@ -207,15 +210,14 @@ public final class PCIBus: PortIODevice {
             misses &+= 1
             return
         }
-        let n = min(size, 4 - (offset & 3))
-        if f.config.write(offset, size: n, value: value) { mapRegions(of: f) }
-        f.configWritten(offset: offset, size: n)
+        if f.config.write(offset, size: min(size, 4 - (offset & 3)), value: value) { mapRegions(of: f) }
     }
 
     private func mapRegions(of f: any PCIFunction) {
         for (bar, region) in f.ioRegions {
             let size = f.config.ioBars[bar] ?? 0
             if let base = f.config.ioBase(bar), size > 0, Int(base) + size <= 0x10000 {
+                region.relocate(base)
                 ports.remap(region, to: [base...(base + UInt16(size - 1))])
             } else {
                 ports.remap(region, to: [])

@@ -39,7 +39,7 @@ public enum BusMasterFault: Error, Equatable, Sendable {
 /// shorter one, an entry outside memory or bus mastering off in the PCI command register end
 /// the command with the error bit and ABRT. Only the primary channel has a disk; the secondary's
 /// registers hold what is written and never transfer.
-public final class BusMasterIDE: PortIODevice {
+public final class BusMasterIDE: PCIIORegion {
     public private(set) var base: UInt16 = 0
     /// The guest's memory while a guest is attached (DMA needs it).
     public var memory: GuestPhysicalMemory?
@@ -68,7 +68,7 @@ public final class BusMasterIDE: PortIODevice {
     /// Moved by the PCI bus when BAR 4 changes.
     public var portRanges: [ClosedRange<UInt16>] { [] }
 
-    func relocate(_ base: UInt16) { self.base = base }
+    public func relocate(_ base: UInt16) { self.base = base }
 
     public func reset() {
         command = [0, 0]
@@ -201,22 +201,14 @@ public final class PIIX4IDE: PCIFunction {
         config.register(Self.udmaControl, count: 1, value: 0, mask: 0x0F)
         config.register(Self.udmaTiming, count: 2, value: 0, mask: 0x3333)
         busMaster = BusMasterIDE(channel: channel)
-        busMaster.relocate(busMasterBase)
         let config = config
         busMaster.masterEnabled = { config.command & PCIConfig.busMaster != 0 }
         channel.busMaster = busMaster
     }
 
-    public var ioRegions: [Int: any PortIODevice] { [4: busMaster] }
+    public var ioRegions: [Int: any PCIIORegion] { [4: busMaster] }
 
-    public func configWritten(offset: Int, size: Int) {
-        if let base = config.ioBase(4) { busMaster.relocate(base) }
-    }
-
-    public func resetFunction() {
-        busMaster.reset()
-        busMaster.relocate(config.ioBase(4) ?? 0)
-    }
+    public func resetFunction() { busMaster.reset() }
 }
 
 /// The other PIIX4 function a guest's scan must see first: the PCI-to-ISA bridge at 00:07.0

@@ -47,3 +47,15 @@ public protocol LegacyNICDriver: AnyObject {
 extension LegacyNICDriver {
     public func receiveDone() {}
 }
+
+/// The host side of an emulated NIC (NE2000, DEC 21140) as the partition's loop serves it: frames
+/// wait on the port's descriptor, and the card takes them while it has room.
+public protocol LegacyNICDevice: AnyObject {
+    /// The port's descriptor, readable when frames wait (-1: none to watch).
+    var descriptor: Int32 { get }
+    /// Whether `pollReceive` would take frames now; it turns true again only through a guest
+    /// register access.
+    var acceptsFrames: Bool { get }
+    /// Takes frames while the card has room; false when it stopped taking them.
+    func pollReceive() -> Bool
+}
