@@ -276,11 +276,24 @@ public final class ATAController: PortIODevice {
         return ((cylinder * 16 + head) * 63 + sector - 1, count)
     }
 
+    /// The sectors a transfer command names, or nil after failing it: IDNF past the end of the
+    /// disk, ABRT for a write to a read-only image.
+    private func checkedRange(_ d: ATADisk, _ command: UInt8, write: Bool) -> (lba: UInt64, count: Int)? {
+        guard let (lba, count) = address(command), lba + UInt64(count) <= d.sectors else {
+            fail(d, ATAError.idNotFound)
+            return nil
+        }
+        if write && d.backend.isReadOnly {
+            fail(d, ATAError.abort)
+            return nil
+        }
+        return (lba, count)
+    }
+
     private func transfer(_ d: ATADisk, _ command: UInt8, write: Bool) {
         let multiple = [ATACommand.readMultiple, ATACommand.readMultipleExt, ATACommand.writeMultiple, ATACommand.writeMultipleExt].contains(command)
         if multiple && d.multiple == 0 { return fail(d, ATAError.abort) }  // SET MULTIPLE first
-        guard let (lba, count) = address(command), lba + UInt64(count) <= d.sectors else { return fail(d, ATAError.idNotFound) }
-        if write && d.backend.isReadOnly { return fail(d, ATAError.abort) }
+        guard let (lba, count) = checkedRange(d, command, write: write) else { return }
         d.begin(write ? .dataOut : .dataIn, remaining: count, block: multiple ? d.multiple : 1, lba: lba, write: write)
         if write {
             // PIO out: the first block is asked for without an interrupt.
@@ -296,8 +309,7 @@ public final class ATAController: PortIODevice {
     private func dmaCommand(_ d: ATADisk, _ command: UInt8) {
         guard busMaster != nil else { return fail(d, ATAError.abort) }  // an ISA channel has no DMA
         let write = command == ATACommand.writeDMA || command == ATACommand.writeDMAExt
-        guard let (lba, count) = address(command), lba + UInt64(count) <= d.sectors else { return fail(d, ATAError.idNotFound) }
-        if write && d.backend.isReadOnly { return fail(d, ATAError.abort) }
+        guard let (lba, count) = checkedRange(d, command, write: write) else { return }
         d.begin(.dma, remaining: count, block: count, lba: lba, write: write)
         d.status = ATAStatus.ready | ATAStatus.seekComplete | ATAStatus.dataRequest
         if busMaster?.started == true { runDMA(d) }

@@ -167,18 +167,27 @@ public final class ATADriver {
     private func command(_ code: UInt8, lba: UInt64, count: Int, lba48: Bool) throws(ATADriverError) {
         io.outb(base + 6, deviceBits)
         try waitNotBusy()
+        loadTaskFile(lba: lba, count: count, lba48: lba48, feature: nil)
+        io.outb(base + 7, code)
+    }
+
+    /// The task file for a transfer: the HOB bytes first for 48-bit, then count and LBA, then the
+    /// device register (LBA bits 27–24 for 28-bit). With `feature`, the features register leads
+    /// each half, as ata_sff_tf_load writes it.
+    private func loadTaskFile(lba: UInt64, count: Int, lba48: Bool, feature: UInt8?) {
         if lba48 {
+            if let feature { io.outb(base + 1, feature) }
             io.outb(base + 2, UInt8(truncatingIfNeeded: count >> 8))
             io.outb(base + 3, UInt8(truncatingIfNeeded: lba >> 24))
             io.outb(base + 4, UInt8(truncatingIfNeeded: lba >> 32))
             io.outb(base + 5, UInt8(truncatingIfNeeded: lba >> 40))
         }
+        if let feature { io.outb(base + 1, feature) }
         io.outb(base + 2, UInt8(truncatingIfNeeded: count))
         io.outb(base + 3, UInt8(truncatingIfNeeded: lba))
         io.outb(base + 4, UInt8(truncatingIfNeeded: lba >> 8))
         io.outb(base + 5, UInt8(truncatingIfNeeded: lba >> 16))
         io.outb(base + 6, lba48 ? deviceBits : deviceBits | UInt8(truncatingIfNeeded: lba >> 24) & 0x0F)
-        io.outb(base + 7, code)
     }
 
     private func readBlock(into p: UnsafeMutableRawPointer, count: Int) {
@@ -292,19 +301,7 @@ public final class ATADriver {
         _ = io.inb(controlPort)
         _ = io.inb(base + 7)
         // ata_sff_tf_load
-        if lba48 {
-            io.outb(base + 1, 0)
-            io.outb(base + 2, UInt8(truncatingIfNeeded: count >> 8))
-            io.outb(base + 3, UInt8(truncatingIfNeeded: lba >> 24))
-            io.outb(base + 4, UInt8(truncatingIfNeeded: lba >> 32))
-            io.outb(base + 5, UInt8(truncatingIfNeeded: lba >> 40))
-        }
-        io.outb(base + 1, 0)
-        io.outb(base + 2, UInt8(truncatingIfNeeded: count))
-        io.outb(base + 3, UInt8(truncatingIfNeeded: lba))
-        io.outb(base + 4, UInt8(truncatingIfNeeded: lba >> 8))
-        io.outb(base + 5, UInt8(truncatingIfNeeded: lba >> 16))
-        io.outb(base + 6, lba48 ? deviceBits : deviceBits | UInt8(truncatingIfNeeded: lba >> 24) & 0x0F)
+        loadTaskFile(lba: lba, count: count, lba48: lba48, feature: 0)
         _ = io.inb(base + 7)
         // ata_bmdma_setup: table, direction (start clear), then the command and a pause
         io.outl(bm.port + 4, UInt32(truncatingIfNeeded: bm.table.gpa))
