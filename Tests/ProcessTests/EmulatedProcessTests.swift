@@ -53,36 +53,35 @@ struct EmulatedDiskProcessTests {
     }
 }
 
+/// A network rig whose partition has the emulated `card` and an agent without enlightenments,
+/// started and pinged both ways, for `body`; nothing but a recorded issue without root.
+func withEmulatedNIC(_ card: String, tag: String, subnet: Int, _ body: (NetworkRig) throws -> Void) throws {
+    guard getuid() == 0 else {
+        Issue.record("needs root for network namespaces and TAP devices")
+        return
+    }
+    let rig = NetworkRig(tag: tag, subnet: subnet, emulated: card)
+    defer { rig.tearDown() }
+    try rig.start()
+    #expect(rig.ping(from: rig.guestNS, rig.hostAddress).0 == 0, "\(rig.logs)")
+    #expect(rig.ping(from: rig.hostNS, rig.guestAddress).0 == 0, "\(rig.logs)")
+    try body(rig)
+}
+
 @Suite("Emulated NE2000 between processes", .serialized)
 struct EmulatedNICProcessTests {
     @Test("Without enlightenments: ping both ways and 10 MiB of TCP with equal SHA-256 through the NE2000")
-    func traffic() throws {
-        guard getuid() == 0 else {
-            Issue.record("needs root for network namespaces and TAP devices")
-            return
-        }
-        let rig = NetworkRig(tag: "ne", subnet: 40, emulated: "ne2000")
-        defer { rig.tearDown() }
-        try rig.start()
-        #expect(rig.ping(from: rig.guestNS, rig.hostAddress).0 == 0, "\(rig.logs)")
-        #expect(rig.ping(from: rig.hostNS, rig.guestAddress).0 == 0, "\(rig.logs)")
+    func traffic() throws { try withEmulatedNIC("ne2000", tag: "ne", subnet: 40) { rig in
         let (intact, report) = try rig.transfer(mib: 10, from: rig.guestNS, to: rig.hostNS, address: rig.hostAddress, port: 5402, seconds: 600)
         #expect(intact, "guest → host through the NE2000: \(report)\n\(rig.logs)")
         print("NE2000 TCP: \(report.split(separator: "\n").first ?? "")")
-    }
+    } }
 }
 
 @Suite("Emulated DEC 21140 between processes", .serialized)
 struct EmulatedTulipProcessTests {
     @Test("Without enlightenments: ping both ways and 100 MiB of TCP each way with equal SHA-256 through the DEC 21140")
-    func traffic() throws {
-        guard getuid() == 0 else {
-            Issue.record("needs root for network namespaces and TAP devices")
-            return
-        }
-        let rig = NetworkRig(tag: "de", subnet: 41, emulated: "dec21140")
-        defer { rig.tearDown() }
-        try rig.start()
+    func traffic() throws { try withEmulatedNIC("dec21140", tag: "de", subnet: 41) { rig in
         // The agent records its NICs once every device was probed (the TAP comes up before that).
         let state = "\(try #require(rig.fixture).directory.path)/state"
         var nics = ""
@@ -90,8 +89,6 @@ struct EmulatedTulipProcessTests {
             nics = (try? run("viridian-agent", ["nic", "list", "--state-dir", state]))?.1 ?? ""
             return nics.contains("none (DEC 21140)")
         }, "\(nics)")
-        #expect(rig.ping(from: rig.guestNS, rig.hostAddress).0 == 0, "\(rig.logs)")
-        #expect(rig.ping(from: rig.hostNS, rig.guestAddress).0 == 0, "\(rig.logs)")
         let (out, report) = try rig.transfer(mib: 100, from: rig.guestNS, to: rig.hostNS, address: rig.hostAddress, port: 5403, seconds: 600)
         #expect(out, "guest → host through the 21140: \(report)\n\(rig.logs)")
         let (back, reportBack) = try rig.transfer(mib: 100, from: rig.hostNS, to: rig.guestNS, address: rig.guestAddress, port: 5404, seconds: 600)
@@ -100,7 +97,7 @@ struct EmulatedTulipProcessTests {
         let card = try #require(try JSONDecoder().decode(HostStatus.self, from: Data(status.utf8)).partitions.first?.legacyNICs?.first)
         #expect(card.model == "dec21140" && card.busErrors == 0 && card.txFrames > 70_000 && card.rxFrames > 70_000, "\(status)")
         print("DEC 21140 TCP: \(report.split(separator: "\n").first ?? "") out, \(reportBack.split(separator: "\n").first ?? "") back")
-    }
+    } }
 }
 
 @Suite("Emulated devices in the host configuration")
