@@ -2,7 +2,7 @@
 SWIFT ?= swift
 VERSION := $(shell cat VERSION)
 # What the build and `make demo` need: libraries and tools, none of which ships a service.
-DEMO_PACKAGES := libudev-dev libdrm-dev pkg-config iproute2 libnbd-bin
+DEMO_PACKAGES := libudev-dev libdrm-dev libseccomp-dev pkg-config iproute2 libnbd-bin
 # What the tests need on top (installed by `make test`, which CI runs): the tools the process tests
 # drive, QEMU and debootstrap for the real guest, the kernel headers and sparse for KernelGlue's
 # checks, and the Debian packaging tools. chronyd is not installed (that would replace

@@ -24,6 +24,8 @@ let package = Package(
     ],
     targets: [
         .target(name: "CSystem", path: "Sources/CSystem"),
+        // The partition worker's start and confinement (clone3, capabilities, seccomp): host only.
+        .target(name: "CSandbox", path: "Sources/CSandbox", linkerSettings: [.linkedLibrary("seccomp")]),
         .target(name: "VMBusWire", swiftSettings: strict),
         .target(
             name: "VMBusRing",
@@ -119,7 +121,7 @@ let package = Package(
         .target(
             name: "HostRuntime",
             dependencies: [
-                "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "QEMUCarrier", "EchoDevice",
+                "CSystem", "CSandbox", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "QEMUCarrier", "EchoDevice",
                 "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices",
                 .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],

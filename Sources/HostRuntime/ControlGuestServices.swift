@@ -36,14 +36,13 @@ extension PartitionService {
 
     /// `copy-file`: streams the host file `path` to `destination` in the guest, writing progress
     /// lines through `emit`; a requester that goes away cancels the copy (the guest drops it).
-    func copyFile(_ request: ControlRequest, emit: (Data) -> Bool) -> ControlReply {
+    /// Copies the source file open on `fd` (opened by the control front, which may be a
+    /// supervisor: a confined worker opens no files) into the guest.
+    func copyFile(_ request: ControlRequest, source fd: Int32, emit: (Data) -> Bool) -> ControlReply {
         guard let provider = fcopy else { return .failure("partition \(configuration.name) has no guest file copy (fcopy) service") }
         guard let source = request.path, let destination = request.destination, destination.hasPrefix("/") else {
             return .failure("copy-file needs a source file and an absolute guest path")
         }
-        let fd = viridian_open(source, O_RDONLY, 0)
-        guard fd >= 0 else { return .failure("cannot open \(source): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return .failure("\(source) is not a regular file") }
         let size = UInt64(st.st_size)

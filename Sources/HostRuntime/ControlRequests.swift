@@ -186,46 +186,76 @@ extension PartitionService {
     }
 }
 
-extension ViridianHostService {
-    /// Answers one control request. `emit` writes a progress line to the requester (false: it is gone).
-    func answer(_ request: ControlRequest, emit: (Data) -> Bool = { _ in true }) -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        if request.op == "status" { return (try? encoder.encode(status())) ?? Data("{}".utf8) }
-        guard let name = request.partition, let partition = partitions.first(where: { $0.configuration.name == name }) else {
-            return (try? encoder.encode(ControlReply.failure("no partition named '\(request.partition ?? "")'"))) ?? Data()
+/// The file a request needs opened before the partition serves it (a confined worker opens none).
+public enum ControlResource {
+    /// Opens what `request` names: the image of `disk add`, the source of `copy-file`; nil when
+    /// it needs nothing. The error is the reply to give instead.
+    public static func open(for request: ControlRequest) -> Result<Int32?, ControlFailure> {
+        switch (request.op, request.action) {
+        case ("disk", "add"):
+            guard let path = request.path, !path.isEmpty else { return .failure(ControlFailure("disk add needs a path")) }
+            let readOnly = request.readOnly ?? false
+            do { return .success(try FileBackend.open(path: path, readOnly: readOnly, create: !readOnly)) } catch {
+                return .failure(ControlFailure("\(error)"))
+            }
+        case ("copy-file", _):
+            guard let source = request.path, !source.isEmpty else { return .failure(ControlFailure("copy-file needs a source file")) }
+            let fd = viridian_open(source, O_RDONLY, 0)
+            guard fd >= 0 else { return .failure(ControlFailure("cannot open \(source): \(String(cString: strerror(errno)))")) }
+            return .success(fd)
+        default:
+            return .success(nil)
         }
-        let reply: ControlReply
+    }
+}
+
+/// A request refused before it reached its partition.
+public struct ControlFailure: Error {
+    public let why: String
+    public init(_ why: String) { self.why = why }
+}
+
+extension PartitionService {
+    /// Answers one control request for this partition; `resource` is what `ControlResource`
+    /// opened for it (taken over: closed here). `emit` writes a progress line to the requester
+    /// (false: it is gone).
+    public func answer(_ request: ControlRequest, resource: Int32?, emit: (Data) -> Bool = { _ in true }) -> ControlReply {
+        var resource = resource
+        defer { if let fd = resource { close(fd) } }
         switch request.op {
         case "shutdown":
             guard let kind = ShutdownKind(rawValue: request.kind ?? "poweroff") else {
-                reply = .failure("unknown shutdown kind '\(request.kind ?? "")'")
-                break
+                return .failure("unknown shutdown kind '\(request.kind ?? "")'")
             }
-            reply = partition.shutdown(kind: kind, force: request.force ?? false, reason: request.reason ?? "")
+            return shutdown(kind: kind, force: request.force ?? false, reason: request.reason ?? "")
         case "kvp" where request.action == "set-ip" || request.action == "get-ip":
-            reply = partition.kvpIP(request)
+            return kvpIP(request)
         case "kvp":
-            reply = partition.kvp(action: request.action ?? "", key: request.key, value: request.value)
+            return kvp(action: request.action ?? "", key: request.key, value: request.value)
         case "disk":
-            reply = partition.disk(request)
+            defer { resource = nil }
+            return disk(request, image: resource)
         case "nic":
-            reply = partition.nic(request)
+            return nic(request)
         case "backup":
-            reply = partition.backup(action: request.action ?? "")
+            return backup(action: request.action ?? "")
         case "copy-file":
-            reply = partition.copyFile(request, emit: emit)
+            guard let fd = resource else { return .failure("copy-file needs a source file") }
+            return copyFile(request, source: fd, emit: emit)
         case "test-stall" where ProcessInfo.processInfo.environment["VIRIDIAN_TEST_FAULTS"] == "1":
             // A test-only fault (the host must be started with VIRIDIAN_TEST_FAULTS=1): occupies the
             // partition thread for `value` milliseconds, as a partition stuck on its guest would.
-            partition.stallForTest(milliseconds: min(max(Int(request.value ?? "") ?? 0, 0), 60_000))
-            reply = ControlReply(ok: true)
+            stallForTest(milliseconds: min(max(Int(request.value ?? "") ?? 0, 0), 60_000))
+            return ControlReply(ok: true)
+        case "test-crash" where ProcessInfo.processInfo.environment["VIRIDIAN_TEST_FAULTS"] == "1":
+            return crashForTest(how: request.kind ?? "abort")
         default:
-            reply = .failure("unknown request '\(request.op)'")
+            return .failure("unknown request '\(request.op)'")
         }
-        return (try? encoder.encode(reply)) ?? Data()
     }
+}
 
+extension ViridianHostService {
     /// Sends a request to a running host and returns its raw reply; progress lines before it go to `progress`.
     public static func send(_ request: ControlRequest, controlPath: String, progress: ((ControlProgress) -> Void)? = nil) throws -> Data {
         let fd: Int32
@@ -256,19 +286,23 @@ extension ViridianHostService {
 
 extension PartitionService {
     /// Hot add or remove of a LUN on the partition's SCSI controller; the guest is told to rescan.
-    func disk(_ request: ControlRequest) -> ControlReply {
+    /// `image`: the image `ControlResource` opened for `disk add` (taken over).
+    func disk(_ request: ControlRequest, image: Int32?) -> ControlReply {
+        var image = image
+        defer { if let fd = image { close(fd) } }
         guard let storage else { return .failure("partition \(configuration.name) has no SCSI controller (configure a disk)") }
         switch request.action {
         case "add":
-            guard let path = request.path, !path.isEmpty else { return .failure("disk add needs a path") }
+            guard let path = request.path, !path.isEmpty, let fd = image else { return .failure("disk add needs a path") }
             let readOnly = request.readOnly ?? false
             let sizeMiB = request.sizeMiB ?? 64
             guard DiskConfiguration.sizeRange.contains(sizeMiB) else {
                 return .failure("size_mib must be \(DiskConfiguration.sizeRange.lowerBound)…\(DiskConfiguration.sizeRange.upperBound), not \(sizeMiB)")
             }
             let backend: FileBackend
+            image = nil
             do {
-                backend = try FileBackend(path: path, readOnly: readOnly, createSize: readOnly ? nil : UInt64(sizeMiB) << 20)
+                backend = try FileBackend(adopting: fd, path: path, readOnly: readOnly, createSize: readOnly ? nil : UInt64(sizeMiB) << 20)
             } catch { return .failure("\(error)") }
             let name = configuration.name
             guard let added = perform({ storage.add(SCSIDisk(backend: backend, serial: "\(name.prefix(12))-\(UInt32.random(in: 0...0xFFFF))")) }) else {
@@ -303,5 +337,27 @@ extension PartitionService {
     func nicIndex(_ name: String) -> Int? {
         guard let index = Int(name) ?? configuration.nic.firstIndex(where: { $0.tap == name }), nics.indices.contains(index) else { return nil }
         return index
+    }
+}
+
+extension PartitionService {
+    /// Test-only faults (honoured with VIRIDIAN_TEST_FAULTS=1): "abort" ends the process as a
+    /// trap would; "exec" makes a system call the worker's filter kills for (SIGSYS); "probe"
+    /// reports what confinement refuses (opening a file, the capabilities held).
+    func crashForTest(how: String) -> ControlReply {
+        switch how {
+        case "exec":
+            let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+            execv("/bin/true", argv)
+            return .failure("execv returned: \(String(cString: strerror(errno)))")
+        case "probe":
+            let fd = viridian_open("/etc/hostname", O_RDONLY, 0)
+            let openResult = fd >= 0 ? "opened" : String(cString: strerror(errno))
+            if fd >= 0 { close(fd) }
+            return ControlReply(ok: true, error: nil, items: [["open", openResult], ["capabilities", String(WorkerSandbox.effectiveCapabilities, radix: 16)],
+                                                              ["pid", String(getpid())]])
+        default:
+            abort()
+        }
     }
 }

@@ -10,6 +10,7 @@ import VMBusWire
 ///
 /// ```toml
 /// runtime_dir = "/run/viridian"      # sockets: <runtime_dir>/<partition>.sock and host.sock
+/// isolation = "process"              # "process": each partition in a confined worker process; "none": threads of one process
 /// [[partition]]
 /// name = "guest1"                    # also the socket name
 /// memory_mib = 64                    # guest-physical memory
@@ -17,6 +18,7 @@ import VMBusWire
 /// cpus = [0, 1]                      # host CPUs for the partition and its agent (default: any)
 /// socket = "/run/viridian/g1.sock"   # overrides the default socket path
 /// carrier = "link"                   # "link": an agent process (PartitionLink); "qemu": a QEMU guest
+/// restart = "on-attach"              # a dead worker: "on-attach" (when a guest next connects), "always" (at once), "never"
 /// ram_file = "/dev/shm/guest1.ram"   # qemu: the guest RAM file QEMU maps (memory-backend-file, share=on)
 /// ivshmem_socket = "/run/viridian/guest1.ivshmem"   # qemu: the ivshmem server socket (-chardev socket,path=…)
 /// echo_devices = 1                   # Viridian echo test devices to offer
@@ -53,6 +55,9 @@ import VMBusWire
 public struct HostConfiguration: Codable, Sendable, Equatable {
     public var runtimeDir: String?
     public var imageDir: String?
+    /// "process" (default): every partition in a worker process of its own, confined; "none": all
+    /// partitions on threads of the host process.
+    public var isolation: String?
     public var partition: [PartitionConfiguration]
 
     public init(runtimeDir: String? = nil, partition: [PartitionConfiguration]) {
@@ -63,8 +68,11 @@ public struct HostConfiguration: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case runtimeDir = "runtime_dir"
         case imageDir = "image_dir"
-        case partition
+        case isolation, partition
     }
+
+    /// Whether partitions run in worker processes.
+    public var isolated: Bool { (isolation ?? "process") == "process" }
 
     /// Where default disk images live: image_dir, else /var/lib/viridian/images as root, else under /tmp.
     public var resolvedImageDir: String {
@@ -102,6 +110,9 @@ public struct HostConfiguration: Codable, Sendable, Equatable {
 
     public func validate() throws {
         guard !partition.isEmpty else { throw ConfigurationError.invalid("at least one [[partition]] is needed") }
+        guard ["process", "none"].contains(isolation ?? "process") else {
+            throw ConfigurationError.invalid("isolation must be \"process\" (a confined worker per partition) or \"none\" (threads), not '\(isolation ?? "")'")
+        }
         var names = Set<String>()
         for p in partition {
             guard names.insert(p.name).inserted else { throw ConfigurationError.invalid("partition name '\(p.name)' is used twice") }
@@ -143,6 +154,8 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
     public var ramFile: String?
     /// qemu: the ivshmem server socket QEMU connects to (default: <runtime_dir>/<name>.ivshmem).
     public var ivshmemSocket: String?
+    /// When a dead worker is started again: "on-attach", "always" or "never".
+    public var restart: String = "on-attach"
 
     /// The integration services Viridian provides.
     public static let allIntegrationServices = ["heartbeat", "timesync", "shutdown", "kvp", "vss", "fcopy"]
@@ -177,6 +190,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         case ideController = "ide_controller"
         case ramFile = "ram_file"
         case ivshmemSocket = "ivshmem_socket"
+        case restart
     }
 
     public init(from decoder: any Decoder) throws {
@@ -202,6 +216,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         carrier = try c.decodeIfPresent(String.self, forKey: .carrier) ?? "link"
         ramFile = try c.decodeIfPresent(String.self, forKey: .ramFile)
         ivshmemSocket = try c.decodeIfPresent(String.self, forKey: .ivshmemSocket)
+        restart = try c.decodeIfPresent(String.self, forKey: .restart) ?? "on-attach"
     }
 
     /// The disks to serve: the configured ones, or one 64 MiB image in `imageDirectory`.
@@ -230,6 +245,9 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         }
         if let cpus, cpus.isEmpty || cpus.contains(where: { !(0..<64).contains($0) }) {
             throw ConfigurationError.invalid("\(name): cpus must list CPU numbers 0…63")
+        }
+        guard ["on-attach", "always", "never"].contains(restart) else {
+            throw ConfigurationError.invalid("\(name): restart must be \"on-attach\", \"always\" or \"never\", not '\(restart)'")
         }
         guard (0...64).contains(echoDevices) else { throw ConfigurationError.invalid("\(name): echo_devices must be 0…64") }
         for service in integrationServices where !Self.allIntegrationServices.contains(service) {

@@ -47,6 +47,31 @@ public struct PartitionStatus: Codable, Sendable {
     public var ide: IDEStatus?
     /// Emulated NICs: the DEC 21140, then the NE2000 (absent when there are none).
     public var legacyNICs: [LegacyNICStatus]?
+    /// The worker process serving the partition (absent with isolation = "none").
+    public var worker: WorkerStatus?
+
+    /// A partition with nothing to report but its state ("not answering", "failed", "starting").
+    static func bare(id: UInt32, configuration: PartitionConfiguration, socket: String, state: String) -> PartitionStatus {
+        PartitionStatus(id: id, name: configuration.name, socket: socket, state: state, carrier: configuration.carrier, guest: nil,
+                        agentPID: nil, attachCount: 0, memoryMiB: configuration.memoryMiB, vmbusVersion: nil, uptimeSeconds: nil, hypercalls: 0,
+                        signals: 0, messagesIn: 0, messagesOut: 0, malformedMessages: 0, heartbeat: nil, vps: [], channels: [], nics: nil)
+    }
+}
+
+/// A partition's worker process, as its supervisor sees it.
+public struct WorkerStatus: Codable, Sendable {
+    /// The worker's pid (in the host's PID namespace); nil while none runs.
+    public var pid: Int32?
+    /// "starting", "serving", "failed" or "stopped".
+    public var state: String
+    /// Workers started for the partition so far (1 + restarts).
+    public var starts: Int
+    /// How the last worker ended ("killed by signal 9 (SIGKILL)", "exited with status 78: …").
+    public var lastExit: String?
+    /// Seccomp filter and capability drop in force.
+    public var confined: Bool
+    /// The restart policy: on-attach, always or never.
+    public var restart: String
 }
 
 /// The emulated IDE channel's counters, since the host started.
@@ -166,10 +191,7 @@ extension PartitionService {
                 legacyNICs: legacyNICStatus)
         }
         // A partition thread that does not answer is reported as such; the others still are.
-        return snapshot ?? PartitionStatus(
-            id: id, name: configuration.name, socket: carrier.address, state: "not answering", carrier: carrier.kind, guest: nil,
-            agentPID: nil, attachCount: 0, memoryMiB: configuration.memoryMiB, vmbusVersion: nil, uptimeSeconds: nil, hypercalls: 0,
-            signals: 0, messagesIn: 0, messagesOut: 0, malformedMessages: 0, heartbeat: nil, vps: [], channels: [], nics: nil)
+        return snapshot ?? .bare(id: id, configuration: configuration, socket: carrier.address, state: "not answering")
     }
 }
 
@@ -199,6 +221,10 @@ extension HostStatus {
                 + (p.vmbusVersion.map { ", VMBus \($0)" } ?? "")
                 + ", \(p.memoryMiB) MiB, attaches \(p.attachCount)" + (p.heartbeat.map { ", heartbeat \($0)" } ?? "")
                 + ", socket \(p.socket)")
+            if let w = p.worker {
+                lines.append("  worker " + (w.pid.map { "pid \($0)" } ?? "none") + " \(w.state)\(w.confined ? ", confined" : ""), started \(w.starts)×, restart \(w.restart)"
+                    + (w.lastExit.map { ", last exit: \($0)" } ?? ""))
+            }
             if p.state == "attached" {
                 lines.append("  hypercalls \(p.hypercalls)  port I/O exits \(p.portIOExits)  IRQs \(p.lineInterrupts)  doorbell signals \(p.signals)  messages in/out \(p.messagesIn)/\(p.messagesOut)  malformed \(p.malformedMessages)")
                 lines.append("  VP  interrupts  msgs-delivered  queued  events  EOMs")

@@ -89,13 +89,9 @@ final class PartitionDevices {
             let mac = nic.macAddress(partitionID: id, index: index)
             let vsp = NetworkVSP(instanceID: instance(0x200 + UInt64(index)), port: tap, mac: mac, mtu: nic.mtu, logger: logger)
             vsp.maximumQueues = queues
-            let (name, netns) = (tap.name, nic.netns)
-            vsp.openQueuePort = { [logger] _ in
-                do { return try TapDevice(name: name, namespace: netns, multiQueue: true) } catch {
-                    logger.warning("TAP \(name): no further queue: \(error)")
-                    return nil
-                }
-            }
+            // Every queue the guest may use is opened now: a confined worker opens no devices later.
+            let pool = TapQueuePool(name: tap.name, namespace: nic.netns, count: queues - 1, logger: logger)
+            vsp.openQueuePort = { _ in pool.take() }
             nics.append(vsp)
             logger.info("\(configuration.name): NIC \(index) = TAP \(tap.name)\(nic.netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(mac)), MTU \(nic.mtu)")
         }

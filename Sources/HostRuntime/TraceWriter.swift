@@ -29,6 +29,12 @@ public final class TraceWriter: @unchecked Sendable {
         handle = h
     }
 
+    /// Writes to a trace file opened by another process (a partition worker's, opened by its
+    /// supervisor with O_APPEND, so the workers' lines do not overwrite each other).
+    public init(adopting fd: Int32) {
+        handle = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
+    }
+
     deinit { try? handle.close() }
 
     func emit(_ fields: [(String, JSONValue)]) {

@@ -1,4 +1,4 @@
-// The running host: partition services, the control socket for `status`, and signal-driven shutdown.
+// The running host: the partitions (worker processes or threads), the control socket, signal-driven shutdown.
 
 import CSystem
 import Foundation
@@ -9,70 +9,130 @@ import PartitionLink
 import QEMUCarrier
 import Synchronization
 
-/// `viridian-host run`: starts one service per partition and answers `status` on the control
-/// socket until SIGTERM, SIGINT or SIGHUP; then rescinds, tells agents, removes its sockets.
+/// `viridian-host run`: serves every configured partition and answers the control socket until
+/// SIGTERM, SIGINT or SIGHUP; then rescinds, tells agents, removes its sockets.
+///
+/// With isolation = "process" (the default) the host is a supervisor: each partition runs in a
+/// worker process of its own (`SupervisedPartition`, `PartitionWorker`), confined, holding only
+/// that partition's images, TAPs and sockets. A worker that dies is reported in `status`, the
+/// others go on serving, and it starts again by the partition's restart policy. Control requests
+/// are handed to the worker with their connection; `status` asks every worker, each for at most
+/// two seconds. With isolation = "none" the partitions are threads of this process.
 public final class ViridianHostService: @unchecked Sendable {
     public let configuration: HostConfiguration
-    public let partitions: [PartitionService]
+    let partitions: [any PartitionHandle]
     let logger: Logger
-    let trace: TraceWriter?
     let controlFD: Int32
     let controlPath: String
     let stopRequest: EventFD
     /// Control connections being served now.
     let activeControl = Atomic<Int>(0)
+    let traceFD: Int32?
 
     public init(configuration: HostConfiguration, tracePath: String?, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
         let dir = configuration.resolvedRuntimeDir
         try RuntimeDirectory.prepare(dir)
-        let trace = try tracePath.map { try TraceWriter(path: $0) }
-        self.trace = trace
-        partitions = try configuration.partition.enumerated().map { i, p in
-            let id = UInt32(i + 1)
-            let carrier: any HostCarrier
-            if p.carrier == "qemu" {
-                carrier = try QEMUHostCarrier(socketPath: configuration.ivshmemSocketPath(for: p), ramFile: configuration.ramFilePath(for: p),
-                                              partitionID: id, name: p.name, vps: p.vps, memoryBytes: UInt64(p.memoryMiB) << 20, logger: logger)
-            } else {
-                carrier = try LinkHostCarrier(socketPath: configuration.socketPath(for: p),
-                                              welcome: .init(partitionID: id, vpCount: UInt32(p.vps), memoryBytes: UInt64(p.memoryMiB) << 20,
-                                                             cpuMask: p.cpuMask, name: p.name), logger: logger)
+        if configuration.isolated {
+            // One trace file for all workers, appended to (each line is one write).
+            let traceFD = try tracePath.map { path in
+                let fd = viridian_open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o644)
+                guard fd >= 0 else { throw ConfigurationError.invalid("cannot open trace file \(path): \(String(cString: strerror(errno)))") }
+                return fd
             }
-            return try PartitionService(configuration: p, id: id, carrier: carrier, imageDirectory: configuration.resolvedImageDir,
-                                        logger: logger, trace: trace)
+            self.traceFD = traceFD
+            partitions = try configuration.partition.enumerated().map { i, p in
+                let start = WorkerStart(partition: p, id: UInt32(i + 1), imageDirectory: configuration.resolvedImageDir,
+                                        socketPath: p.carrier == "qemu" ? configuration.ivshmemSocketPath(for: p) : configuration.socketPath(for: p),
+                                        ramFile: configuration.ramFilePath(for: p), trace: traceFD != nil)
+                return try SupervisedPartition(configuration: p, id: UInt32(i + 1), start: start, traceFD: traceFD, logger: logger, logLevel: logger.logLevel)
+            }
+        } else {
+            traceFD = nil
+            let trace = try tracePath.map { try TraceWriter(path: $0) }
+            partitions = try configuration.partition.enumerated().map { i, p in
+                let id = UInt32(i + 1)
+                let carrier: any HostCarrier
+                if p.carrier == "qemu" {
+                    carrier = try QEMUHostCarrier(socketPath: configuration.ivshmemSocketPath(for: p), ramFile: configuration.ramFilePath(for: p),
+                                                  partitionID: id, name: p.name, vps: p.vps, memoryBytes: UInt64(p.memoryMiB) << 20, logger: logger)
+                } else {
+                    carrier = try LinkHostCarrier(socketPath: configuration.socketPath(for: p),
+                                                  welcome: .init(partitionID: id, vpCount: UInt32(p.vps), memoryBytes: UInt64(p.memoryMiB) << 20,
+                                                                 cpuMask: p.cpuMask, name: p.name), logger: logger)
+                }
+                return ThreadPartition(try PartitionService(configuration: p, id: id, carrier: carrier, imageDirectory: configuration.resolvedImageDir,
+                                                            logger: logger, trace: trace))
+            }
         }
         controlPath = configuration.controlSocketPath
-        controlFD = try UnixSocket.listen(path: controlPath, type: Int32(SOCK_STREAM.rawValue))
         stopRequest = try EventFD()
+        // The workers start before the control socket appears: once it does, every partition serves.
+        do {
+            for p in partitions {
+                if let supervised = p as? SupervisedPartition { try supervised.spawn() } else { (p as? ThreadPartition)?.service.start() }
+            }
+        } catch {
+            Self.stop(partitions)
+            throw error
+        }
+        controlFD = try UnixSocket.listen(path: controlPath, type: Int32(SOCK_STREAM.rawValue))
     }
 
     deinit {
         close(controlFD)
         unlink(controlPath)
+        if let traceFD { close(traceFD) }
     }
 
     /// Runs until a stop signal or `requestStop()`.
     public func run(handleSignals: Bool = true) throws {
         if handleSignals { _ = viridian_route_signals_to(stopRequest.fd) }
-        for p in partitions { p.start() }
-        for p in partitions { logger.notice("partition \(p.configuration.name) (\(p.carrier.kind)) listening on unix:\(p.carrier.address)") }
+        for p in partitions {
+            let address = configuration.partition.first { $0.name == p.configuration.name }.map {
+                $0.carrier == "qemu" ? configuration.ivshmemSocketPath(for: $0) : configuration.socketPath(for: $0)
+            } ?? ""
+            logger.notice("partition \(p.configuration.name) (\(p.configuration.carrier)\(configuration.isolated ? ", worker process" : "")) listening on unix:\(address)")
+        }
         logger.notice("control socket unix:\(controlPath)")
-        var fds = [pollfd(fd: controlFD, events: Int16(POLLIN), revents: 0), pollfd(fd: stopRequest.fd, events: Int16(POLLIN), revents: 0)]
+        let supervised = partitions.compactMap { $0 as? SupervisedPartition }
         while true {
-            if poll(&fds, 2, -1) < 0 { if errno == EINTR { continue } else { break } }
+            var fds = [pollfd(fd: controlFD, events: Int16(POLLIN), revents: 0), pollfd(fd: stopRequest.fd, events: Int16(POLLIN), revents: 0)]
+            var owners: [SupervisedPartition] = []
+            for p in supervised {
+                guard let fd = p.watchedDescriptor else { continue }
+                fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+                owners.append(p)
+            }
+            let now = viridian_now_ns()
+            let timeout = supervised.compactMap(\.deadline).min().map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + 1) } ?? -1
+            if poll(&fds, nfds_t(fds.count), timeout) < 0 { if errno == EINTR { continue } else { break } }
             if fds[1].revents != 0 { break }
             if fds[0].revents != 0 { serveControl() }
+            for (i, p) in owners.enumerated() where fds[i + 2].revents != 0 { p.descriptorReady() }
+            let later = viridian_now_ns()
+            for p in supervised { p.tick(now: later) }
         }
         logger.notice("shutting down: rescinding channels, detaching agents")
-        for p in partitions { p.stop() }
+        Self.stop(partitions)
+    }
+
+    /// Stops every partition at once (workers stop in parallel).
+    private static func stop(_ all: [any PartitionHandle]) {
+        DispatchQueue.concurrentPerform(iterations: all.count) { all[$0].stop() }
     }
 
     public func requestStop() { stopRequest.ring() }
 
     public func status() -> HostStatus {
-        HostStatus(pid: getpid(), partitions: partitions.map { $0.status() })
+        let all = partitions
+        let results = Mutex([PartitionStatus?](repeating: nil, count: all.count))
+        DispatchQueue.concurrentPerform(iterations: all.count) { i in
+            let s = all[i].status()
+            results.withLock { $0[i] = s }
+        }
+        return HostStatus(pid: getpid(), partitions: results.withLock { $0.compactMap { $0 } })
     }
 
     /// One request per connection, each on its own thread (a copy-file runs for minutes while
@@ -82,8 +142,7 @@ public final class ViridianHostService: @unchecked Sendable {
         guard client >= 0 else { return }
         guard activeControl.add(1, ordering: .relaxed).newValue <= Self.maximumControlConnections else {
             activeControl.subtract(1, ordering: .relaxed)
-            Self.writeAll(client, Data("{\"ok\":false,\"error\":\"too many control requests at once\"}".utf8))
-            close(client)
+            ControlConnection.finish(client, Data("{\"ok\":false,\"error\":\"too many control requests at once\"}".utf8))
             return
         }
         Thread.detachNewThread { [self] in
@@ -96,39 +155,16 @@ public final class ViridianHostService: @unchecked Sendable {
     static let maximumControlConnections = 32
 
     private func serveConnection(_ client: Int32) {
-        defer { close(client) }
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var buffer = [UInt8](repeating: 0, count: 8192)
-        var length = 0
-        while length < buffer.count, !buffer[0..<length].contains(UInt8(ascii: "\n")) {
-            let n = buffer.withUnsafeMutableBytes { read(client, $0.baseAddress! + length, $0.count - length) }
-            if n <= 0 { break }
-            length += n
+        guard let request = ControlConnection.readRequest(client) else {
+            return ControlConnection.finish(client, Data("{\"ok\":false,\"error\":\"malformed request\"}".utf8))
         }
-        let line = String(decoding: buffer[0..<length], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        let request = line == "status" ? ControlRequest(op: "status") : (try? JSONDecoder().decode(ControlRequest.self, from: Data(line.utf8)))
-        // A requester that closed its end (or sent more than its one line) is gone: progress stops there.
-        let emit: (Data) -> Bool = { data in
-            var p = pollfd(fd: client, events: Int16(POLLIN) | 0x2000 /* POLLRDHUP */, revents: 0)
-            if poll(&p, 1, 0) > 0 { return false }
-            return Self.writeAll(client, data)
+        if request.op == "status" { return ControlConnection.finish(client, ControlConnection.encode(status())) }
+        guard let name = request.partition, let partition = partitions.first(where: { $0.configuration.name == name }) else {
+            return ControlConnection.finish(client, ControlConnection.encode(ControlReply.failure("no partition named '\(request.partition ?? "")'")))
         }
-        let reply = request.map { answer($0, emit: emit) } ?? Data("{\"ok\":false,\"error\":\"malformed request\"}".utf8)
-        Self.writeAll(client, reply)
-    }
-
-    @discardableResult
-    static func writeAll(_ fd: Int32, _ data: Data) -> Bool {
-        data.withUnsafeBytes { raw in
-            var sent = 0
-            while sent < raw.count {
-                let w = Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
-                if w < 0 && errno == EINTR { continue }
-                if w <= 0 { return false }
-                sent += w
-            }
-            return true
+        switch ControlResource.open(for: request) {
+        case .failure(let failure): ControlConnection.finish(client, ControlConnection.encode(ControlReply.failure(failure.why)))
+        case .success(let resource): partition.serve(request, client: client, resource: resource)
         }
     }
 

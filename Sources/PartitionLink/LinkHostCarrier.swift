@@ -66,14 +66,15 @@ public final class LinkHostCarrier: HostCarrier {
     }
 
     /// Listens on `socketPath` for the agent of the partition `welcome` describes.
-    public init(socketPath: String, welcome: LinkFrame.Welcome, logger: Logger) throws(LinkError) {
+    /// `listener`: a socket already bound to `socketPath` (a partition worker's), else one is bound here.
+    public init(socketPath: String, welcome: LinkFrame.Welcome, listener: LinkListener? = nil, logger: Logger) throws(LinkError) {
         guard welcome.vpCount >= 1, Int(welcome.vpCount) <= VPBlock.maximumVPs else {
             throw .malformed("a partition link serves 1 to \(VPBlock.maximumVPs) VPs, not \(welcome.vpCount)")
         }
         self.socketPath = socketPath
         self.welcome = welcome
         self.logger = logger
-        listener = try LinkListener(path: socketPath)
+        if let listener { self.listener = listener } else { self.listener = try LinkListener(path: socketPath) }
     }
 
     /// The attached agent's pid, if any.

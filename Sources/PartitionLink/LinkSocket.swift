@@ -65,16 +65,27 @@ public final class LinkSocket: @unchecked Sendable {
 public final class LinkListener: @unchecked Sendable {
     public let fd: Int32
     public let path: String
+    /// Whether this listener made the socket file (and removes it when it goes).
+    let ownsPath: Bool
 
     /// Binds `path`, replacing a stale socket file left by a dead host.
     public init(path: String) throws(LinkError) {
         fd = try UnixSocket.listen(path: path, type: Int32(SOCK_SEQPACKET.rawValue))
         self.path = path
+        ownsPath = true
+    }
+
+    /// Takes over a listening socket bound by another process (a partition worker's, bound by its
+    /// supervisor): the descriptor is closed when the listener goes, the socket file is left.
+    public init(adopting fd: Int32, path: String) {
+        self.fd = fd
+        self.path = path
+        ownsPath = false
     }
 
     deinit {
         Glibc.close(fd)
-        unlink(path)
+        if ownsPath { unlink(path) }
     }
 
     /// Accepts one connection.

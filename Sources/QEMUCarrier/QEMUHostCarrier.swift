@@ -38,6 +38,7 @@ public final class QEMUHostCarrier: HostCarrier {
     /// The guest's RAM, mapped from `ramFile` for as long as the partition lives.
     public let memory: GuestPhysicalMemory
     let listenFD: Int32
+    private let ownsSocket: Bool
     let sharedFD: Int32
     let shared: UnsafeMutableRawPointer
     let header: GlueSharedHeader
@@ -64,8 +65,10 @@ public final class QEMUHostCarrier: HostCarrier {
     }
 
     /// Maps (creating if missing) `ramFile` of `memoryBytes` and listens on `socketPath` for QEMU.
+    /// `listenFD`: a socket already bound to `socketPath` (a partition worker's); it is closed but
+    /// its file left when the carrier goes. Without it the carrier binds `socketPath` itself.
     public init(socketPath: String, ramFile: String, partitionID: UInt32, name: String, vps: Int, memoryBytes: UInt64,
-                logger: Logger) throws {
+                listenFD adopted: Int32? = nil, logger: Logger) throws {
         guard (1...Self.maximumVPs).contains(vps) else { throw LinkError.malformed("a QEMU guest has 1…\(Self.maximumVPs) VPs, not \(vps)") }
         self.socketPath = socketPath
         self.ramFile = ramFile
@@ -101,12 +104,13 @@ public final class QEMUHostCarrier: HostCarrier {
         header.name = name
         header.hostState = UInt32(VGLUE_HOST_SERVING)
         header.magic = GlueSharedHeader.magic
-        listenFD = try UnixSocket.listen(path: socketPath, type: Int32(SOCK_STREAM.rawValue), backlog: 4)
+        ownsSocket = adopted == nil
+        listenFD = try adopted ?? UnixSocket.listen(path: socketPath, type: Int32(SOCK_STREAM.rawValue), backlog: 4)
     }
 
     deinit {
         Glibc.close(listenFD)
-        unlink(socketPath)
+        if ownsSocket { unlink(socketPath) }
         munmap(shared, Self.sharedSize)
         Glibc.close(sharedFD)
     }

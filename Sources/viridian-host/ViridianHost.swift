@@ -14,7 +14,24 @@ struct ViridianHost: ParsableCommand {
         commandName: "viridian-host",
         abstract: "Viridian's VMM: partitions, SynIC, hypercalls, the VMBus server and its devices.",
         version: ViridianVersion.current,
-        subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Backup.self, CopyFile.self, Disk.self, NIC.self, Demo.self])
+        subcommands: [Run.self, Status.self, Shutdown.self, Reboot.self, Hibernate.self, KVP.self, Backup.self, CopyFile.self, Disk.self, NIC.self, Demo.self,
+                      Worker.self])
+}
+
+/// The partition worker `run` starts for each partition (isolation = "process"); not for users.
+struct Worker: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve one partition for a supervising `viridian-host run` (descriptors 3–5 from it).", shouldDisplay: false)
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() throws {
+        guard fcntl(3, F_GETFD) >= 0 else {
+            throw ValidationError("viridian-host worker is started by `viridian-host run`, which hands it its partition")
+        }
+        let code = PartitionWorker.run(logger: logging.makeLogger("viridian.host", default: .notice))
+        if code != 0 { throw ExitCode(code) }
+    }
 }
 
 struct Run: ParsableCommand {

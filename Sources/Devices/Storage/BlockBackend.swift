@@ -42,16 +42,29 @@ public final class FileBackend: BlockBackend, @unchecked Sendable {
     public let isReadOnly: Bool
 
     /// Opens `path`; creates a sparse file of `createSize` bytes if it does not exist.
-    public init(path: String, readOnly: Bool = false, createSize: UInt64? = nil) throws(BlockError) {
+    public convenience init(path: String, readOnly: Bool = false, createSize: UInt64? = nil) throws(BlockError) {
+        try self.init(adopting: Self.open(path: path, readOnly: readOnly, create: createSize != nil), path: path, readOnly: readOnly,
+                      createSize: createSize)
+    }
+
+    /// Opens an image the way `init(path:)` does and returns the descriptor (a supervisor opens
+    /// images for the partition worker that serves them).
+    public static func open(path: String, readOnly: Bool, create: Bool) throws(BlockError) -> Int32 {
         // O_NOFOLLOW: a path whose last component is a symbolic link is refused (ELOOP), so a
         // path given over the control socket cannot be pointed at another file.
         var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW
-        if createSize != nil && !readOnly { flags |= O_CREAT }
-        let fd = open(path, flags, 0o644)
+        if create && !readOnly { flags |= O_CREAT }
+        let fd = Glibc.open(path, flags, 0o644)
         guard fd >= 0 else {
             let e = errno
             throw .system(call: e == ELOOP ? "open(\(path)): a symbolic link (give the image's own path)" : "open(\(path))", errno: e)
         }
+        return fd
+    }
+
+    /// Serves the image open on `fd` (taken over: closed when the backend goes, or on failure);
+    /// an empty file becomes `createSize` bytes (sparse).
+    public init(adopting fd: Int32, path: String, readOnly: Bool, createSize: UInt64? = nil) throws(BlockError) {
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let e = errno
