@@ -91,6 +91,8 @@ final class SCSIBlockDevice: NBDBlockDevice, @unchecked Sendable {
         guard let c else { return NBD.Error.io }
         if c.isGood { return NBD.Error.ok }
         switch c.senseKey {
+        // DATA PROTECT, SPACE ALLOCATION FAILED: the host's image store is full.
+        case 0x07? where c.sense.count > 13 && c.sense[12] == 0x27 && c.sense[13] == 0x07: return NBD.Error.nospc
         case 0x07?: return NBD.Error.perm
         case 0x05? where c.sense.count > 12 && c.sense[12] == 0x21: return NBD.Error.nospc
         case 0x05?: return NBD.Error.inval

@@ -305,3 +305,54 @@ struct ImageFileTests {
         #expect(try FileBackend(path: image.path).sizeBytes == 1 << 20)
     }
 }
+
+/// An image store that fills up: writes past `room` bytes fail with ENOSPC, reads see what fit.
+final class FillingBackend: BlockBackend {
+    var bytes: [UInt8]
+    var room: Int
+    var isReadOnly: Bool { false }
+    var sizeBytes: UInt64 { UInt64(bytes.count) }
+    init(size: Int, room: Int) {
+        bytes = [UInt8](repeating: 0, count: size)
+        self.room = room
+    }
+    func read(offset: UInt64, into segments: [UnsafeMutableRawBufferPointer]) throws(BlockError) {
+        var at = Int(offset)
+        for s in segments {
+            guard at + s.count <= bytes.count else { throw .outOfRange }
+            bytes.withUnsafeBytes { s.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[at..<at + s.count])) }
+            at += s.count
+        }
+    }
+    func write(offset: UInt64, from segments: [UnsafeRawBufferPointer]) throws(BlockError) {
+        var at = Int(offset)
+        for s in segments {
+            guard at + s.count <= room else { throw .system(call: "pwrite", errno: ENOSPC) }
+            bytes.replaceSubrange(at..<at + s.count, with: s)
+            at += s.count
+        }
+    }
+    func flush() throws(BlockError) {}
+    func discard(offset: UInt64, length: UInt64) throws(BlockError) {}
+}
+
+@Suite("A full image store")
+struct FullImageStoreTests {
+    @Test("A write the image's file system has no room for: CHECK CONDITION, DATA PROTECT / SPACE ALLOCATION FAILED (07/27/07); what was written before reads back intact")
+    func spaceAllocationFailed() throws {
+        let backend = FillingBackend(size: 1 << 20, room: 64 * 1024)
+        let disk = SCSIDisk(backend: backend, serial: "FULL")
+        var block = [UInt8](repeating: 0xA5, count: 4096)
+        let write10: (UInt32) -> [UInt8] = { lba in [0x2A, 0, UInt8(lba >> 24), UInt8(truncatingIfNeeded: lba >> 16), UInt8(truncatingIfNeeded: lba >> 8), UInt8(truncatingIfNeeded: lba), 0, 0, 8, 0] }
+        let fits = block.withUnsafeMutableBytes { disk.execute(cdb: write10(0), data: SCSIData(segments: [$0])) }
+        #expect(fits == .good(4096))
+        let full = block.withUnsafeMutableBytes { disk.execute(cdb: write10(1024), data: SCSIData(segments: [$0])) }
+        #expect(full == .check(.spaceAllocationFailed))
+        #expect(full.sense?.bytes[2] == 0x07 && full.sense?.bytes[12] == 0x27 && full.sense?.bytes[13] == 0x07)
+        // Other write failures stay MEDIUM ERROR / WRITE ERROR.
+        #expect(SenseData.writeFailure(.system(call: "pwrite", errno: EIO)) == .writeError)
+        block = [UInt8](repeating: 0, count: 4096)
+        let read = block.withUnsafeMutableBytes { disk.execute(cdb: [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0], data: SCSIData(segments: [$0])) }
+        #expect(read == .good(4096) && block.allSatisfy { $0 == 0xA5 })
+    }
+}

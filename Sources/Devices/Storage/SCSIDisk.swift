@@ -1,5 +1,6 @@
 // A SCSI direct-access logical unit over a block backend: the commands Linux's sd and storvsc send.
 
+import Glibc
 import VMBusWire
 
 /// Fixed-format sense data.
@@ -17,6 +18,15 @@ public struct SenseData: Equatable, Sendable {
     public static let mediumNotPresent = SenseData(key: 0x02, asc: 0x3A, ascq: 0)
     public static let mediumError = SenseData(key: 0x03, asc: 0x11, ascq: 0)
     public static let writeError = SenseData(key: 0x03, asc: 0x0C, ascq: 0)
+    /// DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (SBC-3 4.7.3.7): the image's file
+    /// system is full (ENOSPC, EDQUOT), as a thin-provisioned disk reports it (QEMU's scsi-disk too).
+    public static let spaceAllocationFailed = SenseData(key: 0x07, asc: 0x27, ascq: 0x07)
+
+    /// The sense for a failed write or flush: out of space, else a write error.
+    public static func writeFailure(_ error: BlockError) -> SenseData {
+        if case .system(_, let e) = error, e == ENOSPC || e == EDQUOT { return .spaceAllocationFailed }
+        return .writeError
+    }
 
     /// 18 bytes, response code 0x70.
     public var bytes: [UInt8] {
@@ -176,7 +186,7 @@ public final class SCSIDisk: @unchecked Sendable {
         case 0x08, 0x0A, 0x28, 0x2A, 0xA8, 0xAA, 0x88, 0x8A:
             return readWrite(cdb, data)
         case 0x35, 0x91:  // SYNCHRONIZE CACHE (10) / (16)
-            do { try backend.flush() } catch { return .check(.writeError) }
+            do { try backend.flush() } catch { return .check(SenseData.writeFailure(error)) }
             return .good()
         case 0x42:
             return unmap(cdb, data)
@@ -288,7 +298,7 @@ public final class SCSIDisk: @unchecked Sendable {
                 try backend.read(offset: offset, into: data.mutablePrefix(bytes))
             }
         } catch {
-            return .check(isWrite ? .writeError : .mediumError)
+            return .check(isWrite ? SenseData.writeFailure(error) : .mediumError)
         }
         return .good(bytes)
     }
@@ -308,7 +318,7 @@ public final class SCSIDisk: @unchecked Sendable {
             if count == 0 { continue }
             do {
                 try backend.discard(offset: lba * UInt64(Self.blockSize), length: count * UInt64(Self.blockSize))
-            } catch { return .check(.writeError) }
+            } catch { return .check(SenseData.writeFailure(error)) }
         }
         return .good()
     }
@@ -326,15 +336,15 @@ public final class SCSIDisk: @unchecked Sendable {
                 guard data.count >= Self.blockSize else { return .check(.invalidField) }
                 let block = data.gather(Self.blockSize)
                 let backend = self.backend
-                let written = block.withUnsafeBytes { b -> Bool in
+                let failure = block.withUnsafeBytes { b -> BlockError? in
                     for i in 0..<blocks {
-                        do { try backend.write(offset: (lba + i) * UInt64(Self.blockSize), from: [b]) } catch { return false }
+                        do throws(BlockError) { try backend.write(offset: (lba + i) * UInt64(Self.blockSize), from: [b]) } catch { return error }
                     }
-                    return true
+                    return nil
                 }
-                guard written else { return .check(.writeError) }
+                if let failure { return .check(SenseData.writeFailure(failure)) }
             }
-        } catch { return .check(.writeError) }
+        } catch { return .check(SenseData.writeFailure(error)) }
         return .good()
     }
 }
