@@ -164,7 +164,7 @@ let package = Package(
         .testTarget(
             name: "ProcessTests",
             dependencies: [
-                "PartitionLink", "HostRuntime", "AgentRuntime", "VMBusWire", "VMBusClient", "GuestMemory", "CSystem",
+                "PartitionLink", "HostRuntime", "AgentRuntime", "VMBusWire", "VMBusClient", "GuestMemory", "CSystem", "NBD",
                 .product(name: "Atomics", package: "swift-atomics"), .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),

@@ -30,6 +30,11 @@ public final class NBDServer: @unchecked Sendable {
         unlink(path)
     }
 
+    /// Connections served at once; more are closed at once.
+    public static let maximumConnections = 16
+    /// Requests and unsent replies one connection may hold (its reader waits beyond).
+    public static var maximumQueued: Int { NBDConnection.maximumQueued }
+
     /// Starts accepting connections.
     public func start() {
         let box = Unmanaged.passRetained(self)
@@ -57,14 +62,21 @@ public final class NBDServer: @unchecked Sendable {
                 if errno == EINTR { continue }
                 return
             }
-            let rejected = stateLock.locked { () -> Bool in
-                if stopping { return true }
+            let admitted = stateLock.locked { () -> Bool? in
+                if stopping { return nil }
+                guard connections.count < Self.maximumConnections else { return false }
                 connections.insert(fd)
-                return false
+                return true
             }
-            if rejected {
+            guard let admitted else {
                 close(fd)
                 return
+            }
+            guard admitted else {
+                // One thread and its buffers per connection: a client opening many makes no more.
+                logger.warning("nbd: \(Self.maximumConnections) connections already; refusing another")
+                close(fd)
+                continue
             }
             let connection = NBDConnection(fd: fd, server: self)
             var thread = pthread_t()
@@ -146,6 +158,8 @@ final class NBDConnection: @unchecked Sendable {
     private var groupFlushPending = false
     private var replyMutex = pthread_mutex_t()
     private var replyReady = pthread_cond_t()
+    /// Signalled when queued replies go to the socket (or it fails): the reader may go on.
+    private var roomReady = pthread_cond_t()
 
     // Owned by the thread that set `sending`:
     /// The replies being written.
@@ -162,6 +176,7 @@ final class NBDConnection: @unchecked Sendable {
         defer { server.connectionEnded(fd) }
         pthread_mutex_init(&replyMutex, nil)
         pthread_cond_init(&replyReady, nil)
+        pthread_cond_init(&roomReady, nil)
         var sender: pthread_t?
         if pipelined != nil {
             var t = pthread_t()
@@ -228,6 +243,7 @@ final class NBDConnection: @unchecked Sendable {
         }
         sending = true
         swap(&replies, &outgoing)
+        pthread_cond_signal(&roomReady)
         let abandon = broken
         pthread_mutex_unlock(&replyMutex)
         let result = abandon ? (written: outgoing.count, failed: false) : writeOutgoing(blocking: false)
@@ -256,13 +272,17 @@ final class NBDConnection: @unchecked Sendable {
             }
             sending = true
             swap(&replies, &outgoing)
+            pthread_cond_signal(&roomReady)
             let abandon = broken
             pthread_mutex_unlock(&replyMutex)
             let failed = abandon ? false : writeOutgoing(blocking: true).failed
             for reply in outgoing { reply.release?() }
             outgoing.removeAll(keepingCapacity: true)
             pthread_mutex_lock(&replyMutex)
-            if failed { broken = true }
+            if failed {
+                broken = true
+                pthread_cond_signal(&roomReady)
+            }
             sending = false
         }
     }
@@ -464,8 +484,27 @@ final class NBDConnection: @unchecked Sendable {
 
     // MARK: Transmission
 
+    /// Requests at the device and replies not yet handed to the socket, per connection. The reader
+    /// waits at the limit: a client that keeps sending without reading its replies makes the
+    /// server hold no more (the replies being written add at most as many again).
+    static let maximumQueued = 256
+
+    private func waitForRoom() {
+        guard pipelined != nil else { return }
+        pthread_mutex_lock(&replyMutex)
+        let full = unsubmitted + inFlight + replies.count >= Self.maximumQueued
+        pthread_mutex_unlock(&replyMutex)
+        guard full else { return }
+        // Held requests go to the device first: their replies are what frees room.
+        submitBatch()
+        pthread_mutex_lock(&replyMutex)
+        while inFlight + replies.count >= Self.maximumQueued && !broken { pthread_cond_wait(&roomReady, &replyMutex) }
+        pthread_mutex_unlock(&replyMutex)
+    }
+
     private func transmission() throws(NBDSocketError) {
         while true {
+            waitForRoom()
             try receive(into: requestHeader)
             let request = UnsafeRawBufferPointer(requestHeader)
             guard request.loadBE(UInt32.self, at: 0) == NBD.requestMagic else { return }

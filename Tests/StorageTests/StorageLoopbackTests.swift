@@ -356,3 +356,37 @@ struct FullImageStoreTests {
         #expect(read == .good(4096) && block.allSatisfy { $0 == 0xA5 })
     }
 }
+
+@Suite("Synthetic storage: bounded queues")
+struct StorageBoundedQueueTests {
+    @Test("A guest that submits more than the VSP's outstanding limit: the host holds at most the limit and reads the rest as completions drain")
+    func outstandingLimit() throws {
+        let rw = try TempImage(size: 8 << 20), ro = try TempImage(size: 1 << 20)
+        let (machine, vsp, client) = try storageMachine(rw, ro)
+        let executor = DeferredExecutor()
+        vsp.executor = executor
+        vsp.maximumOutstanding = 16
+        var results: [Int: SCSICompletion] = [:]
+        var buffers: [GuestBuffer] = []
+        for i in 0..<40 {
+            let buffer = try GuestBuffer(client: machine.client, bytes: 512)
+            buffer.bytes.initializeMemory(as: UInt8.self, repeating: UInt8(i))
+            buffers.append(buffer)
+            #expect(client.execute(lun: 0, cdb: rw10(0x2A, lba: UInt32(i), blocks: 1), direction: .write, buffer: buffer, length: 512) { results[i] = $0 })
+        }
+        machine.pump()
+        #expect(vsp.inFlight == 16 && executor.jobs.count == 16, "in flight \(vsp.inFlight), jobs \(executor.jobs.count)")
+        // Completing jobs lets the VSP read on; it never holds more than the limit.
+        var peak = 0
+        while !executor.jobs.isEmpty {
+            let job = executor.jobs.removeFirst()
+            job.work()
+            job.then()
+            machine.pump()
+            peak = max(peak, vsp.inFlight)
+        }
+        #expect(peak <= 16 && results.count == 40 && results.values.allSatisfy(\.isGood), "peak \(peak), \(results.count) completed")
+        let image = rw.contents
+        for i in 0..<40 { #expect(image[(i * 512)..<(i * 512 + 512)].allSatisfy { $0 == UInt8(i) }, "block \(i)") }
+    }
+}

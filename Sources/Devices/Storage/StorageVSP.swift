@@ -32,6 +32,13 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
     private var pendingCompletions: [UInt32: [(transactionID: UInt64, packet: [UInt8])]] = [:]
     /// Commands handed to the executor and not yet completed.
     public private(set) var inFlight = 0
+    /// Commands a guest may have in the host at once, running or completed but not yet in its
+    /// ring. At the limit the VSP stops reading requests until completions drain, so a guest that
+    /// keeps submitting without draining its ring grows no host queue.
+    public var maximumOutstanding = 512
+    /// Channels whose requests wait for outstanding commands to drain.
+    private var throttled: Set<UInt32> = []
+    private func outstanding(_ relid: UInt32) -> Int { inFlight + (pendingCompletions[relid]?.count ?? 0) }
 
     public private(set) var requests: UInt64 = 0
     /// READs answered from the page cache without a worker.
@@ -94,6 +101,7 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
     public func close(_ channel: ChannelEndpoint) {
         open[channel.relid] = nil
         pendingCompletions[channel.relid] = nil
+        throttled.remove(channel.relid)
         if self.channel === channel {
             phase = .idle
             self.channel = nil
@@ -122,6 +130,10 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
         guard open[endpoint.relid] === endpoint else { return }  // the channel closed meanwhile
         pendingCompletions[endpoint.relid, default: []].append((transactionID, reply.encode(size: packetSize)))
         flushCompletions(endpoint)
+        if throttled.contains(endpoint.relid) && outstanding(endpoint.relid) <= maximumOutstanding / 2 {
+            throttled.remove(endpoint.relid)
+            channelSignalled(endpoint)
+        }
     }
 
     public func channelSignalled(_ channel: ChannelEndpoint) {
@@ -130,7 +142,13 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
         while true {
             var blocked = false
             do {
-                while let packet = try channel.reader.next() {
+                while true {
+                    guard outstanding(channel.relid) < maximumOutstanding else {
+                        throttled.insert(channel.relid)
+                        blocked = true
+                        break
+                    }
+                    guard let packet = try channel.reader.next() else { break }
                     if !serve(packet, channel) {
                         try channel.reader.putBack(packet)
                         channel.commitWrites()
