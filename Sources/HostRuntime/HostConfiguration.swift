@@ -277,6 +277,9 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         _ = try parsedVersions()
     }
 
+    /// The channels and TAP queues NIC `nic` offers (its `queues`, else one per VP up to 8).
+    public func queueCount(_ nic: NICConfiguration) -> Int { nic.queues ?? min(vps, 8) }
+
     /// Host CPUs as a bit mask (0 = any).
     public var cpuMask: UInt64 { (cpus ?? []).reduce(0) { $0 | 1 << UInt64($1) } }
 

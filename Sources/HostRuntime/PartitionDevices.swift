@@ -30,6 +30,8 @@ final class PartitionDevices {
     let workers: WorkerPool
     /// Synthetic network adapters, in configuration order.
     let nics: [NetworkVSP]
+    /// Each adapter's TAP (queue 0) and the pool of its further queues.
+    let taps: [(primary: TapDevice, pool: TapQueuePool)]
     let ide: ATAController?
     /// The PIIX4 IDE function in front of `ide` (ide_controller = "piix4").
     let piix4: PIIX4IDE?
@@ -76,9 +78,10 @@ final class PartitionDevices {
         }
         self.controllers = controllers
         var nics: [NetworkVSP] = []
+        var taps: [(primary: TapDevice, pool: TapQueuePool)] = []
         for (index, nic) in configuration.nic.enumerated() {
             let tap: TapDevice
-            let queues = nic.queues ?? min(configuration.vps, 8)
+            let queues = configuration.queueCount(nic)
             do {
                 tap = try TapDevice(name: nic.tap, namespace: nic.netns, multiQueue: queues > 1)
                 try tap.configure(mtu: nic.mtu, up: true)
@@ -93,9 +96,11 @@ final class PartitionDevices {
             let pool = TapQueuePool(name: tap.name, namespace: nic.netns, count: queues - 1, logger: logger)
             vsp.openQueuePort = { _ in pool.take() }
             nics.append(vsp)
+            taps.append((tap, pool))
             logger.info("\(configuration.name): NIC \(index) = TAP \(tap.name)\(nic.netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(mac)), MTU \(nic.mtu)")
         }
         self.nics = nics
+        self.taps = taps
         if configuration.ide.isEmpty {
             ide = nil
             piix4 = nil

@@ -103,6 +103,7 @@ public final class PartitionService: @unchecked Sendable {
         _ = viridian_epoll_add(epoll, wake.fd, Tag.wake)
         _ = viridian_epoll_add(epoll, workers.completions.fd, Tag.completions)
         for nic in nics { nic.attach(watcher: self) }
+        for (index, nic) in nics.enumerated() { nic.onPortLost = { [unowned self] in self.tapLost(index) } }
         try carrier.start(loop: self, delegate: self)
     }
 
@@ -147,6 +148,36 @@ public final class PartitionService: @unchecked Sendable {
         wake.ring()
         _ = done.poll(timeoutMs: Int(timeoutMs))
         return box.get()
+    }
+
+    /// How a lost TAP is brought back: a confined worker asks its supervisor (which calls
+    /// `restoreTAP` through the worker); nil: this process reopens it itself.
+    public var tapLostHandler: ((Int) -> Void)?
+
+    /// NIC `index`'s TAP is gone: it is reopened once an interface of its name exists again.
+    func tapLost(_ index: Int) {
+        logger.warning("\(configuration.name): NIC \(index)'s TAP \(configuration.nic[index].tap) is gone; the guest sees the link down until it returns")
+        if let tapLostHandler { return tapLostHandler(index) }
+        let nic = configuration.nic[index], queues = configuration.queueCount(nic)
+        Thread.detachNewThread { [weak self] in
+            while let self, self.running {
+                if let fds = TapRecovery.reopen(nic, queues: queues) {
+                    _ = self.perform { self.restoreTAP(index, fds) }
+                    return
+                }
+                usleep(500_000)
+            }
+        }
+    }
+
+    /// Puts a reopened TAP (one descriptor per queue, taken over) behind NIC `index`; on the partition thread.
+    public func restoreTAP(_ index: Int, _ fds: [Int32]) {
+        guard deviceSet.taps.indices.contains(index), let first = fds.first else { return fds.forEach { close($0) } }
+        let (primary, pool) = deviceSet.taps[index]
+        _ = primary.reattach(first)
+        pool.reattach(Array(fds.dropFirst()))
+        nics[index].portRestored()
+        logger.notice("\(configuration.name): NIC \(index)'s TAP \(configuration.nic[index].tap) is back")
     }
 
     /// Queues a job that keeps the partition thread busy (the test-only fault of the control socket).

@@ -41,6 +41,8 @@ public enum PartitionWorker {
             return 71
         }
         guard let stop = try? EventFD() else { return 71 }
+        // A confined worker opens no TAP: the supervisor reopens a lost one and hands it back.
+        service.tapLostHandler = { index in _ = channel.send(ControlRequest(op: "tap-lost", nic: String(index))) }
         _ = viridian_route_signals_to(stop.fd)
         service.start()
         _ = channel.send(WorkerReport(ready: true, error: nil, confined: true))
@@ -52,6 +54,10 @@ public enum PartitionWorker {
             guard fds[0].revents != 0 else { continue }
             // EOF: the supervisor is gone (or dropped us); stop as on SIGTERM.
             guard let (request, passed) = channel.receive(ControlRequest.self) else { break }
+            if request.op == "tap-restored", let index = request.nic.flatMap({ Int($0) }) {
+                if service.perform({ service.restoreTAP(index, passed) }) == nil { passed.forEach { close($0) } }
+                continue
+            }
             guard let client = passed.first else { continue }
             let resource = passed.count > 1 ? passed[1] : nil
             passed.dropFirst(2).forEach { close($0) }

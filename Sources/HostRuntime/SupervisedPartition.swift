@@ -60,6 +60,9 @@ final class SupervisedPartition: PartitionHandle, @unchecked Sendable {
         var confined = false
         /// When the next start may happen (restart = "always", or after a quick death).
         var notBefore: UInt64 = 0
+        /// NICs whose TAP the worker lost; the supervisor reopens each once it exists again.
+        var lostTAPs: Set<Int> = []
+        var nextTAPTry: UInt64 = 0
     }
     private let state = Mutex(State())
 
@@ -119,33 +122,70 @@ final class SupervisedPartition: PartitionHandle, @unchecked Sendable {
         logger.info("\(configuration.name): worker pid \(pid) serving (start \(state.withLock { $0.starts }))")
     }
 
-    /// What the main loop should watch for this partition: the worker's pidfd while one runs, the
-    /// listening socket while it waits to restart on attach, nothing otherwise.
-    var watchedDescriptor: Int32? {
+    /// What the main loop should watch for this partition: the worker's pidfd and channel while
+    /// one runs, the listening socket while it waits to restart on attach, nothing otherwise.
+    var watchedDescriptors: [Int32] {
         state.withLock { s in
             switch s.phase {
-            case .starting, .serving: return s.pidfd >= 0 ? s.pidfd : nil
-            case .failed where configuration.restart == "on-attach" && viridian_now_ns() >= s.notBefore: return listenFD
-            default: return nil
+            case .serving where s.pidfd >= 0: return [s.pidfd] + (s.channel.map { [$0.fd] } ?? [])
+            case .starting where s.pidfd >= 0: return [s.pidfd]
+            case .failed where configuration.restart == "on-attach" && viridian_now_ns() >= s.notBefore: return [listenFD]
+            default: return []
             }
         }
     }
 
-    /// When the main loop should call `tick` (a restart waits for it), if ever.
+    /// When the main loop should call `tick` (a restart or a TAP retry waits for it), if ever.
     var deadline: UInt64? {
-        state.withLock { s in s.phase == .failed && configuration.restart != "never" && s.notBefore > 0 ? s.notBefore : nil }
+        state.withLock { s in
+            if s.phase == .serving && !s.lostTAPs.isEmpty { return s.nextTAPTry }
+            return s.phase == .failed && configuration.restart != "never" && s.notBefore > 0 ? s.notBefore : nil
+        }
     }
 
-    /// The watched descriptor is ready: the worker ended (reap it), or a guest knocks (start one).
-    func descriptorReady() {
-        let (phase, pidfd) = state.withLock { ($0.phase, $0.pidfd) }
+    /// A watched descriptor is ready: the worker ended (reap it), asked for something, or a guest
+    /// knocks (start one).
+    func descriptorReady(_ fd: Int32) {
+        let (phase, pidfd, channel) = state.withLock { ($0.phase, $0.pidfd, $0.channel) }
         if phase == .failed { restart(reason: "a guest is connecting"); return }
+        if let channel, fd == channel.fd {
+            // EOF: the worker is going; its pidfd tells the rest.
+            guard let (request, fds) = channel.receive(ControlRequest.self) else { return state.withLock { $0.channel = nil } }
+            fds.forEach { close($0) }
+            if request.op == "tap-lost", let index = request.nic.flatMap({ Int($0) }), configuration.nic.indices.contains(index) {
+                logger.warning("\(configuration.name): the worker lost NIC \(index)'s TAP \(configuration.nic[index].tap); reopening it when it exists again")
+                state.withLock {
+                    $0.lostTAPs.insert(index)
+                    $0.nextTAPTry = viridian_now_ns()
+                }
+            }
+            return
+        }
         guard pidfd >= 0 else { return }
         reap()
     }
 
-    /// Time passed: a worker due to restart (restart = "always", or one spaced out) starts.
+    /// How often a lost TAP is looked for.
+    static let tapRetryNs: UInt64 = 500_000_000
+
+    /// Time passed: a worker due to restart (restart = "always", or one spaced out) starts; lost TAPs are looked for.
     func tick(now: UInt64) {
+        let (lost, due, channel) = state.withLock { ($0.lostTAPs, $0.nextTAPTry <= now, $0.channel) }
+        if !lost.isEmpty && due, let channel {
+            for index in lost.sorted() {
+                let nic = configuration.nic[index]
+                guard let fds = TapRecovery.reopen(nic, queues: configuration.queueCount(nic)) else { continue }
+                _ = channel.send(ControlRequest(op: "tap-restored", nic: String(index)), fds: fds)
+                fds.forEach { close($0) }
+                logger.notice("\(configuration.name): TAP \(nic.tap) exists again; handed to the worker")
+                _ = state.withLock { $0.lostTAPs.remove(index) }
+            }
+            state.withLock { $0.nextTAPTry = now + Self.tapRetryNs }
+        }
+        tickRestart(now: now)
+    }
+
+    private func tickRestart(now: UInt64) {
         let due = state.withLock { $0.phase == .failed && $0.notBefore > 0 && now >= $0.notBefore }
         guard due else { return }
         if configuration.restart == "always" {

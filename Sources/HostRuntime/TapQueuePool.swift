@@ -11,6 +11,8 @@ import SyntheticNetwork
 /// are detached (TUNSETQUEUE), so the kernel steers no frames to a descriptor nobody reads.
 final class TapQueuePool {
     private var idle: [TapDevice]
+    /// Every queue, idle or lent, in opening order.
+    let queues: [TapDevice]
 
     /// Opens `count` more queues of TAP `name`; fewer if the kernel refuses some (logged).
     init(name: String, namespace: String?, count: Int, logger: Logger) {
@@ -26,6 +28,18 @@ final class TapQueuePool {
             }
         }
         idle = queues
+        self.queues = queues
+    }
+
+    /// A TAP of the same name is back: `fds` (one per queue, in order) go behind the queues'
+    /// descriptors; idle ones are detached again. Extra descriptors are closed.
+    func reattach(_ fds: [Int32]) {
+        for (tap, fd) in zip(queues, fds) {
+            _ = tap.reattach(fd)
+            let lent = !idle.contains { $0 === tap }
+            _ = viridian_tap_queue_attach(tap.descriptor, lent ? 1 : 0)
+        }
+        for fd in fds.dropFirst(queues.count) { close(fd) }
     }
 
     /// Idle queues left.
@@ -61,4 +75,5 @@ private final class LentTapQueue: FramePort {
     func receive(_ iov: UnsafeBufferPointer<iovec>) -> Int? { tap.receive(iov) }
     func setOffload(_ flags: UInt32) { tap.setOffload(flags) }
     func setCarrier(_ on: Bool) { tap.setCarrier(on) }
+    var isLost: Bool { tap.isLost }
 }

@@ -101,16 +101,17 @@ public final class ViridianHostService: @unchecked Sendable {
             var fds = [pollfd(fd: controlFD, events: Int16(POLLIN), revents: 0), pollfd(fd: stopRequest.fd, events: Int16(POLLIN), revents: 0)]
             var owners: [SupervisedPartition] = []
             for p in supervised {
-                guard let fd = p.watchedDescriptor else { continue }
-                fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
-                owners.append(p)
+                for fd in p.watchedDescriptors {
+                    fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+                    owners.append(p)
+                }
             }
             let now = viridian_now_ns()
             let timeout = supervised.compactMap(\.deadline).min().map { Int32(clamping: ($0 > now ? $0 - now : 0) / 1_000_000 + 1) } ?? -1
             if poll(&fds, nfds_t(fds.count), timeout) < 0 { if errno == EINTR { continue } else { break } }
             if fds[1].revents != 0 { break }
             if fds[0].revents != 0 { serveControl() }
-            for (i, p) in owners.enumerated() where fds[i + 2].revents != 0 { p.descriptorReady() }
+            for (i, p) in owners.enumerated() where fds[i + 2].revents != 0 { p.descriptorReady(fds[i + 2].fd) }
             let later = viridian_now_ns()
             for p in supervised { p.tick(now: later) }
         }

@@ -5,11 +5,14 @@ import Foundation
 import Glibc
 
 /// One end of the channel between `viridian-host run` and a partition worker. A message is one
-/// JSON document (at most `maximumMessage` bytes) with up to four descriptors: the worker's start
-/// settings, its report, and the control connections handed to it.
+/// JSON document (at most `maximumMessage` bytes) with up to 16 descriptors: the worker's start
+/// settings, its report, the control connections handed to it, and reopened TAPs (one way), and
+/// the worker's requests for them (the other).
 final class WorkerChannel: @unchecked Sendable {
     let fd: Int32
     static let maximumMessage = 64 * 1024
+    /// Descriptors one message carries at most (a TAP's queues: up to 64 would exceed it; 16 do not).
+    static let maximumDescriptors = 16
 
     init(adopting fd: Int32) { self.fd = fd }
     deinit { close(fd) }
@@ -34,9 +37,9 @@ final class WorkerChannel: @unchecked Sendable {
     /// descriptors are closed then).
     func receive<T: Decodable>(_ type: T.Type) -> (T, [Int32])? {
         var buffer = [UInt8](repeating: 0, count: Self.maximumMessage)
-        var fds = [Int32](repeating: -1, count: 4)
+        var fds = [Int32](repeating: -1, count: Self.maximumDescriptors)
         var count: Int32 = 0
-        let n = viridian_recv_with_fds(fd, &buffer, buffer.count, &fds, 4, &count)
+        let n = viridian_recv_with_fds(fd, &buffer, buffer.count, &fds, Int32(Self.maximumDescriptors), &count)
         let received = Array(fds.prefix(Int(max(count, 0))))
         guard n > 0, let value = try? JSONDecoder().decode(T.self, from: Data(buffer[0..<n])) else {
             received.forEach { close($0) }

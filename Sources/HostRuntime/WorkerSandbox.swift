@@ -22,7 +22,7 @@ public enum WorkerSandbox {
     static let allowed = [
         // descriptors and I/O
         "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2",
-        "close", "dup", "dup3", "fcntl", "lseek", "fstat", "newfstatat", "statx", "ioctl",
+        "close", "dup", "dup2", "dup3", "fcntl", "lseek", "fstat", "newfstatat", "statx", "ioctl",
         "fsync", "fdatasync", "fallocate", "ftruncate", "sync_file_range",
         // sockets already open (the link, the supervisor channel, control connections passed in)
         "sendmsg", "recvmsg", "sendto", "recvfrom", "accept", "accept4", "shutdown", "getsockopt", "setsockopt",

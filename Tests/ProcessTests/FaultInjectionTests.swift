@@ -165,3 +165,32 @@ struct FaultInjectionTests {
         #expect(status.state == "attached" && status.worker?.state == "serving", "\(status.state)")
     }
 }
+
+@Suite("Fault injection: the host TAP", .serialized)
+struct TapLossTests {
+    @Test("The host TAP is deleted under the worker: the guest sees the link down; when a TAP of that name is made again the supervisor hands it back, the link returns and traffic flows")
+    func tapVanishes() throws {
+        guard getuid() == 0 else {
+            Issue.record("needs root for network namespaces and TAP devices")
+            return
+        }
+        let rig = NetworkRig(tag: "tv", subnet: 61)
+        defer { rig.tearDown() }
+        try rig.start()
+        #expect(rig.ping(from: rig.guestNS, rig.hostAddress).0 == 0, "\(rig.logs)")
+        try rig.check(ipCommand(["-n", rig.hostNS, "link", "del", rig.hostTap]), "deleting \(rig.hostTap)")
+        // The next frame either way meets the dead descriptor.
+        _ = rig.ping(from: rig.guestNS, rig.hostAddress, count: 1)
+        #expect(eventually(seconds: 10) { rig.flags(rig.guestNS, rig.guestTap).contains("NO-CARRIER") },
+                "the guest still sees carrier: \(rig.linkShow(rig.guestNS, rig.guestTap))\n\(rig.logs)")
+        #expect(try rig.nicStatus().link == false)
+        #expect(try rig.fixture?.status().partitions[0].worker?.state == "serving", "the worker lives on")
+        // Made again (the host's TAPs of several queues are multi-queue), it is taken back.
+        try rig.check(ipCommand(["-n", rig.hostNS, "tuntap", "add", "dev", rig.hostTap, "mode", "tap", "multi_queue", "vnet_hdr"]), "recreating \(rig.hostTap)")
+        #expect(eventually(seconds: 15) { !rig.flags(rig.guestNS, rig.guestTap).contains("NO-CARRIER") },
+                "the link did not come back: \(rig.linkShow(rig.guestNS, rig.guestTap))\n\(rig.logs)")
+        try rig.check(ipCommand(["-n", rig.hostNS, "addr", "add", "\(rig.hostAddress)/24", "dev", rig.hostTap]), "address on the new TAP")
+        #expect(eventually(seconds: 15) { rig.ping(from: rig.guestNS, rig.hostAddress, count: 1).0 == 0 }, "no traffic after the TAP returned\n\(rig.logs)")
+        #expect(try rig.nicStatus().link)
+    }
+}

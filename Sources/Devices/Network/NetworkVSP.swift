@@ -41,6 +41,12 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
     /// Opens the port of receive queue `index` ≥ 1 (another queue of a multi-queue TAP); nil: the
     /// sub-channel sends through the primary port and receives nothing of its own.
     public var openQueuePort: ((Int) -> (any FramePort)?)?
+    /// Told once when the port is lost (its TAP deleted); the host calls `portRestored()` when a
+    /// TAP of that name is back behind the port.
+    public var onPortLost: (() -> Void)?
+    /// The port is lost: the guest sees the link down until it is restored.
+    public private(set) var portIsLost = false
+    private var linkBeforeLoss = true
     public private(set) var version: UInt32 = 0
     public private(set) var rndis: RNDISResponder
 
@@ -147,7 +153,7 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
 
     /// Whether host frames are wanted now.
     private var receiving: Bool {
-        primary != nil && receiveBuffer != nil && rndis.initialized && rndis.packetFilter != 0 && rndis.linkUp
+        primary != nil && receiveBuffer != nil && rndis.initialized && rndis.packetFilter != 0 && rndis.linkUp && !portIsLost
     }
 
     private func updateWatch() {
@@ -169,11 +175,35 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
 
     /// Sets the link state: the port's carrier follows, and the guest is told (MEDIA_CONNECT/DISCONNECT).
     public func setLink(up: Bool) {
+        // While the port is lost the wanted state is kept for its return.
+        if portIsLost { return linkBeforeLoss = up }
         guard up != rndis.linkUp else { return }
         rndis.linkUp = up
         port.setCarrier(up)
         if primary != nil, rndis.initialized { sendControl(rndis.linkIndication) }
         updateWatch()
+    }
+
+    /// The port failed for good: stop reading it, tell the guest the link is down, tell the host.
+    func portLost() {
+        guard !portIsLost else { return }
+        portIsLost = true
+        linkBeforeLoss = rndis.linkUp
+        for q in queues.values { stopWatching(q) }
+        logger.warning("netvsp: the host port is gone (TAP deleted?); link down until it returns")
+        if rndis.linkUp {
+            rndis.linkUp = false
+            if primary != nil, rndis.initialized { sendControl(rndis.linkIndication) }
+        }
+        onPortLost?()
+    }
+
+    /// The port works again (the host put a new TAP behind it): the link comes back as it was.
+    public func portRestored() {
+        guard portIsLost else { return }
+        portIsLost = false
+        logger.notice("netvsp: the host port is back")
+        if linkBeforeLoss { setLink(up: true) } else { updateWatch() }
     }
 
     // MARK: Guest → host
@@ -467,6 +497,7 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
             counters.txBytes &+= UInt64(dataLength)
         } else {
             counters.drops &+= 1
+            if port.isLost { portLost() }
         }
         return true
     }
@@ -511,6 +542,10 @@ public final class NetworkVSP: VMBusDevice, GuestMemoryClient, GpadlClient, Desc
             iov[1] = iovec(iov_base: base + Self.frameOffset, iov_len: Self.subAllocationSize - Self.frameOffset)
             guard let n = q.port.receive(UnsafeBufferPointer(rebasing: iov[0..<2])) else {
                 freeSlots.append(slot)
+                if q.port.isLost {
+                    channel.commitWrites()
+                    return portLost()
+                }
                 break
             }
             guard n >= VirtioNetHeader.size + 14 else {

@@ -29,6 +29,12 @@ public protocol FramePort: AnyObject {
     func setOffload(_ flags: UInt32)
     /// The port's carrier.
     func setCarrier(_ on: Bool)
+    /// The port is gone for good (its TAP was deleted): reads and writes fail until it is replaced.
+    var isLost: Bool { get }
+}
+
+extension FramePort {
+    public var isLost: Bool { false }
 }
 
 /// TUNSETOFFLOAD bits.
@@ -55,6 +61,8 @@ public final class TapDevice: FramePort {
     public let namespace: String?
     public let descriptor: Int32
     public private(set) var writeErrors: UInt64 = 0
+    /// A read or write failed the way a deleted TAP fails (EBADFD, EIO, ENODEV, ENXIO).
+    public private(set) var isLost = false
 
     public init(name: String, namespace: String? = nil, multiQueue: Bool = false) throws {
         guard !name.isEmpty, name.utf8.count < 16 else { throw NetworkError.invalid("TAP name \"\(name)\" must be 1–15 bytes") }
@@ -93,12 +101,28 @@ public final class TapDevice: FramePort {
     public func send(_ iov: UnsafeBufferPointer<iovec>) -> Bool {
         if viridian_writev(descriptor, iov.baseAddress, Int32(iov.count)) >= 0 { return true }
         writeErrors &+= 1
+        noteFailure(errno)
         return false
     }
 
     public func receive(_ iov: UnsafeBufferPointer<iovec>) -> Int? {
         let n = viridian_readv(descriptor, iov.baseAddress, Int32(iov.count))
+        if n < 0 { noteFailure(errno) }
         return n > 0 ? n : nil
+    }
+
+    private func noteFailure(_ e: Int32) {
+        if e == EBADFD || e == EIO || e == ENODEV || e == ENXIO { isLost = true }
+    }
+
+    /// Puts the TAP queue open on `fd` (a TAP of the same name made again) behind this device's
+    /// descriptor number, so watchers keep the number; `fd` is closed.
+    public func reattach(_ fd: Int32) -> Bool {
+        defer { close(fd) }
+        guard dup2(fd, descriptor) == descriptor else { return false }
+        _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        isLost = false
+        return true
     }
 
     public func setOffload(_ flags: UInt32) { _ = viridian_tap_set_offload(descriptor, flags) }
