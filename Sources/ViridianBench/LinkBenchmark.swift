@@ -115,13 +115,13 @@ public enum LinkBenchmark {
 
     /// A synchronous hypercall guest → viridian-host → guest: HvSignalEvent in its memory form,
     /// which always traps, through a real `viridian-host run` started for the measurement.
-    public static func hypercallRoundTrip(rounds: Int, hostExecutable: String) throws -> LatencyResult {
+    public static func hypercallRoundTrip(rounds: Int, hostExecutable: String, isolation: String = "process") throws -> LatencyResult {
         let dir = "\(NSTemporaryDirectory())/viridian-bench-host-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let host = Process()
         host.executableURL = URL(fileURLWithPath: hostExecutable)
-        host.arguments = ["run", "--runtime-dir", dir, "--image-dir", dir, "--log-level", "error"]
+        host.arguments = ["run", "--runtime-dir", dir, "--image-dir", dir, "--isolation", isolation, "--log-level", "error"]
         try host.run()
         defer {
             host.terminate()

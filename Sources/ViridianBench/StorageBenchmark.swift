@@ -33,7 +33,7 @@ public enum StorageBenchmark {
     ]
 
     public static func run(binDirectory: String, imageMiB: Int, seconds: Int, pollMicroseconds: Int = 0, vps: Int = 2,
-                           vcpusPerSubChannel: Int = 4, log: (String) -> Void) throws -> [StorageBenchmarkRow] {
+                           vcpusPerSubChannel: Int = 4, isolation: String = "process", log: (String) -> Void) throws -> [StorageBenchmarkRow] {
         let dir = "\(NSTemporaryDirectory())/viridian-bench-storage-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -43,6 +43,7 @@ public enum StorageBenchmark {
         try """
             runtime_dir = "\(dir)"
             image_dir = "\(dir)"
+            isolation = "\(isolation)"
             [[partition]]
             name = "bench"
             memory_mib = 256

@@ -139,6 +139,9 @@ struct Link: ParsableCommand {
     @Option(name: .customLong("repeat"), help: "Repetitions; the median is reported.")
     var repetitions: Int = 3
 
+    @Option(help: "viridian-host's isolation: process (a worker per partition) or none (threads).")
+    var isolation: String = "process"
+
     @Flag(help: "Print JSON.")
     var json = false
 
@@ -153,7 +156,7 @@ struct Link: ParsableCommand {
         let workload = RingWorkload(payloadBytes: payload, packets: packets)
         for _ in 0..<repetitions {
             pings.append(try LinkBenchmark.eventfdPingPong(rounds: rounds))
-            calls.append(try LinkBenchmark.hypercallRoundTrip(rounds: rounds, hostExecutable: host))
+            calls.append(try LinkBenchmark.hypercallRoundTrip(rounds: rounds, hostExecutable: host, isolation: isolation))
             local.append(try RingBenchmark.run(workload))
             remote.append(try LinkBenchmark.crossProcessRing(workload))
         }
@@ -206,12 +209,13 @@ struct Storage: ParsableCommand {
     @Option(name: .customLong("poll-us"), help: "storage_poll_us of the host (VSP polling after the ring runs dry).") var pollMicroseconds: Int = 0
     @Option(help: "Virtual processors of the benchmark partition.") var vps: Int = 2
     @Option(help: "The agent's storage_vcpus_per_sub_channel (1 = a sub-channel per VP).") var vcpusPerSubChannel: Int = 4
+    @Option(help: "viridian-host's isolation: process (a worker per partition) or none (threads).") var isolation: String = "process"
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
         let rows = try StorageBenchmark.run(binDirectory: bin, imageMiB: imageMib, seconds: seconds, pollMicroseconds: pollMicroseconds,
-                                            vps: vps, vcpusPerSubChannel: vcpusPerSubChannel) {
+                                            vps: vps, vcpusPerSubChannel: vcpusPerSubChannel, isolation: isolation) {
             FileHandle.standardError.write(Data("… \($0)\n".utf8))
         }
         if json {

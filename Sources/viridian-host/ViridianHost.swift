@@ -56,6 +56,9 @@ struct Run: ParsableCommand {
     @Option(help: "Directory for default disk images (overrides image_dir).")
     var imageDir: String?
 
+    @Option(help: "process: each partition in a confined worker process (the default); none: threads of this process. Overrides isolation.")
+    var isolation: String?
+
     @Flag(help: "Print the effective configuration as TOML-like text and exit.")
     var printConfig = false
 
@@ -65,7 +68,12 @@ struct Run: ParsableCommand {
         var configuration = try config.map { try HostConfiguration.load(path: $0) } ?? .embeddedDefault
         if let runtimeDir { configuration.runtimeDir = runtimeDir }
         if let imageDir { configuration.imageDir = imageDir }
+        if let isolation {
+            configuration.isolation = isolation
+            try configuration.validate()
+        }
         if printConfig {
+            print("isolation = \"\(configuration.isolated ? "process" : "none")\"")
             print("runtime_dir = \"\(configuration.resolvedRuntimeDir)\"")
             for p in configuration.partition {
                 print("[[partition]] name = \"\(p.name)\" memory_mib = \(p.memoryMiB) vps = \(p.vps) echo_devices = \(p.echoDevices) socket = \"\(configuration.socketPath(for: p))\"")
