@@ -275,3 +275,33 @@ struct DEC21140Tests {
         #expect(rig.drain() == [tulipMAC + [UInt8](repeating: 7, count: 94)])
     }
 }
+
+@Suite("Generation 1 PCI layout")
+struct Generation1LayoutTests {
+    @Test("The 21140's CSRs and the PIIX4's bus-master block both decode at their default BARs (0xC000 overlapped 0xC040: one of them did not)")
+    func defaultBarsDoNotOverlap() throws {
+        let bus = PortIOBus()
+        let pci = PCIBus(ports: bus)
+        bus.attach(pci)
+        let chip = DEC21140(mac: tulipMAC, port: MemoryFramePort(), line: InterruptLine(irq: 11))
+        let ide = PIIX4IDE(channel: ATAController(disks: [nil]))
+        pci.attach(piix4ISABridge(), device: 7, function: 0)
+        pci.attach(ide, device: 7, function: 1)
+        pci.attach(DEC21140Function(chip: chip), device: 10, function: 0)
+        bus.reset()
+        let io = DirectPortIO(bus: bus)
+        let access = PCIConfigAccess(io: io)
+        let functions = access.scan()
+        let dec = try #require(functions.first { $0.vendor == 0x1011 })
+        let piix = try #require(functions.first { $0.vendor == 0x8086 && $0.deviceID == 0x7111 })
+        let csrs = try #require(access.ioBar(dec, 0, span: DEC21140.registerBytes))
+        let busMaster = try #require(access.ioBar(piix, 4, span: 16))
+        #expect(csrs + UInt16(DEC21140.registerBytes) <= busMaster || busMaster + 16 <= csrs, "CSRs \(csrs), BMIDE \(busMaster)")
+        access.enable(dec, busMaster: true)
+        access.enable(piix, busMaster: true)
+        // Both answer: CSR5 (status) reads the chip's state, BMIDE status its drive-capable bits.
+        #expect(bus.read(port: csrs + 0x28, size: 4) != UInt32.max, "CSR5 floats")
+        bus.write(port: busMaster + 2, size: 1, value: 0x20)
+        #expect(bus.read(port: busMaster + 2, size: 1) & 0x20 == 0x20, "BMIDE status floats")
+    }
+}

@@ -528,7 +528,8 @@ public final class DEC21140: PCIIORegion, LegacyNICDevice {
 /// I/O ports), interrupt pin A routed to the line firmware wrote in the interrupt line register.
 public final class DEC21140Function: PCIFunction {
     public static let vendor: UInt16 = 0x1011, device: UInt16 = 0x0009
-    public static let defaultBase: UInt16 = 0xC000
+    /// After the PIIX4 bus-master block (0xC040–0xC04F): 0xC000 overlapped it, so with both one did not decode.
+    public static let defaultBase: UInt16 = 0xC080
     public let config: PCIConfigSpace
     public let chip: DEC21140
 
