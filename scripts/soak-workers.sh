@@ -86,7 +86,7 @@ while [ $(( $(date +%s) - start )) -lt "$SECONDS_TOTAL" ]; do
     attached=$(grep -c '"state" : "attached"' <<<"$status" || true)
     [ "$attached" = $N ] || { echo "only $attached of $N attached"; stalls=$((stalls + 1)); }
     line="t=$(( $(date +%s) - start ))s status ${took}ms RSS KiB:"
-    for pid in $(grep -A1 '"worker"' <<<"$status" | grep -oE '"pid" : [0-9]+' | grep -oE '[0-9]+'); do
+    for pid in $(grep -A8 '"worker"' <<<"$status" | grep -oE '"pid" : [0-9]+' | grep -oE '[0-9]+'); do
         r=$(rss $pid); line="$line $r"
         if [ $(( $(date +%s) - start )) -ge $WARMUP ] && [ -z "${base[$pid]:-}" ]; then base[$pid]=$r; fi
         last[$pid]=$r
@@ -98,6 +98,6 @@ for pid in "${!base[@]}"; do
     growth=$(( (${last[$pid]} - ${base[$pid]}) * 1000 / ${base[$pid]} ))
     [ ${growth#-} -gt ${worst#-} ] && worst=$growth
 done
-errors=$(grep -lE "err= *[1-9]|verify:" "$DIR"/fio*.txt 2>/dev/null | wc -l)
+errors=$( (grep -lE "err= *[1-9]|verify:" "$DIR"/fio*.txt 2>/dev/null || true) | wc -l)
 echo "soak: stalls $stalls, slowest status ${slowest} ms, fio runs with errors $errors, worst worker RSS change after warm-up $((worst / 10)).$(( ${worst#-} % 10 )) %"
 [ $stalls = 0 ] && [ "$errors" = 0 ] && [ ${worst#-} -le 100 ]
