@@ -27,6 +27,7 @@ let package = Package(
         // The partition worker's start and confinement (clone3, capabilities, seccomp): host only.
         .target(name: "CSandbox", path: "Sources/CSandbox", linkerSettings: [.linkedLibrary("seccomp")]),
         .target(name: "VMBusWire", swiftSettings: strict),
+        .target(name: "TOMLSafety", swiftSettings: strict),
         .target(
             name: "VMBusRing",
             dependencies: ["VMBusWire", .product(name: "Atomics", package: "swift-atomics")],
@@ -123,7 +124,7 @@ let package = Package(
             dependencies: [
                 "CSystem", "CSandbox", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "PartitionLink", "QEMUCarrier", "EchoDevice",
                 "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices",
-                .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
+                "TOMLSafety", .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
         .target(
@@ -131,7 +132,7 @@ let package = Package(
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "GuestMemory", "VMBusClient", "PartitionLink", "KernelGlueLink", "EchoDevice",
                 "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices", "NBD",
-                .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
+                "TOMLSafety", .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
         .target(
@@ -151,6 +152,16 @@ let package = Package(
             dependencies: [
                 "Loopback", "VMBusWire", "HostRuntime", "IntegrationServices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        // libFuzzer targets for every decoder that takes bytes from the other side (scripts/fuzz.sh
+        // builds them with -sanitize=fuzzer -DFUZZING); the plain build replays saved inputs.
+        .executableTarget(
+            name: "viridian-fuzz",
+            dependencies: [
+                "CSystem", "VMBusWire", "VMBusRing", "VMBusChannel", "GuestMemory", "Hypervisor", "VMBusClient",
+                "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices", "NBD", "PartitionLink", "HostRuntime",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),

@@ -2,6 +2,7 @@
 
 import Foundation
 import TOMLKit
+import TOMLSafety
 import VMBusWire
 
 /// The agent's settings. Command-line options override the file; the file overrides defaults.
@@ -179,7 +180,9 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
             if path == nil { return AgentConfiguration() }
             throw AgentError.configuration("no configuration file at \(file)")
         }
-        let config = try TOMLDecoder().decode(AgentConfiguration.self, from: try String(contentsOfFile: file, encoding: .utf8))
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+        try TOMLSafety.check(text)
+        let config = try TOMLDecoder().decode(AgentConfiguration.self, from: text)
         try config.validate()
         return config
     }

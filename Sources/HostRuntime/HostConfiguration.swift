@@ -4,6 +4,7 @@ import Foundation
 import QEMUCarrier
 import SyntheticNetwork
 import TOMLKit
+import TOMLSafety
 import VMBusWire
 
 /// The host's configuration file. Every key is optional; the embedded default runs one partition.
@@ -85,6 +86,7 @@ public struct HostConfiguration: Codable, Sendable, Equatable {
 
     /// Parses TOML text and validates it.
     public static func parse(_ text: String) throws -> HostConfiguration {
+        do { try TOMLSafety.check(text) } catch { throw ConfigurationError.invalid("\(error)") }
         let config = try TOMLDecoder().decode(HostConfiguration.self, from: text)
         try config.validate()
         return config

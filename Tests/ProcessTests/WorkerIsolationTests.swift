@@ -94,3 +94,16 @@ func openFiles(_ pid: Int32) -> [String] {
         try? FileManager.default.destinationOfSymbolicLink(atPath: "\(dir)/\($0)")
     }
 }
+
+@Suite("Configuration text the TOML parser would abort on")
+struct TOMLSafetyTests {
+    @Test("A table header without a name ('[' found by the host-config fuzzer: toml++ asserted and the host aborted) is a configuration error")
+    func headerWithoutName() throws {
+        for text in ["[\n", "[", "[ ]\n", "[[\n", "name = 1\n  [=\n"] {
+            #expect(throws: ConfigurationError.self, "\(text.debugDescription)") { try HostConfiguration.parse(text) }
+        }
+        // Tables and arrays of tables still parse.
+        let ok = try HostConfiguration.parse("[[partition]]\nname = \"a\"\n[[ partition.nic ]]\ntap = \"t0\"\n[partition.ne2000]\ntap = \"t1\"\n")
+        #expect(ok.partition.first?.nic.first?.tap == "t0")
+    }
+}
