@@ -48,48 +48,11 @@ final class PartitionRuntime: InterruptSink {
     /// writes the result, completes.
     func serviceVP(_ vp: Int) {
         guard vp < interruptCounts.count, let block = carrier.vpBlock(vp) else { return }
-        let kind = block.load(fromByteOffset: VPBlock.kind, as: UInt32.self)
-        switch VPBlock.Kind(rawValue: kind) {
-        case .hypercall:
-            let result = partition.hypercall(
-                vp: UInt32(vp), control: block.load(fromByteOffset: VPBlock.control, as: UInt64.self),
-                input: block.load(fromByteOffset: VPBlock.input, as: UInt64.self),
-                output: block.load(fromByteOffset: VPBlock.output, as: UInt64.self))
-            block.storeBytes(of: result.rawValue, toByteOffset: VPBlock.result, as: UInt64.self)
-        case .writeMSR:
-            let msr = block.load(fromByteOffset: VPBlock.msr, as: UInt32.self)
-            let value = block.load(fromByteOffset: VPBlock.value, as: UInt64.self)
-            let ok = (try? partition.writeMSR(vp: UInt32(vp), msr, value)) != nil
-            block.storeBytes(of: ok ? VPBlock.msrOK : VPBlock.msrRefused, toByteOffset: VPBlock.result, as: UInt64.self)
-        case .readMSR:
-            let msr = block.load(fromByteOffset: VPBlock.msr, as: UInt32.self)
-            if let value = try? partition.readMSR(vp: UInt32(vp), msr) {
-                block.storeBytes(of: value, toByteOffset: VPBlock.value, as: UInt64.self)
-                block.storeBytes(of: VPBlock.msrOK, toByteOffset: VPBlock.result, as: UInt64.self)
-            } else {
-                block.storeBytes(of: VPBlock.msrRefused, toByteOffset: VPBlock.result, as: UInt64.self)
-            }
-        case .portIn:
-            portExits &+= 1
-            let port = UInt16(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.msr, as: UInt32.self))
-            let size = Int(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.control, as: UInt64.self))
-            let value = portIO?.read(port: port, size: size) ?? UInt32.max
-            block.storeBytes(of: UInt64(value), toByteOffset: VPBlock.result, as: UInt64.self)
-        case .portOut:
-            portExits &+= 1
-            let port = UInt16(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.msr, as: UInt32.self))
-            let size = Int(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.control, as: UInt64.self))
-            portIO?.write(port: port, size: size, value: UInt32(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.value, as: UInt64.self)))
-            block.storeBytes(of: UInt64(0), toByteOffset: VPBlock.result, as: UInt64.self)
-            VPBlock.markCompleted(block)
-            carrier.complete(vp: vp)
-            afterPortWrite?()
-            return
-        case nil:
-            block.storeBytes(of: HypercallResult(status: .invalidHypercallInput).rawValue, toByteOffset: VPBlock.result, as: UInt64.self)
-        }
+        let served = VPExit.serve(block, vp: vp, partition: partition, ports: portIO)
+        if served == .portIn || served == .portOut { portExits &+= 1 }
         VPBlock.markCompleted(block)
         carrier.complete(vp: vp)
+        if served == .portOut { afterPortWrite?() }
     }
 }
 

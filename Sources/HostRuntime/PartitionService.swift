@@ -11,6 +11,7 @@ import GuestMemory
 import Hypervisor
 import Logging
 import PartitionLink
+import Synchronization
 import VMBusWire
 
 /// Serves one partition on its own thread. The thread owns every hypervisor object of the
@@ -32,6 +33,8 @@ public final class PartitionService: @unchecked Sendable {
     private var requests: [() -> Void] = []
     private var thread: OSThread?
     private var running = true
+    /// Set when the service stops: threads of its own (TAP recovery) end then.
+    private let stopping = Atomic<Bool>(false)
     var runtime: PartitionRuntime?
     public private(set) var attachCount = 0
 
@@ -119,6 +122,7 @@ public final class PartitionService: @unchecked Sendable {
 
     /// Rescinds every channel, tells the guest the host is going, and ends the thread.
     public func stop() {
+        stopping.store(true, ordering: .relaxed)
         let stopped: Void? = perform { [self] in
             if let runtime { runtime.server.rescindAll() }
             carrier.stop()
@@ -160,7 +164,7 @@ public final class PartitionService: @unchecked Sendable {
         if let tapLostHandler { return tapLostHandler(index) }
         let nic = configuration.nic[index], queues = configuration.queueCount(nic)
         Thread.detachNewThread { [weak self] in
-            while let self, self.running {
+            while let self, !self.stopping.load(ordering: .relaxed) {
                 if let fds = TapRecovery.reopen(nic, queues: queues) {
                     _ = self.perform { self.restoreTAP(index, fds) }
                     return

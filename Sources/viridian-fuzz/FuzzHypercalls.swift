@@ -2,6 +2,7 @@
 // message slots against a partition with a VMBus server, as the host runtime serves them.
 
 import EmulatedDevices
+import HostRuntime
 import Hypervisor
 import PartitionLink
 import VMBusWire
@@ -115,42 +116,9 @@ enum HypercallFuzz {
         fuzzConsume(rig.partition.hypercalls ^ rig.partition.failedHypercalls ^ rig.server.messagesReceived ^ rig.server.malformedMessages)
     }
 
-    /// One exit, with the same reads and writes as the host runtime's exit dispatch
-    /// (PartitionRuntime.serviceVP, which is internal to HostRuntime).
+    /// One exit, served as the host runtime serves it.
     static func serviceVP(_ partition: Partition, ports: PortIOBus, vp: Int, block: UnsafeMutableRawPointer) {
-        let kind = block.load(fromByteOffset: VPBlock.kind, as: UInt32.self)
-        switch VPBlock.Kind(rawValue: kind) {
-        case .hypercall:
-            let result = partition.hypercall(
-                vp: UInt32(vp), control: block.load(fromByteOffset: VPBlock.control, as: UInt64.self),
-                input: block.load(fromByteOffset: VPBlock.input, as: UInt64.self),
-                output: block.load(fromByteOffset: VPBlock.output, as: UInt64.self))
-            block.storeBytes(of: result.rawValue, toByteOffset: VPBlock.result, as: UInt64.self)
-        case .writeMSR:
-            let msr = block.load(fromByteOffset: VPBlock.msr, as: UInt32.self)
-            let value = block.load(fromByteOffset: VPBlock.value, as: UInt64.self)
-            let ok = (try? partition.writeMSR(vp: UInt32(vp), msr, value)) != nil
-            block.storeBytes(of: ok ? VPBlock.msrOK : VPBlock.msrRefused, toByteOffset: VPBlock.result, as: UInt64.self)
-        case .readMSR:
-            let msr = block.load(fromByteOffset: VPBlock.msr, as: UInt32.self)
-            if let value = try? partition.readMSR(vp: UInt32(vp), msr) {
-                block.storeBytes(of: value, toByteOffset: VPBlock.value, as: UInt64.self)
-                block.storeBytes(of: VPBlock.msrOK, toByteOffset: VPBlock.result, as: UInt64.self)
-            } else {
-                block.storeBytes(of: VPBlock.msrRefused, toByteOffset: VPBlock.result, as: UInt64.self)
-            }
-        case .portIn:
-            let port = UInt16(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.msr, as: UInt32.self))
-            let size = Int(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.control, as: UInt64.self))
-            block.storeBytes(of: UInt64(ports.read(port: port, size: size)), toByteOffset: VPBlock.result, as: UInt64.self)
-        case .portOut:
-            let port = UInt16(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.msr, as: UInt32.self))
-            let size = Int(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.control, as: UInt64.self))
-            ports.write(port: port, size: size, value: UInt32(truncatingIfNeeded: block.load(fromByteOffset: VPBlock.value, as: UInt64.self)))
-            block.storeBytes(of: UInt64(0), toByteOffset: VPBlock.result, as: UInt64.self)
-        case nil:
-            block.storeBytes(of: HypercallResult(status: .invalidHypercallInput).rawValue, toByteOffset: VPBlock.result, as: UInt64.self)
-        }
+        VPExit.serve(block, vp: vp, partition: partition, ports: ports)
         VPBlock.markCompleted(block)
     }
 }
