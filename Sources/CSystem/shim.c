@@ -199,6 +199,14 @@ int viridian_peer_pid(int fd) {
     return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? cred.pid : 0;
 }
 
+int viridian_peer_trusted(int fd) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+        return 0;
+    return cred.uid == 0 || cred.uid == geteuid();
+}
+
 #include <fcntl.h>
 #include <linux/falloc.h>
 

@@ -141,6 +141,11 @@ public final class ViridianHostService: @unchecked Sendable {
     private func serveControl() {
         let client = viridian_accept(controlFD)
         guard client >= 0 else { return }
+        // The socket is 0600; anyone else who reaches it anyway (root, or a passed descriptor) is checked too.
+        guard viridian_peer_trusted(client) != 0 else {
+            logger.warning("control socket: refused pid \(viridian_peer_pid(client)): not root and not this host's user")
+            return ControlConnection.finish(client, Data("{\"ok\":false,\"error\":\"not allowed\"}".utf8))
+        }
         guard activeControl.add(1, ordering: .relaxed).newValue <= Self.maximumControlConnections else {
             activeControl.subtract(1, ordering: .relaxed)
             ControlConnection.finish(client, Data("{\"ok\":false,\"error\":\"too many control requests at once\"}".utf8))

@@ -36,6 +36,13 @@ public struct GpadlTable: Sendable {
 
     public init() {}
 
+    /// Range-buffer bytes all GPADLs of a partition of `pageCount` pages may declare together:
+    /// every page four times over, plus 1 MiB (the headers of small GPADLs).
+    public static func rangeBudget(pageCount: Int) -> Int { pageCount * 8 * 4 + (1 << 20) }
+
+    /// Range-buffer bytes the GPADLs held now declared.
+    public var declaredBytes: Int { entries.values.reduce(0) { $0 + $1.rangeBufferLength } }
+
     /// Starts a GPADL from its header. Returns the GPADL if the header alone completed it.
     public mutating func begin(_ header: GpadlHeader, pageCount: Int) throws(GpadlError) -> Gpadl? {
         guard header.gpadl != 0 else { throw .zeroHandle }
@@ -44,6 +51,9 @@ public struct GpadlTable: Sendable {
         let length = Int(header.rangeBufferLength)
         guard length >= 16, length % 8 == 0, header.rangeCount >= 1 else { throw .badLength(length) }
         guard header.words.count * 8 <= length else { throw .tooManyWords(handle: header.gpadl) }
+        // What the table stores for a GPADL is at most its declared range buffer: the declared
+        // buffers together may describe each guest page a few times over, no more.
+        guard length <= Self.rangeBudget(pageCount: pageCount) - declaredBytes else { throw .badLength(length) }
         entries[header.gpadl] = Gpadl(handle: header.gpadl, relid: header.childRelid, rangeBufferLength: length,
                                       rangeCount: Int(header.rangeCount), words: header.words, ranges: nil)
         return try completeIfReady(header.gpadl, pageCount: pageCount)

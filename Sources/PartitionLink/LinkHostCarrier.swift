@@ -175,6 +175,11 @@ public final class LinkHostCarrier: HostCarrier {
             logger.warning("\(welcome.name): accept failed: \(error)")
             return
         }
+        // The socket is 0600; a peer of another user (a socket passed on, a changed mode) is refused too.
+        guard viridian_peer_trusted(socket.fd) != 0 else {
+            logger.warning("\(welcome.name): refused pid \(LinkListener.peerPID(socket)): not root and not this host's user")
+            return
+        }
         guard pending.count < Self.pendingLimit else {
             try? socket.send(.refuse(code: LinkRefusal.busy, reason: "too many connections waiting"), wait: false)
             return

@@ -169,6 +169,11 @@ public final class QEMUHostCarrier: HostCarrier {
         let fd = viridian_accept(listenFD)
         guard fd >= 0 else { return }
         let pid = viridian_peer_pid(fd)
+        guard viridian_peer_trusted(fd) != 0 else {
+            logger.warning("\(name): refused QEMU pid \(pid): not root and not this host's user")
+            Glibc.close(fd)
+            return
+        }
         if qemu != nil {
             logger.warning("\(name): refused a second QEMU (pid \(pid)) on \(socketPath): one QEMU serves a partition at a time")
             Glibc.close(fd)

@@ -22,6 +22,23 @@ struct GpadlTableTests {
         #expect(throws: GpadlError.wrongChannel(handle: 77, relid: 2)) { try table.lookup(77, relid: 2) }
     }
 
+    @Test("Declared range buffers are bounded by the partition's size: GPADLs that are never finished are refused once the budget is spent (4096 of 64 KiB each held 256 MiB)")
+    func rangeBudget() throws {
+        var table = GpadlTable()
+        let pages = 256
+        let budget = GpadlTable.rangeBudget(pageCount: pages)
+        // Unfinished GPADLs of the largest range_buflen (header only): the budget holds budget / 65528 of them.
+        var handle: UInt32 = 10, held = 0
+        while true {
+            do {
+                _ = try table.begin(GpadlHeader(childRelid: 1, gpadl: handle, rangeBufferLength: 65528, rangeCount: 1, words: [4096, 3]), pageCount: pages)
+                held += 1
+                handle += 1
+            } catch { break }
+        }
+        #expect(held == budget / 65528 && held < GpadlTable.limit && table.declaredBytes <= budget, "\(held) held, \(table.declaredBytes) bytes declared")
+    }
+
     @Test("Duplicate handles, overruns, bad ranges and pages outside memory are refused")
     func refusals() throws {
         var table = GpadlTable()

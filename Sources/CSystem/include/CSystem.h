@@ -61,6 +61,8 @@ int viridian_accept(int fd);
 
 /* The pid of a Unix socket's peer (SO_PEERCRED), or 0. */
 int viridian_peer_pid(int fd);
+/* 1 if a Unix socket's peer runs as root or as this process's effective user (SO_PEERCRED), else 0. */
+int viridian_peer_trusted(int fd);
 
 
 /* Punches a hole (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE). Returns 0 or -1. */
