@@ -99,7 +99,7 @@ func openFiles(_ pid: Int32) -> [String] {
 struct TOMLSafetyTests {
     @Test("A table header without a name ('[' found by the host-config fuzzer: toml++ asserted and the host aborted) is a configuration error")
     func headerWithoutName() throws {
-        for text in ["[\n", "[", "[ ]\n", "[[\n", "name = 1\n  [=\n"] {
+        for text in ["[\n", "[", "[ ]\n", "[[\n", "name = 1\n  [=\n", "[\u{6DF}"] {
             #expect(throws: ConfigurationError.self, "\(text.debugDescription)") { try HostConfiguration.parse(text) }
         }
         // Tables and arrays of tables still parse.
