@@ -263,6 +263,12 @@ extension ViridianHostService {
             throw ConfigurationError.invalid("cannot reach viridian-host at \(controlPath) (is it running?): \(error)")
         }
         defer { close(fd) }
+        // A partition's worker that is stuck (or stopped) must not hang the command: at most this
+        // long without a byte (copy-file sends progress ten times a second; a freeze may take
+        // Linux's 15 minutes).
+        let silenceSeconds = request.op == "backup" ? 16 * 60 : 120
+        var timeout = timeval(tv_sec: silenceSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var line = try JSONEncoder().encode(request)
         line.append(UInt8(ascii: "\n"))
         _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
@@ -272,6 +278,9 @@ extension ViridianHostService {
         while true {
             let n = read(fd, &chunk, chunk.count)
             if n < 0 && errno == EINTR { continue }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                throw ConfigurationError.invalid("viridian-host did not answer '\(request.op)' within \(silenceSeconds) s (is the partition's worker stuck? see viridian-host status)")
+            }
             if n <= 0 { break }
             data.append(contentsOf: chunk[0..<n])
             // Progress lines come first, one JSON object a line; the reply follows them.
