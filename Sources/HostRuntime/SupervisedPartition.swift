@@ -201,6 +201,13 @@ final class SupervisedPartition: PartitionHandle, @unchecked Sendable {
             try spawn()
         } catch {
             logger.error("\(configuration.name): \(error)")
+            // No process at all (clone3 failed): wait before the next try, or a knocking guest would spin here.
+            if state.withLock({ $0.pid == 0 }) {
+                state.withLock {
+                    $0.lastExit = "could not start: \(error)"
+                    $0.notBefore = viridian_now_ns() + Self.restartSpacingNs
+                }
+            }
             reap(startFailed: "\(error)")
         }
     }
