@@ -42,17 +42,19 @@ public struct IncomingPacket {
 
     /// The payload as an array (control paths and tests; allocates).
     public func payloadBytes() -> [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: payloadLength) { buf, n in
+        // Capacity 0 would write the count of the shared empty-array storage, which
+        // ThreadSanitizer reports as a race between threads that both do it.
+        guard payloadLength > 0 else { return [] }
+        return [UInt8](unsafeUninitializedCapacity: payloadLength) { buf, n in
             n = copyPayload(into: UnsafeMutableRawBufferPointer(buf))
         }
     }
 
     /// The extension bytes as an array (allocates).
     public func extensionBytes() -> [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: extensionLength) { buf, n in
-            if extensionLength > 0 {
-                _ = copy(fromPacketOffset: PacketDescriptor.size, count: extensionLength, into: buf.baseAddress!)
-            }
+        guard extensionLength > 0 else { return [] }
+        return [UInt8](unsafeUninitializedCapacity: extensionLength) { buf, n in
+            _ = copy(fromPacketOffset: PacketDescriptor.size, count: extensionLength, into: buf.baseAddress!)
             n = extensionLength
         }
     }
