@@ -260,6 +260,9 @@ final class SupervisedPartition: PartitionHandle, @unchecked Sendable {
         }
     }
 
+    /// The most a worker's status answer may take (64 channels of counters are a few hundred KiB).
+    static let maximumStatusBytes = 16 << 20
+
     /// How long `status` waits for a worker.
     static let statusTimeoutMs: Int32 = 2000
 
@@ -297,6 +300,8 @@ final class SupervisedPartition: PartitionHandle, @unchecked Sendable {
             let n = read(pair[0], &chunk, chunk.count)
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return data }
+            // A worker is a peer too (a compromised one may send without end): status fits in far less.
+            guard data.count + n <= Self.maximumStatusBytes else { return nil }
             data.append(contentsOf: chunk[0..<n])
         }
     }
