@@ -12,6 +12,8 @@ public final class NBDServer: @unchecked Sendable {
     let device: any NBDBlockDevice
     let logger: Logger
     private let listenFD: Int32
+    /// The socket file this server bound (device, inode): only that one is removed when it goes.
+    private let boundFile: (dev: UInt64, ino: UInt64)?
     private var acceptThread: pthread_t?
     private let stateLock = NSLockLike()
     private var stopping = false
@@ -23,11 +25,14 @@ public final class NBDServer: @unchecked Sendable {
         self.device = device
         self.logger = logger
         listenFD = try NBDSocket.listen(path: path)
+        boundFile = NBDSocket.identity(path)
     }
 
     deinit {
         close(listenFD)
-        unlink(path)
+        // A connection thread may keep this server alive after a successor bound the same path
+        // (the agent rejoining its host): removing the path then would take the successor's socket.
+        if let boundFile, let now = NBDSocket.identity(path), now == boundFile { unlink(path) }
     }
 
     /// Connections served at once; more are closed at once.
@@ -693,6 +698,13 @@ enum NBDSocket {
             throw .system(call: "bind(\(path))", errno: e)
         }
         return fd
+    }
+
+    /// The device and inode of the file at `path` (not followed), if there is one.
+    static func identity(_ path: String) -> (dev: UInt64, ino: UInt64)? {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
     }
 }
 

@@ -39,7 +39,8 @@ final class DiskRig: @unchecked Sendable {
         else { throw HarnessError.timeout("no export: \(agent.text)") }
         let lun0 = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/exports").first { $0.hasSuffix("lun0.sock") })
         // After a rejoin the agent serves the export again once the disk is back: wait for it to answer.
-        _ = eventually(seconds: 30) { (try? sh("nbdinfo --size 'nbd+unix:///?socket=\(dir)/exports/\(lun0)'", seconds: 10))?.0 == 0 }
+        guard eventually(seconds: 30, { (try? sh("nbdinfo --size 'nbd+unix:///?socket=\(dir)/exports/\(lun0)'", seconds: 10))?.0 == 0 })
+        else { throw HarnessError.timeout("the export \(lun0) does not answer: \(agent.text.suffix(2000))") }
         mounts += 1
         try FileManager.default.createDirectory(atPath: "\(dir)/fuse\(mounts)", withIntermediateDirectories: true)
         let child = try Child("/usr/bin/nbdfuse", [fuseDisk, "--unix", "\(dir)/exports/\(lun0)"])

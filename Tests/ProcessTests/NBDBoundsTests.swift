@@ -114,4 +114,27 @@ struct NBDBoundsTests {
         _ = poll(&p, 1, 2000)
         #expect(recv(refused, &byte, 1, 0) == 0, "the 17th connection got a hello")
     }
+
+    @Test("An export that outlives its successor on the same path (a connection thread still holds it) leaves the successor's socket in place when it goes")
+    func successorKeepsSocket() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("viridian-nbd-\(UUID().uuidString.prefix(6))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = "\(dir)/lun0.sock"
+        var old: NBDServer? = try NBDServer(path: path, exportName: "", device: HoldingDevice(), logger: Logger(label: "test"))
+        old?.start()
+        let client = try connect(path)
+        old?.stop()
+        // The agent rejoined: a new export binds the same path while the old connection lingers.
+        let successor = try NBDServer(path: path, exportName: "", device: HoldingDevice(), logger: Logger(label: "test"))
+        successor.start()
+        defer { successor.stop() }
+        weak let gone = old
+        old = nil
+        close(client)
+        #expect(eventually(seconds: 5) { gone == nil }, "the old export was never released")
+        #expect(FileManager.default.fileExists(atPath: path), "the old export removed its successor's socket")
+        let fd = try connect(path)
+        close(fd)
+    }
 }
