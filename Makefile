@@ -97,9 +97,18 @@ debs: deb-deps
 DEB_AGENT := dist/viridian-agent_$(VERSION)-1_amd64.deb
 DEB_GLUE := dist/viridian-glue-dkms_$(VERSION)-1_all.deb
 DEB_AGENT_UPGRADE := dist/upgrade/viridian-agent_$(VERSION)-2_amd64.deb
+# KernelGlue's VMBus core goes in too (built here against the guest kernel's headers), for the
+# test mode where the kernel's own hv_storvsc, hv_netvsc and hv_utils drive the host's devices.
 guest-image: debs
 	Packaging/build-debs.sh --revision 2 --only viridian-agent --no-lintian --out dist/upgrade
-	scripts/guest/make-image.sh --deb $(DEB_AGENT) --deb $(DEB_GLUE) --stage-deb $(DEB_AGENT_UPGRADE)
+	@kdir=$$(ls -d /usr/src/linux-headers-*-cloud-amd64 2>/dev/null | sort -V | tail -n1); \
+	if [ -z "$$kdir" ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends linux-headers-cloud-amd64 >/dev/null || exit 1; \
+		kdir=$$(ls -d /usr/src/linux-headers-*-cloud-amd64 | sort -V | tail -n1); \
+	fi; \
+	scripts/kernelglue-check.sh --ko-for $$kdir dist/kernelglue
+	scripts/guest/make-image.sh --deb $(DEB_AGENT) --deb $(DEB_GLUE) --stage-deb $(DEB_AGENT_UPGRADE) \
+		--vmbus-core dist/kernelglue/viridian_vmbus.ko
 
 guest: deps build guest-image
 	scripts/guest/demo.sh

@@ -3,8 +3,12 @@
 # amd64 header flavour, and checkpatch on every source file. Any warning fails.
 #
 #   scripts/kernelglue-check.sh                      all checks (CI runs it as root)
-#   scripts/kernelglue-check.sh --ko-for KDIR OUTDIR only build viridian_glue.ko
-#                                                    against KDIR, copy it to OUTDIR
+#   scripts/kernelglue-check.sh --ko-for KDIR OUTDIR only build viridian_glue.ko and
+#                                                    viridian_vmbus.ko against KDIR,
+#                                                    copy them to OUTDIR
+#
+# viridian_vmbus exports hv_vmbus's API; its symbol versions must be hv_vmbus's (from KDIR's
+# Module.symvers), or the kernel's hv_storvsc, hv_netvsc and hv_utils refuse it: checked too.
 #
 # Builds happen in temporary copies of KernelGlue/, so the source tree stays clean.
 # checkpatch.pl comes from Debian's linux-source-6.1 and is kept in .cache/checkpatch.
@@ -42,8 +46,8 @@ if [[ ${1:-} == --ko-for ]]; then
 		die "the build against $kdir failed"
 	fi
 	mkdir -p "$outdir"
-	cp "$work/ko/viridian_glue.ko" "$outdir/"
-	echo "kernelglue: $outdir/viridian_glue.ko built against $kdir"
+	cp "$work/ko/viridian_glue.ko" "$work/ko/viridian_vmbus.ko" "$outdir/"
+	echo "kernelglue: $outdir/viridian_glue.ko and viridian_vmbus.ko built against $kdir"
 	exit 0
 fi
 [[ $# -eq 0 ]] || die "usage: $0 [--ko-for KDIR OUTDIR]"
@@ -121,6 +125,18 @@ for kdir in /usr/src/linux-headers-*-amd64; do
 		report FAIL "W=1 build against $flavour: no PCI alias for 1af4:1110 in viridian_glue.ko"
 	else
 		report OK "W=1 build against $flavour: 0 warnings"
+	fi
+
+	# Every symbol viridian_vmbus exports, with hv_vmbus's CRC for it.
+	log="$work/$flavour.crc.log"
+	awk '$3 ~ /viridian_vmbus$/ { print $2, $1 }' "$copy/Module.symvers" | sort >"$work/ours"
+	awk '$3 == "drivers/hv/hv_vmbus" { print $2, $1 }' "$kdir/Module.symvers" | sort >"$work/theirs"
+	join -a 1 -e missing -o 0,1.2,2.2 "$work/ours" "$work/theirs" | awk '$2 != $3' >"$log"
+	n=$(wc -l <"$work/ours")
+	if ((!n)) || [[ -s $log ]]; then
+		report FAIL "symbol versions against $flavour: $(wc -l <"$log") of $n exports differ from hv_vmbus's (symbol, ours, theirs)" "$log"
+	else
+		report OK "symbol versions against $flavour: $n exports, each with hv_vmbus's CRC"
 	fi
 
 	# C=2 runs sparse on every source file; the same W=1 keeps make from rebuilding.

@@ -1,5 +1,6 @@
 // A partition as the hypervisor sees it: guest memory, one SynIC per VP, connection ports, hypercall dispatch.
 
+import Glibc
 import GuestMemory
 import VMBusWire
 
@@ -125,9 +126,18 @@ public final class Partition {
         try synics[Int(vp)].writeMSR(msr, value)
     }
 
-    /// A guest MSR read on `vp`.
+    /// A guest MSR read on `vp`. HV_X64_MSR_TIME_REF_COUNT is the partition reference counter.
     public func readMSR(vp: UInt32, _ msr: UInt32) throws(SynICError) -> UInt64 {
         guard Int(vp) < synics.count else { throw .unknownRegister(msr) }
+        if msr == HvMSR.timeRefCount { return Self.referenceCounter() }
         return try synics[Int(vp)].readMSR(msr)
+    }
+
+    /// The partition reference counter, in 100 ns units: the host's CLOCK_MONOTONIC, the clock
+    /// time sync pairs its samples with (Linux's hv_utils reads it through the MSR).
+    public static func referenceCounter() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return (UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)) / 100
     }
 }

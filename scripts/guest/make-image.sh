@@ -9,6 +9,11 @@
 #                         builds the module there against the guest kernel's headers
 #   --stage-deb FILE      a package to copy into the guest's /root/debs/ without installing it
 #                         (the packaging test upgrades to it)
+#   --vmbus-core FILE     KernelGlue's viridian_vmbus.ko (scripts/kernelglue-check.sh --ko-for):
+#                         the VMBus core for the kernel's own hv_storvsc, hv_netvsc and hv_utils.
+#                         It goes into extra/ and replaces hv_vmbus in depmod's index; a guest
+#                         booted with viridian.core=vmbus on its command line loads it (and not
+#                         viridian_glue, so no agent starts); udev then loads the hv_* drivers
 #   --no-agent            build without packages (no agent, no module)
 #   --agent-config FILE   the guest's /etc/viridian/agent.toml, replacing the package's conffile
 #                         as an administrator would (default: scripts/guest/agent.toml)
@@ -42,10 +47,11 @@ self="$here/$(basename "${BASH_SOURCE[0]}")"
 
 suite=bookworm
 # dkms (and the compiler it depends on) so DKMS builds the module inside the root, as on a user's guest.
-include=systemd,systemd-sysv,udev,dbus,kmod,iproute2,nbd-client,e2fsprogs,iputils-ping,netcat-openbsd,coreutils,procps,libudev1,dkms
+# hyperv-daemons (hv_kvp_daemon), iperf3, ethtool and fdisk serve the stock-driver mode (--vmbus-core).
+include=systemd,systemd-sysv,udev,dbus,kmod,iproute2,nbd-client,e2fsprogs,iputils-ping,netcat-openbsd,coreutils,procps,libudev1,dkms,hyperv-daemons,iperf3,ethtool,fdisk
 base_rev=2            # bump when the trimming of the debootstrap'd root changes
 cache="$root/.cache/guest"
-debs=() stage_debs=() agent_config="$here/agent.toml" no_agent=0 release= mirror= rebuild=0 compress=lz4
+debs=() stage_debs=() vmbus_core= agent_config="$here/agent.toml" no_agent=0 release= mirror= rebuild=0 compress=lz4
 
 die() { printf 'make-image: error: %s\n' "$*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$self"; exit "${1:-0}"; }
@@ -54,6 +60,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --deb) debs+=("${2:?--deb needs a file}"); shift 2 ;;
         --stage-deb) stage_debs+=("${2:?--stage-deb needs a file}"); shift 2 ;;
+        --vmbus-core) vmbus_core=${2:?--vmbus-core needs a file}; shift 2 ;;
         --no-agent) no_agent=1; shift ;;
         --agent-config) agent_config=${2:?--agent-config needs a file}; shift 2 ;;
         --kernel-release) release=${2:?}; shift 2 ;;
@@ -82,6 +89,10 @@ for i in "${!stage_debs[@]}"; do
     stage_debs[$i]=$(realpath "${stage_debs[$i]}")
 done
 [ -f "$agent_config" ] || die "agent configuration $agent_config does not exist"
+if [ -n "$vmbus_core" ]; then
+    [ -f "$vmbus_core" ] || die "--vmbus-core $vmbus_core does not exist"
+    vmbus_core=$(realpath "$vmbus_core")
+fi
 case $compress in   # compressor (formats the kernel unpacks: lz4 needs the legacy frame) and suffix
     lz4) zip=(lz4 -l -1 -q) ext=.lz4 zpkg=lz4 ;;
     gzip) zip=(gzip -1) ext=.gz zpkg=gzip ;;
@@ -461,6 +472,33 @@ EOF
         mkdir -p "$scratch/lib/modules/$release/updates/dkms"
         cp "$ko" "$scratch/lib/modules/$release/updates/dkms/"
     fi
+    # The VMBus core in extra/: it exports hv_vmbus's API with hv_vmbus's symbol versions, so with
+    # hv_vmbus left out of the index the stock hv_* drivers depend on it (hv_vmbus.ko stays in the
+    # modules layer, unindexed: it refuses to load off Hyper-V anyway).
+    if [ -n "$vmbus_core" ]; then
+        mkdir -p "$r/extra" "$scratch/lib/modules/$release/extra"
+        cp "$vmbus_core" "$r/extra/viridian_vmbus.ko"
+        cp "$vmbus_core" "$scratch/lib/modules/$release/extra/viridian_vmbus.ko"
+        find "$scratch/lib/modules/$release/kernel/drivers/hv" -name 'hv_vmbus.ko*' -delete
+        cat > "$t/etc/systemd/system/viridian-vmbus-core.service" <<'EOF'
+[Unit]
+Description=VMBus core for the kernel's own Hyper-V drivers (test guest, viridian.core=vmbus)
+ConditionKernelCommandLine=viridian.core=vmbus
+DefaultDependencies=no
+After=systemd-udevd.service
+Wants=systemd-udevd.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/sbin/modprobe viridian_vmbus
+
+[Install]
+WantedBy=sysinit.target
+EOF
+        mkdir -p "$t/etc/systemd/system/sysinit.target.wants"
+        ln -s ../viridian-vmbus-core.service "$t/etc/systemd/system/sysinit.target.wants/viridian-vmbus-core.service"
+    fi
     depmod -b "$scratch" "$release"
     cp -a "$scratch/lib/modules/$release"/modules.* "$r/"
     rm -rf "$scratch"
@@ -472,7 +510,7 @@ EOF
 }
 
 step_start config
-top_key="$release $(hash_files "$self" "$agent_config" "${stage_debs[@]}" ${ko:+"$ko"}) \
+top_key="$release $(hash_files "$self" "$agent_config" "${stage_debs[@]}" ${ko:+"$ko"} ${vmbus_core:+"$vmbus_core"}) \
 base=$(cat "$cache/base.stamp") kernel=$(cat "$cache/kernel.stamp") packages=$(cat "$cache/packages.stamp" 2>/dev/null || echo none) staged=${#stage_debs[@]}"
 if stamp_ok top-pack "$top_key compress=$compress" "$cache/top.cpio$ext"; then
     step_done "cached" "$(size_of "$cache/top.cpio$ext")"
@@ -491,7 +529,7 @@ if [ ${#debs[@]} -gt 0 ]; then
     purged_key="$top_key purged"
     if ! stamp_ok top-purged-pack "$purged_key compress=$compress" "$cache/top-purged.cpio$ext"; then
         rm -rf "$cache/top-purged"
-        (debs=() stage_debs=() ko= && write_top "$cache/top-purged")
+        (debs=() stage_debs=() ko= vmbus_core= && write_top "$cache/top-purged")
         pack_layer top-purged "$cache/top-purged" "$purged_key" >/dev/null
         rm -rf "$cache/top-purged"
     fi

@@ -1,0 +1,144 @@
+// Linux's own VMBus drivers (Debian's unmodified hv_storvsc, hv_netvsc, hv_utils) against viridian-host,
+// through KernelGlue's VMBus core in the QEMU guest.
+
+import Foundation
+import Glibc
+import Testing
+
+extension QEMUGuestTests {
+    /// The guest's command line for the stock-driver mode: KernelGlue's VMBus core instead of
+    /// viridian_glue and the agent (make-image.sh --vmbus-core).
+    static let stockDriverMode = "viridian.core=vmbus modprobe.blacklist=viridian_glue"
+
+    @Test("Debian's own hv_storvsc, hv_netvsc and hv_utils bind to viridian-host's offers: a partitioned ext4 disk, ping and TCP, heartbeat, time, KVP, shutdown")
+    func stockDrivers() throws {
+        guard GuestImage.present || GuestImage.required else { return }
+        #expect(GuestImage.present, "the guest image is missing: make guest-image")
+        guard GuestImage.present else { return }
+        let started = Date()
+        // The host's clock is two hours ahead for this partition: hv_utils' SYNC steps the guest to it.
+        let rig = try QEMUGuestRig(subnet: 92, append: Self.stockDriverMode, partition: "time_offset_ms = 7200000")
+        defer { rig.tearDown() }
+        let (login, loginOut) = try rig.waitForLogin()
+        try #require(login == 0, "no login prompt: \(loginOut)\nQEMU: \(rig.qemu.text)\nhost: \(rig.fixture.host.text)")
+        var phase = Date()
+        func lap(_ what: String) {
+            print("QEMU stock drivers: \(what) took \(String(format: "%.1f", Date().timeIntervalSince(phase))) s")
+            phase = Date()
+        }
+
+        // The bus: every offer is a device, each bound by its stock driver (udev loads them by modalias).
+        let bound = try eventually(seconds: 120) {
+            let (_, out) = try rig.guest("ls /sys/bus/vmbus/drivers/hv_storvsc /sys/bus/vmbus/drivers/hv_netvsc /sys/bus/vmbus/drivers/hv_utils 2>/dev/null | grep -c -- -")
+            return Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 >= 5
+        }
+        let (_, listing) = try rig.guest("""
+            for d in /sys/bus/vmbus/devices/*; do printf '%s relid %s class %s driver %s\\n' "$(basename $d)" "$(cat $d/id)" "$(cat $d/class_id)" "$(basename "$(readlink $d/driver)")"; done
+            lsmod | grep -E '^(hv_|viridian)' | awk '{print $1}' | sort | tr '\\n' ' '; echo; cat /proc/sys/kernel/tainted
+            """)
+        print("QEMU stock drivers: /sys/bus/vmbus/devices\n\(listing)")
+        #expect(bound, "drivers not bound:\n\(listing)\n\((try? rig.guest("dmesg | grep -iE 'vmbus|hv_|storvsc|netvsc' | tail -40").1) ?? "")")
+        for driver in ["hv_storvsc", "hv_netvsc", "hv_utils", "viridian_vmbus"] {
+            #expect(listing.contains(driver), "\(driver) missing:\n\(listing)")
+        }
+        #expect(!listing.contains("viridian_glue"), "viridian_glue is loaded in the stock-driver mode")
+        // The stock modules loaded without --force-modversion: no forced-load taint (bit 1).
+        let taint = Int(listing.split(separator: "\n").last ?? "") ?? -1
+        #expect(taint >= 0 && taint & 2 == 0, "taint \(taint)")
+        lap("boot to bound drivers")
+
+        // Storage: hv_storvsc's SCSI disk, partitioned, ext4, 100 files, e2fsck -f; the host reads them from its image.
+        let (fsCode, fsOut) = try rig.guest("""
+            set -e; disk=$(lsblk -ndo NAME | grep '^sd' | head -1)
+            test -n "$disk"; echo "disk /dev/$disk"; cat /sys/block/$disk/device/vendor /sys/block/$disk/device/model
+            echo 'start=2048, type=83' | sfdisk -q /dev/$disk
+            for i in $(seq 50); do [ -b /dev/${disk}1 ] && break; sleep 0.2; done
+            mkfs.ext4 -q -F /dev/${disk}1; mkdir -p /mnt/s; mount /dev/${disk}1 /mnt/s
+            for i in $(seq 1 100); do head -c $((i * 397 % 60000 + 1)) /dev/urandom > /mnt/s/file$i; done
+            (cd /mnt/s && sha256sum file* | sort) > /root/sums; sync; umount /mnt/s
+            e2fsck -f -n /dev/${disk}1 >/dev/null; cat /root/sums
+            """, seconds: 600)
+        #expect(fsCode == 0, "\(fsOut)\n\((try? rig.guest("dmesg | grep -iE 'storvsc|scsi|sd ' | tail -30").1) ?? "")")
+        let guestSums = fsOut.split(separator: "\n").filter { $0.contains("file") }.map(String.init)
+        #expect(guestSums.count == 100, "\(fsOut)")
+        let mnt = rig.fixture.directory.appendingPathComponent("mnt").path
+        let (hostCode, hostSums) = try sh("mkdir -p \(mnt) && mount -o ro,loop,noload,offset=1048576 \(rig.image) \(mnt) && (cd \(mnt) && sha256sum file* | sort); umount \(mnt)")
+        #expect(hostCode == 0 && hostSums.split(separator: "\n").map(String.init) == guestSums, "host: \(hostSums)")
+        lap("sfdisk + mkfs.ext4 + 100 files + e2fsck -f on hv_storvsc's disk, checksums on the host")
+
+        // Network: hv_netvsc's interface carries the host's MAC; ping and TCP both ways; offloads negotiated.
+        let (_, nic) = try rig.guest("ip -o link | grep -i 00:15:5d:51:00:02 | awk -F': ' '{print $2}'")
+        let ifname = nic.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!ifname.isEmpty, "no interface with the host's MAC: \((try? rig.guest("ip -o link").1) ?? "")")
+        try rig.guest("ip addr add 10.77.\(rig.subnet).2/24 dev \(ifname); ip link set \(ifname) up")
+        let (ping, pingOut) = try netnsExec(rig.hostNS, ["ping", "-c", "3", "-W", "5", "10.77.\(rig.subnet).2"], seconds: 60)
+        #expect(ping == 0, "\(pingOut)\n\((try? rig.guest("dmesg | grep -iE 'netvsc|rndis' | tail -30").1) ?? "")")
+        let (_, offloads) = try rig.guest("ethtool -k \(ifname) | grep -E '^(rx-checksumming|tx-checksumming|tcp-segmentation-offload|generic-receive-offload|scatter-gather):'; ethtool -i \(ifname) | head -2")
+        print("QEMU stock drivers: ethtool -k \(ifname)\n\(offloads)")
+        #expect(offloads.contains("tx-checksumming: on") && offloads.contains("tcp-segmentation-offload: on"), "\(offloads)")
+        let payload = rig.fixture.directory.appendingPathComponent("payload").path
+        _ = try sh("head -c 4194304 /dev/urandom > \(payload)")
+        let payloadSum = String(try sh("sha256sum < \(payload)").1.prefix(64))
+        try rig.guest("(nc -l 5001 > /root/rx &) ; sleep 1")
+        let (sendCode, sendOut) = try netnsExec(rig.hostNS, ["socat", "-u", "FILE:\(payload)", "TCP:10.77.\(rig.subnet).2:5001"], seconds: 120)
+        #expect(sendCode == 0, "\(sendOut)")
+        #expect(try eventually(seconds: 60) { try rig.guest("sha256sum < /root/rx").1.contains(payloadSum) })
+        let received = rig.fixture.directory.appendingPathComponent("received").path
+        let listener = try Child(nsenterTool, netnsEnter(rig.hostNS) + ["socat", "-u", "TCP-LISTEN:5002,reuseaddr", "CREATE:\(received)"])
+        usleep(500_000)
+        let (upCode, upOut) = try rig.guest("nc -N -w 30 10.77.\(rig.subnet).1 5002 < /root/rx", seconds: 180)
+        #expect(upCode == 0, "\(upOut)")
+        listener.wait(seconds: 60)
+        #expect(try sh("sha256sum < \(received)").1.hasPrefix(payloadSum))
+        lap("ping, 4 MiB each way over TCP through hv_netvsc, checksummed")
+
+        // hv_utils: heartbeat, the clock stepped to the host's (+2 h), KVP through hv_kvp_daemon.
+        #expect(try eventually(seconds: 60) { try rig.fixture.status().partitions[0].heartbeat == "ok" }, "\(rig.fixture.host.text)")
+        let (_, guestClock) = try rig.guest("date +%s; cat /sys/class/ptp/ptp*/clock_name 2>/dev/null")
+        let skew = (Double(guestClock.split(separator: "\n").first ?? "") ?? 0) - Date().timeIntervalSince1970
+        print("QEMU stock drivers: guest clock - host clock = \(String(format: "%.1f", skew)) s (host offset +7200 s); PTP: \(guestClock.split(separator: "\n").dropFirst().joined())")
+        #expect(abs(skew - 7200) < 30, "hv_utils did not step the clock to the host's: \(guestClock)")
+        #expect(guestClock.contains("hyperv"), "no hyperv PTP clock: \(guestClock)")
+        try rig.guest("setsid -f hv_kvp_daemon -n </dev/null >/root/kvp.log 2>&1; sleep 2")
+        let (_, release) = try rig.guest("uname -r")
+        var kvp = ""
+        let kvpOK = try eventually(seconds: 90) {
+            kvp = try rig.host(["kvp", "get", "guest1"]).1
+            return kvp.contains(release.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        print("QEMU stock drivers: viridian-host kvp get guest1\n\(kvp)")
+        #expect(kvpOK, "\(kvp)\n\((try? rig.guest("cat /root/kvp.log; dmesg | grep -i kvp | tail").1) ?? "")")
+        lap("heartbeat, time, KVP")
+
+        // Throughput of the in-kernel VSCs (compare the agent's in the realGuest test's output).
+        try measureStockThroughput(rig, ifname: ifname)
+        lap("throughput")
+
+        // Shutdown: hv_utils powers the guest off.
+        let (off, offOut) = try rig.host(["shutdown", "guest1"])
+        #expect(off == 0, "\(offOut)")
+        #expect(rig.qemu.wait(seconds: 120) != nil, "QEMU still running after shutdown")
+        print("QEMU stock drivers: whole test \(Int(Date().timeIntervalSince(started))) s")
+    }
+
+    /// dd with direct I/O on hv_storvsc's disk and iperf3 through hv_netvsc, printed as
+    /// "throughput:" lines.
+    func measureStockThroughput(_ rig: QEMUGuestRig, ifname: String) throws {
+        try measureThroughput(rig, stack: "stock (hv_storvsc, hv_netvsc)", device: "/dev/$(lsblk -ndo NAME | grep '^sd' | head -1)")
+    }
+
+    /// The same measurements for either stack: `device` is a shell word naming the disk.
+    func measureThroughput(_ rig: QEMUGuestRig, stack: String, device: String) throws {
+        let (_, dd) = try rig.guest("""
+            disk=\(device)
+            dd if=/dev/zero of=$disk bs=1M count=32 seek=16 oflag=direct 2>&1 | tail -1
+            dd if=$disk of=/dev/null bs=1M count=32 skip=16 iflag=direct 2>&1 | tail -1
+            """, seconds: 300)
+        print("throughput: \(stack) storage (dd 32 x 1 MiB direct, write | read): \(dd.split(separator: "\n").joined(separator: " | "))")
+        let server = try Child(nsenterTool, netnsEnter(rig.hostNS) + ["iperf3", "-s", "-1", "-p", "5201"])
+        defer { server.signal(SIGKILL); server.wait(seconds: 5) }
+        usleep(500_000)
+        let (_, iperf) = try rig.guest("iperf3 -c 10.77.\(rig.subnet).1 -p 5201 -t 5 -f m 2>&1 | grep -E 'sender|receiver'", seconds: 120)
+        print("throughput: \(stack) network (iperf3 guest → host, 5 s): \(iperf.split(separator: "\n").joined(separator: " | "))")
+    }
+}
