@@ -87,6 +87,29 @@ struct StorageLoopbackTests {
         #expect(vsp.protocolErrors == 0)
     }
 
+    @Test("Linux's scan of other paths and targets (INQUIRY says PQ 3, then REPORT LUNS) gets an empty LUN list, never INVALID_LUN (storvsc would remove disk 0:0:0:0 for it)")
+    func otherPathScan() throws {
+        let rw = try TempImage(size: 8 << 20), ro = try TempImage(size: 1 << 20, fill: 0xAB)
+        let (machine, vsp, client) = try storageMachine(rw, ro)
+        let buffer = try GuestBuffer(client: machine.client, bytes: 4096)
+        for (path, target) in [(UInt8(1), UInt8(0)), (0, 1), (7, 1)] {
+            var result: SCSICompletion?
+            #expect(client.execute(path: path, target: target, lun: 0, cdb: [0x12, 0, 0, 0, 36, 0], direction: .read, buffer: buffer, length: 36) { result = $0 })
+            try machine.run(until: { result != nil }, "inquiry")
+            #expect(result?.isGood == true && buffer.bytes[0] == 0x7F, "path \(path) target \(target): \(String(describing: result))")
+            result = nil
+            buffer.bytes.initializeMemory(as: UInt8.self, repeating: 0xEE)
+            #expect(client.execute(path: path, target: target, lun: 0, cdb: [0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], direction: .read, buffer: buffer, length: 256) { result = $0 })
+            try machine.run(until: { result != nil }, "report luns")
+            #expect(result?.isGood == true && result?.transferred == 8 && Array(buffer.bytes[0..<8]) == [0, 0, 0, 0, 0, 0, 0, 0],
+                    "path \(path) target \(target): \(String(describing: result)) \(Array(buffer.bytes[0..<8]))")
+        }
+        // The disks stay where they are.
+        let c = try command(machine, client, [0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], .read, buffer, 256)
+        #expect(c.isGood && Array(buffer.bytes[0..<4]) == [0, 0, 0, 16])
+        #expect(vsp.protocolErrors == 0)
+    }
+
     @Test("WRITE and READ through GPA-direct pages land in the image file; FLUSH; bounds and opcodes checked")
     func readWrite() throws {
         let rw = try TempImage(size: 8 << 20), ro = try TempImage(size: 1 << 20, fill: 0xAB)

@@ -182,12 +182,14 @@ public final class StorageClient {
 
     // MARK: Commands
 
-    /// Sends one SCSI command. `buffer` holds the data (in or out) for `length` bytes. Returns
-    /// false when the ring is full (try again after completions arrive).
-    public func execute(lun: UInt8, cdb: [UInt8], direction: SCSIDataDirection, buffer: GuestBuffer?, length: Int,
-                        completion: @escaping (SCSICompletion) -> Void) -> Bool {
+    /// Sends one SCSI command to `lun` of `target` on `path` (the controller's disks are on path
+    /// 0, target 0). `buffer` holds the data (in or out) for `length` bytes. Returns false when the
+    /// ring is full (try again after completions arrive).
+    public func execute(path: UInt8 = 0, target: UInt8 = 0, lun: UInt8, cdb: [UInt8], direction: SCSIDataDirection,
+                        buffer: GuestBuffer?, length: Int, completion: @escaping (SCSICompletion) -> Void) -> Bool {
         cdb.withUnsafeBytes { cdb in
-            executeSRB(lun: lun, cdb: cdb, direction: direction, buffer: buffer, length: length, commit: true, completion: completion)
+            executeSRB(path: path, target: target, lun: lun, cdb: cdb, direction: direction, buffer: buffer, length: length,
+                       commit: true, completion: completion)
         }
     }
 
@@ -212,7 +214,8 @@ public final class StorageClient {
     /// Builds the EXECUTE_SRB packet (and GPA-direct extension) in place and writes it to the next
     /// I/O channel's ring; the bytes are those `VStorPacket(operation: .executeSRB, body: srb.encoded)`
     /// encodes, with `buffer.range(length)` as the only range.
-    private func executeSRB(lun: UInt8, cdb: UnsafeRawBufferPointer, direction: SCSIDataDirection, buffer: GuestBuffer?, length: Int,
+    private func executeSRB(path: UInt8 = 0, target targetID: UInt8 = 0, lun: UInt8, cdb: UnsafeRawBufferPointer,
+                            direction: SCSIDataDirection, buffer: GuestBuffer?, length: Int,
                             commit: Bool, completion: @escaping (SCSICompletion) -> Void) -> Bool {
         guard state == .ready, length >= 0, length <= (buffer?.pages ?? 0) << 12 else { return false }
         let target = nextIOChannel()
@@ -220,6 +223,8 @@ public final class StorageClient {
         let p = packetScratch
         StorageClient.srbTemplate.withUnsafeBytes { p.copyMemory(from: $0) }
         let r = VStorPacket.requestOffset
+        p[r + 5] = path
+        p[r + 6] = targetID
         p[r + 7] = lun
         p[r + 8] = UInt8(min(cdb.count, 16))
         p[r + 10] = direction.rawValue

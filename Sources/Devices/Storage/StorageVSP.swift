@@ -280,11 +280,16 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
             }
             data = SCSIData(segments: segments)
         }
+        // REPORT LUNS is answered on every path and target: Linux's storvsc takes INVALID_LUN as
+        // "this LUN was removed" and removes the device of that target and LUN on path 0, whatever
+        // path the command went to, so the scan of path 1 would take away disk 0:0:0:0.
+        if cdb.first == 0xA0 {
+            return finish(SRBStatus.success, transferred: data.fill(reportLUNs(cdb, present: srb.pathID == 0 && srb.targetID == 0)))
+        }
         guard srb.pathID == 0, srb.targetID == 0 else {
             if cdb.first == 0x12 { return finish(SRBStatus.success, transferred: data.fill(absentLUNInquiry(cdb))) }
             return finish(SRBStatus.invalidLUN)
         }
-        if cdb.first == 0xA0 { return finish(SRBStatus.success, transferred: data.fill(reportLUNs(cdb))) }
         guard let disk = luns[srb.lun] else {
             if cdb.first == 0x12 { return finish(SRBStatus.success, transferred: data.fill(absentLUNInquiry(cdb))) }
             return finish(SRBStatus.invalidLUN)
@@ -349,8 +354,9 @@ public final class StorageVSP: VMBusDevice, GuestMemoryClient, SubChannelDevice 
         return left == 0 ? out : nil
     }
 
-    private func reportLUNs(_ cdb: [UInt8]) -> [UInt8] {
-        let list = luns.keys.sorted()
+    /// The LUN list of path 0, target 0 (`present`), or an empty one for any other target.
+    private func reportLUNs(_ cdb: [UInt8], present: Bool) -> [UInt8] {
+        let list = present ? luns.keys.sorted() : []
         var b = [UInt8](repeating: 0, count: 8 + 8 * list.count)
         b.putBE(UInt32(8 * list.count), at: 0)
         for (i, lun) in list.enumerated() { b[8 + 8 * i + 1] = lun }
