@@ -465,7 +465,7 @@ int vmbus_sendpacket_mpb_desc(struct vmbus_channel *channel, struct vmbus_packet
 	desc->length8 = aligned >> 3;
 	desc->transactionid = VMBUS_RQST_INIT;
 	desc->reserved = 0;
-	desc->rangecount = 1;
+	/* rangecount is the caller's: hv_netvsc sends one range per page buffer. */
 	return vmb_ring_write(channel, kv, 3, requestid);
 }
 EXPORT_SYMBOL_GPL(vmbus_sendpacket_mpb_desc);

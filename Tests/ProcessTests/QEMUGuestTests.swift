@@ -41,9 +41,10 @@ final class QEMUGuestRig: @unchecked Sendable {
     let subnet: Int
     let image: String
 
-    /// `memoryMiB`: the guest's RAM; its root (the initramfs) may fill half of it. `append`: more
-    /// kernel command line; `partition`: more lines of the partition's configuration.
-    init(subnet: Int = 91, imageDirectory: URL = GuestImage.directory, memoryMiB: Int = 1024,
+    /// `memoryMiB`: the guest's RAM; its root (the initramfs) may fill half of it (with 1024 MiB
+    /// the root's 386 MiB left 9 MiB free: too little for the copies the tests make). `append`:
+    /// more kernel command line; `partition`: more lines of the partition's configuration.
+    init(subnet: Int = 91, imageDirectory: URL = GuestImage.directory, memoryMiB: Int = 1280,
          append: String = "", partition: String = "") throws {
         self.subnet = subnet
         hostNS = "vqh-\(getpid())"
