@@ -75,6 +75,7 @@ struct vmb_waiter {
 	struct list_head node;
 	u32 msgtype;
 	u32 key;			/* relid, gpadl handle or 0 */
+	struct vmbus_channel *channel;	/* whose rescind ends the wait, or NULL */
 	struct completion done;
 	u8 answer[HV_MESSAGE_PAYLOAD_BYTE_COUNT];
 };
@@ -103,7 +104,8 @@ struct vmb_bus {
 	struct list_head waiters;
 	struct completion offers_done;
 
-	struct mutex chan_mutex;	/* channels, device add/remove */
+	struct mutex chan_mutex;	/* channels, sc_lists; never held across a wait */
+	struct mutex close_mutex;	/* closing channels, removing sub-channels */
 	struct list_head channels;	/* primary channels */
 	spinlock_t relid_lock;		/* relids[] */
 	struct vmbus_channel *relids[VMB_MAX_RELIDS];
@@ -130,7 +132,8 @@ u64 vmb_reference_counter(void);
 int vmb_connect(void);
 void vmb_disconnect(void);
 void vmb_message_work(struct work_struct *work);
-struct vmb_waiter *vmb_waiter_add(u32 msgtype, u32 key);
+struct vmb_waiter *vmb_waiter_add(u32 msgtype, u32 key, struct vmbus_channel *channel);
+void vmb_waiters_cancel(struct vmbus_channel *channel);
 void vmb_waiter_remove(struct vmb_waiter *w);
 int vmb_waiter_wait(struct vmb_waiter *w, unsigned int timeout_ms);
 
@@ -140,6 +143,7 @@ void vmb_on_rescind(u32 relid);
 void vmb_remove_all(void);
 void vmb_relid_event(u32 relid);
 void vmb_channels_release(struct vmbus_channel *primary);
+void vmb_sub_remove(struct vmbus_channel *sc);
 
 /* vmb_bus.c */
 int vmb_bus_register(void);

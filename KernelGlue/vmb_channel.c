@@ -97,7 +97,7 @@ static int vmb_gpadl_create(struct vmbus_channel *channel, void *buffer, u32 siz
 	if (!size || (size & ~PAGE_MASK) || offset_in_page(buffer))
 		return -EINVAL;
 	gpadl = atomic_inc_return(&vmb->next_gpadl);
-	w = vmb_waiter_add(CHANNELMSG_GPADL_CREATED, gpadl);
+	w = vmb_waiter_add(CHANNELMSG_GPADL_CREATED, gpadl, channel);
 	if (!w)
 		return -ENOMEM;
 
@@ -165,7 +165,7 @@ int vmbus_teardown_gpadl(struct vmbus_channel *channel, struct vmbus_gpadl *gpad
 		return 0;
 	/* A rescinded channel's GPADLs are gone on the host already. */
 	if (!channel->rescind && vmb->up) {
-		w = vmb_waiter_add(CHANNELMSG_GPADL_TORNDOWN, gpadl->gpadl_handle);
+		w = vmb_waiter_add(CHANNELMSG_GPADL_TORNDOWN, gpadl->gpadl_handle, channel);
 		if (!w)
 			return -ENOMEM;
 		ret = vmb_post_message(&msg, sizeof(msg), true);
@@ -299,7 +299,7 @@ static int vmb_send_open(struct vmbus_channel *channel, void *userdata, u32 user
 
 	if (userdatalen)
 		memcpy(msg.userdata, userdata, userdatalen);
-	w = vmb_waiter_add(CHANNELMSG_OPENCHANNEL_RESULT, channel->offermsg.child_relid);
+	w = vmb_waiter_add(CHANNELMSG_OPENCHANNEL_RESULT, channel->offermsg.child_relid, channel);
 	if (!w)
 		return -ENOMEM;
 	ret = vmb_post_message(&msg, sizeof(msg), true);
@@ -403,12 +403,26 @@ static void vmb_close_one(struct vmbus_channel *channel)
 	vmb_requestor_free(channel);
 }
 
-/* Closing a primary channel closes its sub-channels first. */
+/*
+ * Closes @channel. A sub-channel the host rescinded while it was open goes
+ * away now (its rescind left that to the close: rescind_ref).
+ */
+static void vmb_close_and_release(struct vmbus_channel *channel)
+{
+	vmb_close_one(channel);
+	if (channel->primary_channel && channel->rescind_ref)
+		vmb_sub_remove(channel);
+}
+
+/*
+ * Closing a primary channel closes its sub-channels first. The channel lock
+ * is not held while a close waits for the host (the message loop takes it).
+ */
 void vmbus_close(struct vmbus_channel *channel)
 {
 	struct vmbus_channel *sc, *open;
 
-	/* One at a time, without the lock: closing waits for the host. */
+	mutex_lock(&vmb->close_mutex);
 	while (!channel->primary_channel) {
 		open = NULL;
 		mutex_lock(&vmb->chan_mutex);
@@ -421,9 +435,10 @@ void vmbus_close(struct vmbus_channel *channel)
 		mutex_unlock(&vmb->chan_mutex);
 		if (!open)
 			break;
-		vmb_close_one(open);
+		vmb_close_and_release(open);
 	}
-	vmb_close_one(channel);
+	vmb_close_and_release(channel);
+	mutex_unlock(&vmb->close_mutex);
 }
 EXPORT_SYMBOL_GPL(vmbus_close);
 

@@ -40,7 +40,7 @@ static const u32 vmb_versions[] = {
 
 #define VMB_ANSWER_TIMEOUT_MS	10000
 
-struct vmb_waiter *vmb_waiter_add(u32 msgtype, u32 key)
+struct vmb_waiter *vmb_waiter_add(u32 msgtype, u32 key, struct vmbus_channel *channel)
 {
 	struct vmb_waiter *w = kzalloc(sizeof(*w), GFP_KERNEL);
 	unsigned long flags;
@@ -49,6 +49,7 @@ struct vmb_waiter *vmb_waiter_add(u32 msgtype, u32 key)
 		return NULL;
 	w->msgtype = msgtype;
 	w->key = key;
+	w->channel = channel;
 	init_completion(&w->done);
 	spin_lock_irqsave(&vmb->wait_lock, flags);
 	list_add_tail(&w->node, &vmb->waiters);
@@ -66,7 +67,20 @@ void vmb_waiter_remove(struct vmb_waiter *w)
 	kfree(w);
 }
 
-/* 0 once answered, -ETIMEDOUT if the host stays silent. */
+/* A rescinded channel gets no more answers: its requests stop waiting. */
+void vmb_waiters_cancel(struct vmbus_channel *channel)
+{
+	struct vmb_waiter *w;
+	unsigned long flags;
+
+	spin_lock_irqsave(&vmb->wait_lock, flags);
+	list_for_each_entry(w, &vmb->waiters, node)
+		if (w->channel == channel)
+			complete(&w->done);
+	spin_unlock_irqrestore(&vmb->wait_lock, flags);
+}
+
+/* 0 once answered (or cancelled: the caller checks for a rescind), -ETIMEDOUT if the host stays silent. */
 int vmb_waiter_wait(struct vmb_waiter *w, unsigned int timeout_ms)
 {
 	if (wait_for_completion_timeout(&w->done, msecs_to_jiffies(timeout_ms)))
@@ -205,7 +219,7 @@ static int vmb_initiate(u32 version)
 	msg.monitor_page2 = virt_to_phys(vmb->monitor_pages[1]);
 	vmb->msg_conn_id = version >= VERSION_WIN10_V5 ? VMB_MSG_CONN_ID_4 : VMB_MSG_CONN_ID;
 
-	w = vmb_waiter_add(CHANNELMSG_VERSION_RESPONSE, 0);
+	w = vmb_waiter_add(CHANNELMSG_VERSION_RESPONSE, 0, NULL);
 	if (!w)
 		return -ENOMEM;
 	ret = vmb_post_message(&msg, sizeof(msg), true);
@@ -273,7 +287,7 @@ void vmb_disconnect(void)
 
 	if (!vmb->up)
 		return;
-	w = vmb_waiter_add(CHANNELMSG_UNLOAD_RESPONSE, 0);
+	w = vmb_waiter_add(CHANNELMSG_UNLOAD_RESPONSE, 0, NULL);
 	if (w) {
 		if (!vmb_post_message(&msg, sizeof(msg), true))
 			vmb_waiter_wait(w, VMB_ANSWER_TIMEOUT_MS);

@@ -199,9 +199,24 @@ static void vmb_add_sub(struct work_struct *work)
 	struct vmbus_channel *ch = container_of(work, struct vmbus_channel, add_channel_work);
 	struct vmbus_channel *primary = ch->primary_channel;
 
-	ch->probe_done = true;
 	if (primary->sc_creation_callback && !ch->rescind)
 		primary->sc_creation_callback(ch);
+	/* A rescind waits for this: the driver is done with the offer. */
+	smp_store_release(&ch->probe_done, true);
+}
+
+/* A closed sub-channel is forgotten: RELID_RELEASED, freed. Under close_mutex. */
+void vmb_sub_remove(struct vmbus_channel *sc)
+{
+	u32 relid = sc->offermsg.child_relid;
+
+	mutex_lock(&vmb->chan_mutex);
+	list_del_init(&sc->sc_list);
+	mutex_unlock(&vmb->chan_mutex);
+	vmb_relid_set(relid, NULL);
+	if (vmb->up)
+		vmb_relid_released(relid);
+	vmb_channel_free(sc);
 }
 
 static struct vmbus_channel *vmb_find_primary(const guid_t *instance)
@@ -235,8 +250,8 @@ void vmb_on_offer(const struct vmbus_channel_offer_channel *offer)
 			vmb_channel_free(ch);
 			return;
 		}
+		/* As in Linux, only the primary has the device (device_obj). */
 		ch->primary_channel = primary;
-		ch->device_obj = primary->device_obj;
 		list_add_tail(&ch->sc_list, &primary->sc_list);
 	} else {
 		list_add_tail(&ch->listentry, &vmb->channels);
@@ -287,6 +302,18 @@ static void vmb_rescind_work(struct work_struct *work)
 	bool listed;
 
 	kfree(r);
+	if (ch->primary_channel) {
+		/* The driver's callback may still be opening it (and failing now). */
+		while (!smp_load_acquire(&ch->probe_done))
+			usleep_range(1000, 2000);
+		mutex_lock(&vmb->close_mutex);
+		if (ch->state == CHANNEL_OPENED_STATE)
+			ch->rescind_ref = true;	/* vmbus_close removes it */
+		else
+			vmb_sub_remove(ch);
+		mutex_unlock(&vmb->close_mutex);
+		return;
+	}
 	mutex_lock(&vmb->chan_mutex);
 	listed = !list_empty(&ch->listentry);
 	list_del_init(&ch->listentry);
@@ -297,27 +324,26 @@ static void vmb_rescind_work(struct work_struct *work)
 
 void vmb_on_rescind(u32 relid)
 {
+	struct vmb_rescind *r;
 	struct vmbus_channel *ch;
 
 	if (relid == 0 || relid >= VMB_MAX_RELIDS)
 		return;
 	ch = vmb_relid_get(relid);
-	if (!ch)
+	if (!ch || ch->rescind)
 		return;
 	ch->rescind = true;
+	vmb_waiters_cancel(ch);
 	complete(&ch->rescind_event);
 	if (ch->chn_rescind_callback)
 		ch->chn_rescind_callback(ch);
-	if (!ch->primary_channel) {
-		/* The add work may not have run yet: the removal queues behind it. */
-		struct vmb_rescind *r = kzalloc(sizeof(*r), GFP_KERNEL);
-
-		if (!r)
-			return;
-		r->channel = ch;
-		INIT_WORK(&r->work, vmb_rescind_work);
-		queue_work(vmb->add_wq, &r->work);
-	}
+	/* A primary's add work may not have run yet: the removal queues behind it. */
+	r = kzalloc(sizeof(*r), GFP_KERNEL);
+	if (!r)
+		return;
+	r->channel = ch;
+	INIT_WORK(&r->work, vmb_rescind_work);
+	queue_work(vmb->add_wq, &r->work);
 }
 
 /* Module removal: every device goes, which closes and frees the channels. */

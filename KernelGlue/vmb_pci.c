@@ -238,6 +238,7 @@ static int vmb_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	INIT_LIST_HEAD(&vmb->waiters);
 	init_completion(&vmb->offers_done);
 	mutex_init(&vmb->chan_mutex);
+	mutex_init(&vmb->close_mutex);
 	INIT_LIST_HEAD(&vmb->channels);
 	spin_lock_init(&vmb->relid_lock);
 	atomic_set(&vmb->next_gpadl, 0xE1E10);

@@ -94,6 +94,8 @@ public final class ServerChannel {
     /// the channel before OPENCHANNEL_RESULT); `signalDeferred` remembers one was wanted.
     var holdSignals = false
     var signalDeferred = false
+    /// A sub-channel the guest closed: rescinded once its last GPADL is torn down.
+    var rescindWhenTornDown = false
 
     /// 0 for the primary channel, 1… for sub-channels of the same device.
     public let subChannelIndex: UInt16

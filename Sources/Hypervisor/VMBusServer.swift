@@ -50,6 +50,8 @@ public final class VMBusServer: MessagePort, SubChannelOffering, GpadlMapper {
     public private(set) var messagesReceived: UInt64 = 0
     public private(set) var messagesSent: UInt64 = 0
     public private(set) var malformedMessages: UInt64 = 0
+    /// Messages that broke the protocol's rules (each logged, rate-limited).
+    public private(set) var guestProtocolErrors: UInt64 = 0
 
     /// Sees every channel message: `true` for guest → host, with the raw bytes (tracing).
     public var messageObserver: ((Bool, [UInt8]) -> Void)?
@@ -85,7 +87,7 @@ public final class VMBusServer: MessagePort, SubChannelOffering, GpadlMapper {
     public static let maximumSubChannels = 64
 
     public func offerSubChannels(of device: any VMBusDevice, count: Int) -> Int {
-        var existing = channels.values.filter { $0.device === device && $0.subChannelIndex > 0 }.count
+        var existing = channels.values.filter { $0.device === device && $0.subChannelIndex > 0 && $0.state != .rescinded }.count
         while count > 0 && existing < min(count, Self.maximumSubChannels) {
             existing += 1
             offer(device, subChannelIndex: UInt16(existing))
@@ -305,6 +307,18 @@ public final class VMBusServer: MessagePort, SubChannelOffering, GpadlMapper {
         }
         gpadls.remove(m.gpadl)
         send(.gpadlTorndown(GpadlTorndown(gpadl: m.gpadl)))
+        if let channel = channels[m.childRelid] { rescindIfReleased(channel) }
+    }
+
+    /// A sub-channel lives from the guest's request to its close, as on Hyper-V: once closed and
+    /// its GPADLs torn down (the order Linux closes in: CLOSECHANNEL, then GPADL_TEARDOWN), it is
+    /// rescinded, and the next request for sub-channels offers new ones. Linux's hv_netvsc
+    /// closes and requests its sub-channels again on every MTU or channel-count change.
+    private func rescindIfReleased(_ channel: ServerChannel) {
+        guard channel.rescindWhenTornDown, channel.state == .offered,
+            !gpadls.entries.values.contains(where: { $0.relid == channel.relid }) else { return }
+        channel.rescindWhenTornDown = false
+        rescind(relid: channel.relid)
     }
 
     // MARK: Open and close
@@ -372,6 +386,10 @@ public final class VMBusServer: MessagePort, SubChannelOffering, GpadlMapper {
         if channel.state == .open {
             closeChannel(channel)
             channel.state = .offered
+            if channel.subChannelIndex > 0 {
+                channel.rescindWhenTornDown = true
+                rescindIfReleased(channel)
+            }
         }
     }
 
@@ -476,6 +494,7 @@ public final class VMBusServer: MessagePort, SubChannelOffering, GpadlMapper {
     }
 
     private func guestError(_ text: @autoclosure () -> String) {
+        guestProtocolErrors &+= 1
         if guestErrors.allow() { logger.warning("partition \(partition.id): \(text())") }
     }
 }

@@ -48,15 +48,16 @@ extension QEMUGuestTests {
         lap("boot to bound drivers")
 
         // Storage: hv_storvsc's SCSI disk, partitioned, ext4, 100 files, e2fsck -f; the host reads them from its image.
+        // In a subshell: the console's shell is shared, and set -e would outlive this command.
         let (fsCode, fsOut) = try rig.guest("""
-            set -e; disk=$(lsblk -ndo NAME | grep '^sd' | head -1)
+            (set -e; disk=$(lsblk -ndo NAME | grep '^sd' | head -1)
             test -n "$disk"; echo "disk /dev/$disk"; cat /sys/block/$disk/device/vendor /sys/block/$disk/device/model
             echo 'start=2048, type=83' | sfdisk -q /dev/$disk
             for i in $(seq 50); do [ -b /dev/${disk}1 ] && break; sleep 0.2; done
             mkfs.ext4 -q -F /dev/${disk}1; mkdir -p /mnt/s; mount /dev/${disk}1 /mnt/s
             for i in $(seq 1 100); do head -c $((i * 397 % 60000 + 1)) /dev/urandom > /mnt/s/file$i; done
             (cd /mnt/s && sha256sum file* | sort) > /root/sums; sync; umount /mnt/s
-            e2fsck -f -n /dev/${disk}1 >/dev/null; cat /root/sums
+            e2fsck -f -n /dev/${disk}1 >/dev/null; cat /root/sums)
             """, seconds: 600)
         #expect(fsCode == 0, "\(fsOut)\n\((try? rig.guest("dmesg | grep -iE 'storvsc|scsi|sd ' | tail -30").1) ?? "")")
         let guestSums = fsOut.split(separator: "\n").filter { $0.contains("file") }.map(String.init)
@@ -91,6 +92,25 @@ extension QEMUGuestTests {
         listener.wait(seconds: 60)
         #expect(try sh("sha256sum < \(received)").1.hasPrefix(payloadSum))
         lap("ping, 4 MiB each way over TCP through hv_netvsc, checksummed")
+
+        // hv_netvsc closes and re-requests its sub-channels on a channel-count change (and on an
+        // MTU change); the host offers new ones each time and traffic goes on.
+        let (channels, channelsOut) = try rig.guest("""
+            ethtool -L \(ifname) combined 1 && ethtool -L \(ifname) combined 2 && ethtool -l \(ifname) | tail -1
+            ip link set \(ifname) up; ip addr replace 10.77.\(rig.subnet).2/24 dev \(ifname); sleep 1
+            ping -c 2 -W 5 10.77.\(rig.subnet).1 >/dev/null && echo reachable
+            """, seconds: 120)
+        #expect(channels == 0 && channelsOut.contains("Combined:\t2") && channelsOut.contains("reachable"),
+                "\(channelsOut)\n\((try? rig.guest("dmesg | tail -20; journalctl -b --no-pager | tail -20").1) ?? "")")
+        // storvsc: a LUN hot-added and removed by the host (ENUMERATE_BUS, then INVALID_LUN for the gone one).
+        let extra = rig.fixture.directory.appendingPathComponent("disk1.img").path
+        let (added, addedOut) = try rig.host(["disk", "add", "guest1", extra, "--size-mib", "16"])
+        #expect(added == 0, "\(addedOut)")
+        #expect(try eventually(seconds: 30) { try rig.guest("lsblk -ndo NAME,SIZE").1.contains("16M") }, "no second disk")
+        let (removed, removedOut) = try rig.host(["disk", "remove", "guest1", "1"])
+        #expect(removed == 0, "\(removedOut)")
+        #expect(try eventually(seconds: 30) { !(try rig.guest("lsblk -ndo NAME,SIZE").1.contains("16M")) }, "the removed disk stayed")
+        lap("netvsc channels 1 → 2, a LUN hot-added and removed")
 
         // hv_utils: heartbeat, the clock stepped to the host's (+2 h), KVP through hv_kvp_daemon.
         #expect(try eventually(seconds: 60) { try rig.fixture.status().partitions[0].heartbeat == "ok" }, "\(rig.fixture.host.text)")

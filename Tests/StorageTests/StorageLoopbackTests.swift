@@ -291,6 +291,41 @@ struct StorageSubChannelTests {
         machine.pump()
         #expect(vsp.protocolErrors == 0)
     }
+
+    @Test("A sub-channel the guest closes is rescinded after its ring's GPADL is torn down; the primary reopened asks again and gets new ones (Linux's hv_netvsc does this on every MTU change)")
+    func closedSubChannelsAreRescinded() throws {
+        let rw = try TempImage(size: 4 << 20)
+        let machine = try LoopbackMachine(memoryBytes: 32 << 20, vpCount: 2, logger: quiet)
+        let vsp = StorageVSP(instanceID: GUID(low: 5, high: 5), luns: [0: SCSIDisk(backend: try FileBackend(path: rw.path), serial: "S")], logger: quiet)
+        machine.server.offer(vsp)
+        try machine.connect()
+        let primary = try #require(machine.client.channels.values.first)
+        func start(subChannels: Int) throws -> [ClientChannel] {
+            try machine.client.open(primary, sendPages: 8, receivePages: 8)
+            try machine.run(until: { primary.state == .open }, "open")
+            let client = StorageClient(channel: primary, subChannels: subChannels, logger: quiet)
+            try machine.run(until: { client.state != .initializing }, "init")
+            #expect(client.state == .ready && client.grantedSubChannels == subChannels)
+            let subs = machine.client.channels.values.filter { $0.offer.subChannelIndex > 0 && $0.state != .rescinded }
+            for sub in subs { try machine.client.open(sub, sendPages: 8, receivePages: 8) }
+            try machine.run(until: { subs.allSatisfy { $0.state == .open } }, "open subs")
+            return subs
+        }
+        let first = try start(subChannels: 2)
+        #expect(first.count == 2)
+        // Sub-channels first, then the primary, as Linux closes.
+        for sub in first { machine.client.close(sub) }
+        try machine.run(until: { first.allSatisfy { $0.state == .rescinded } }, "sub-channels rescinded")
+        machine.client.close(primary)
+        try machine.run(until: { primary.state != .open }, "primary closed")
+        machine.pump()
+        // The guest released the relids (RELID_RELEASED): the host forgot the old sub-channels.
+        #expect(machine.server.channels.values.filter { $0.device === vsp }.count == 1)
+        let second = try start(subChannels: 2)
+        #expect(second.count == 2 && Set(second.map(\.offer.subChannelIndex)) == [1, 2])
+        #expect(machine.server.channels.values.filter { $0.device === vsp && $0.state == .open }.count == 3)
+        #expect(vsp.protocolErrors == 0 && machine.server.guestProtocolErrors == 0)
+    }
 }
 
 @Suite("SCSI disk over tiny images")
