@@ -147,7 +147,12 @@ final class SupervisedPartition: PartitionHandle, @unchecked Sendable {
     /// knocks (start one).
     func descriptorReady(_ fd: Int32) {
         let (phase, pidfd, channel) = state.withLock { ($0.phase, $0.pidfd, $0.channel) }
-        if phase == .failed { restart(reason: "a guest is connecting"); return }
+        if phase == .failed {
+            // Only the listening socket means a guest: the dead worker's channel and pidfd can be
+            // reported ready in the same pass that reaped it (that restarted it with no guest).
+            if fd == listenFD { restart(reason: "a guest is connecting") }
+            return
+        }
         if let channel, fd == channel.fd {
             // EOF: the worker is going; its pidfd tells the rest.
             guard let (request, fds) = channel.receive(ControlRequest.self) else { return state.withLock { $0.channel = nil } }
