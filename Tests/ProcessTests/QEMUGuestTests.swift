@@ -198,14 +198,6 @@ struct QEMUGuestTests {
         try checkGuestServices(rig, payload: payload, payloadSum: String(payloadSum.prefix(64)))
         lap("backup freeze/thaw, copy-file, IP injection through networkd")
 
-        // Throughput of the agent's user-space VSCs (the stock-driver test prints the kernel's);
-        // the writes overwrite the middle of the file system, which is not used again.
-        phase = Date()
-        _ = try rig.guest("sock=$(ls /run/viridian/disks/*.sock | head -1); nbd-client -unix $sock /dev/nbd0 -b 4096 >/dev/null")
-        try measureThroughput(rig, stack: "agent (NBD export, viridian0 TAP)", device: "/dev/nbd0")
-        _ = try rig.guest("nbd-client -d /dev/nbd0 >/dev/null")
-        lap("throughput")
-
         // The package's sandbox refused nothing the agent did above (TAP, NBD sockets, the clock
         // through the drop-in, KVP).
         let (_, warnings) = try rig.guest("journalctl -b -u viridian-agent -p warning -o cat --no-pager")

@@ -130,9 +130,41 @@ extension QEMUGuestTests {
         #expect(kvpOK, "\(kvp)\n\((try? rig.guest("cat /root/kvp.log; dmesg | grep -i kvp | tail").1) ?? "")")
         lap("heartbeat, time, KVP")
 
-        // Throughput of the in-kernel VSCs (compare the agent's in the realGuest test's output).
-        try measureStockThroughput(rig, ifname: ifname)
-        lap("throughput")
+        // Throughput: the in-kernel VSCs, then in the same guest with the same host the agent's
+        // user-space VSCs (viridian_vmbus unloaded, viridian_glue and the agent started), then back.
+        let stock = try measureThroughput(rig, stack: "stock (hv_storvsc, hv_netvsc)", device: "/dev/$(lsblk -ndo NAME | grep '^sd' | head -1)")
+        // hv_netvsc's TCP goes out in multi-range GPA-direct packets: when the core sent only one
+        // range of each, 2000–3000 segments a run were lost and retransmitted.
+        #expect(stock.retransmits.map { $0 < 100 } == true, "TCP retransmissions through hv_netvsc: \(String(describing: stock.retransmits))")
+        let (toAgent, toAgentOut) = try rig.guest("""
+            systemctl stop hv-kvp-daemon hv-vss-daemon hv-fcopy-daemon 2>/dev/null; pkill -x hv_kvp_daemon; sleep 1
+            rmmod hv_utils hv_netvsc hv_storvsc && rmmod viridian_vmbus && modprobe viridian_glue && systemctl start viridian-agent
+            """, seconds: 120)
+        #expect(toAgent == 0, "\(toAgentOut)")
+        #expect(try eventually(seconds: 60) { try rig.fixture.status().partitions[0].attachCount >= 2 && rig.guest("ls /run/viridian/disks/*.sock").0 == 0 },
+                "the agent did not join after the switch: \(rig.fixture.host.text.suffix(1500))")
+        try rig.guest("ip link set viridian0 up; ip addr replace 10.77.\(rig.subnet).2/24 dev viridian0")
+        try rig.guest("modprobe nbd; sock=$(ls /run/viridian/disks/*.sock | head -1); nbd-client -unix $sock /dev/nbd0 -b 4096 >/dev/null")
+        let agent = try measureThroughput(rig, stack: "agent (NBD export, viridian0 TAP)", device: "/dev/nbd0")
+        let (back, backOut) = try rig.guest("""
+            nbd-client -d /dev/nbd0 >/dev/null; systemctl stop viridian-agent && rmmod viridian_glue && modprobe viridian_vmbus && echo back
+            """, seconds: 120)
+        #expect(back == 0 && backOut.contains("back"), "\(backOut)")
+        for (name, t) in [("stock", stock), ("agent", agent)] {
+            #expect(t.writeMBs != nil && t.readMBs != nil && t.txMbits != nil && t.rxMbits != nil, "\(name): \(t)")
+        }
+        func ratio(_ a: Double?, _ b: Double?) -> String { a.flatMap { x in b.map { String(format: "%.2f", x / $0) } } ?? "?" }
+        print("""
+            throughput (same guest, same host; stock / agent): storage write \(ratio(stock.writeMBs, agent.writeMBs)), \
+            read \(ratio(stock.readMBs, agent.readMBs)); TCP guest → host \(ratio(stock.txMbits, agent.txMbits)), \
+            host → guest \(ratio(stock.rxMbits, agent.rxMbits))
+            """)
+        lap("throughput, both stacks")
+        // The core joined again (a third attach): the stock drivers are bound again and answer.
+        #expect(try eventually(seconds: 60) {
+            let p = try rig.fixture.status().partitions[0]
+            return p.attachCount >= 3 && p.heartbeat == "ok"
+        }, "hv_utils did not come back: \(rig.fixture.host.text.suffix(1500))")
 
         // Shutdown: hv_utils powers the guest off.
         let (off, offOut) = try rig.host(["shutdown", "guest1"])
@@ -141,38 +173,48 @@ extension QEMUGuestTests {
         print("QEMU stock drivers: whole test \(Int(Date().timeIntervalSince(started))) s")
     }
 
-    /// dd with direct I/O on hv_storvsc's disk and iperf3 through hv_netvsc, printed as
-    /// "throughput:" lines. TCP guest → host goes out in hv_netvsc's multi-range GPA-direct
-    /// packets: it must not need retransmissions (when the core sent one range of each such
-    /// packet, 2000–3000 segments a run were lost and retransmitted).
-    func measureStockThroughput(_ rig: QEMUGuestRig, ifname: String) throws {
-        let retransmits = try measureThroughput(rig, stack: "stock (hv_storvsc, hv_netvsc)",
-                                                device: "/dev/$(lsblk -ndo NAME | grep '^sd' | head -1)")
-        #expect(retransmits.map { $0 < 100 } == true, "TCP retransmissions through hv_netvsc: \(String(describing: retransmits))")
+    /// What `measureThroughput` read off dd and iperf3.
+    struct Throughput {
+        var writeMBs: Double?
+        var readMBs: Double?
+        var txMbits: Double?
+        var rxMbits: Double?
+        var retransmits: Int?
     }
 
-    /// The same measurements for either stack: `device` is a shell word naming the disk. Returns
-    /// iperf3's retransmission count guest → host.
+    /// dd with direct I/O on `device` (a shell word naming the disk) and iperf3 both ways, printed
+    /// as "throughput:" lines.
     @discardableResult
-    func measureThroughput(_ rig: QEMUGuestRig, stack: String, device: String) throws -> Int? {
+    func measureThroughput(_ rig: QEMUGuestRig, stack: String, device: String) throws -> Throughput {
+        var t = Throughput()
+        // "33554432 bytes (34 MB, 32 MiB) copied, 0.114555 s, 293 MB/s"
+        func rate(_ line: Substring, unit: String) -> Double? {
+            let words = line.split(separator: " ")
+            guard let i = words.firstIndex(where: { $0.hasPrefix(unit) }), i > words.startIndex else { return nil }
+            return Double(words[words.index(before: i)])
+        }
         let (_, dd) = try rig.guest("""
             disk=\(device)
             dd if=/dev/zero of=$disk bs=1M count=32 seek=16 oflag=direct 2>&1 | tail -1
             dd if=$disk of=/dev/null bs=1M count=32 skip=16 iflag=direct 2>&1 | tail -1
             """, seconds: 300)
-        print("throughput: \(stack) storage (dd 32 x 1 MiB direct, write | read): \(dd.split(separator: "\n").joined(separator: " | "))")
-        var retransmits: Int?
+        let lines = dd.split(separator: "\n")
+        t.writeMBs = lines.first.flatMap { rate($0, unit: "MB/s") ?? rate($0, unit: "GB/s").map { $0 * 1000 } }
+        t.readMBs = lines.dropFirst().first.flatMap { rate($0, unit: "MB/s") ?? rate($0, unit: "GB/s").map { $0 * 1000 } }
+        print("throughput: \(stack) storage (dd 32 x 1 MiB direct, write | read): \(lines.joined(separator: " | "))")
         for reverse in [false, true] {
             let server = try Child(nsenterTool, netnsEnter(rig.hostNS) + ["iperf3", "-s", "-1", "-p", "5201"])
             defer { server.signal(SIGKILL); server.wait(seconds: 5) }
             usleep(500_000)
             let (_, iperf) = try rig.guest("iperf3 -c 10.77.\(rig.subnet).1 -p 5201 -t 5 -f m\(reverse ? " -R" : "") 2>&1 | grep -E 'sender|receiver'", seconds: 120)
             print("throughput: \(stack) network (iperf3 \(reverse ? "host → guest" : "guest → host"), 5 s): \(iperf.split(separator: "\n").joined(separator: " | "))")
+            // "[  5]   0.00-5.00   sec  1.51 GBytes  2599 Mbits/sec    0             sender"
+            guard let receiver = iperf.split(separator: "\n").first(where: { $0.hasSuffix("receiver") }) else { continue }
+            if reverse { t.rxMbits = rate(receiver, unit: "Mbits/sec") } else { t.txMbits = rate(receiver, unit: "Mbits/sec") }
             if !reverse, let sender = iperf.split(separator: "\n").first(where: { $0.hasSuffix("sender") }) {
-                // "[  5]   0.00-5.00   sec  1.51 GBytes  2599 Mbits/sec    0             sender"
-                retransmits = sender.split(separator: " ").dropLast().last.flatMap { Int($0) }
+                t.retransmits = sender.split(separator: " ").dropLast().last.flatMap { Int($0) }
             }
         }
-        return retransmits
+        return t
     }
 }
