@@ -271,13 +271,15 @@ void vmb_on_offer(const struct vmbus_channel_offer_channel *offer)
 void vmb_channels_release(struct vmbus_channel *primary)
 {
 	struct vmbus_channel *sc, *tmp;
+	LIST_HEAD(subs);
 
+	/* close_mutex: a rescind work of one of these channels checks they still exist. */
+	mutex_lock(&vmb->close_mutex);
 	mutex_lock(&vmb->chan_mutex);
 	list_del_init(&primary->listentry);
-	list_for_each_entry_safe(sc, tmp, &primary->sc_list, sc_list)
-		list_del(&sc->sc_list);
+	list_splice_init(&primary->sc_list, &subs);
 	mutex_unlock(&vmb->chan_mutex);
-	list_for_each_entry_safe(sc, tmp, &primary->sc_list, sc_list) {
+	list_for_each_entry_safe(sc, tmp, &subs, sc_list) {
 		vmb_relid_set(sc->offermsg.child_relid, NULL);
 		if (vmb->up)
 			vmb_relid_released(sc->offermsg.child_relid);
@@ -286,6 +288,7 @@ void vmb_channels_release(struct vmbus_channel *primary)
 	vmb_relid_set(primary->offermsg.child_relid, NULL);
 	if (vmb->up)
 		vmb_relid_released(primary->offermsg.child_relid);
+	mutex_unlock(&vmb->close_mutex);
 	vmb_channel_free(primary);
 }
 
@@ -293,20 +296,31 @@ void vmb_channels_release(struct vmbus_channel *primary)
 struct vmb_rescind {
 	struct work_struct work;
 	struct vmbus_channel *channel;
+	u32 relid;
 };
 
 static void vmb_rescind_work(struct work_struct *work)
 {
 	struct vmb_rescind *r = container_of(work, struct vmb_rescind, work);
 	struct vmbus_channel *ch = r->channel;
+	u32 relid = r->relid;
 	bool listed;
 
 	kfree(r);
-	if (ch->primary_channel) {
-		/* The driver's callback may still be opening it (and failing now). */
-		while (!smp_load_acquire(&ch->probe_done))
-			usleep_range(1000, 2000);
+	for (;;) {
 		mutex_lock(&vmb->close_mutex);
+		/* Freed meanwhile (its device released at unload): nothing to do. */
+		if (vmb_relid_get(relid) != ch) {
+			mutex_unlock(&vmb->close_mutex);
+			return;
+		}
+		/* A sub-channel's driver callback may still be opening it (and failing now). */
+		if (!ch->primary_channel || smp_load_acquire(&ch->probe_done))
+			break;
+		mutex_unlock(&vmb->close_mutex);
+		usleep_range(1000, 2000);
+	}
+	if (ch->primary_channel) {
 		if (ch->state == CHANNEL_OPENED_STATE)
 			ch->rescind_ref = true;	/* vmbus_close removes it */
 		else
@@ -318,6 +332,8 @@ static void vmb_rescind_work(struct work_struct *work)
 	listed = !list_empty(&ch->listentry);
 	list_del_init(&ch->listentry);
 	mutex_unlock(&vmb->chan_mutex);
+	mutex_unlock(&vmb->close_mutex);
+	/* Unlisted, it is freed only by the release this removal leads to. */
 	if (listed)
 		vmb_device_remove(ch);
 }
@@ -342,6 +358,7 @@ void vmb_on_rescind(u32 relid)
 	if (!r)
 		return;
 	r->channel = ch;
+	r->relid = relid;
 	INIT_WORK(&r->work, vmb_rescind_work);
 	queue_work(vmb->add_wq, &r->work);
 }
