@@ -57,6 +57,9 @@ struct pci_dev;
 #define VMB_MSG_CONN_ID		1
 #define VMB_MSG_CONN_ID_4	4
 
+/* How long a request waits for the host's answer. */
+#define VMB_ANSWER_TIMEOUT_MS	10000
+
 /* Relids the host may use (the SIEFP area of one SINT has this many flags). */
 #define VMB_MAX_RELIDS		HV_EVENT_FLAGS_COUNT
 
@@ -136,6 +139,8 @@ struct vmb_waiter *vmb_waiter_add(u32 msgtype, u32 key, struct vmbus_channel *ch
 void vmb_waiters_cancel(struct vmbus_channel *channel);
 void vmb_waiter_remove(struct vmb_waiter *w);
 int vmb_waiter_wait(struct vmb_waiter *w, unsigned int timeout_ms);
+int vmb_request(const void *msg, u32 len, u32 msgtype, u32 key, struct vmbus_channel *channel,
+		void *answer, u32 answer_len);
 
 /* vmb_mgmt.c */
 void vmb_on_offer(const struct vmbus_channel_offer_channel *offer);

@@ -26,8 +26,6 @@
 
 #include "vmb.h"
 
-#define VMB_ANSWER_TIMEOUT_MS	10000
-
 /*
  * GPADL_HEADER with its one range spelled out (the kernel's struct has an
  * array of ranges, each with a flexible PFN array, which sparse rejects).
@@ -158,21 +156,14 @@ int vmbus_teardown_gpadl(struct vmbus_channel *channel, struct vmbus_gpadl *gpad
 		.child_relid = channel->offermsg.child_relid,
 		.gpadl = gpadl->gpadl_handle,
 	};
-	struct vmb_waiter *w;
 	int ret = 0;
 
 	if (!gpadl->gpadl_handle)
 		return 0;
 	/* A rescinded channel's GPADLs are gone on the host already. */
-	if (!channel->rescind && vmb->up) {
-		w = vmb_waiter_add(CHANNELMSG_GPADL_TORNDOWN, gpadl->gpadl_handle, channel);
-		if (!w)
-			return -ENOMEM;
-		ret = vmb_post_message(&msg, sizeof(msg), true);
-		if (!ret)
-			ret = vmb_waiter_wait(w, VMB_ANSWER_TIMEOUT_MS);
-		vmb_waiter_remove(w);
-	}
+	if (!channel->rescind && vmb->up)
+		ret = vmb_request(&msg, sizeof(msg), CHANNELMSG_GPADL_TORNDOWN, gpadl->gpadl_handle,
+				  channel, NULL, 0);
 	/* Pages the host may still use are never freed by the caller then. */
 	if (!ret)
 		gpadl->gpadl_handle = 0;
@@ -293,27 +284,18 @@ static int vmb_send_open(struct vmbus_channel *channel, void *userdata, u32 user
 		.downstream_ringbuffer_pageoffset = channel->ringbuffer_send_offset,
 		.target_vp = channel->target_cpu,
 	};
-	struct vmbus_channel_open_result *result;
-	struct vmb_waiter *w;
+	struct vmbus_channel_open_result result;
 	int ret;
 
 	if (userdatalen)
 		memcpy(msg.userdata, userdata, userdatalen);
-	w = vmb_waiter_add(CHANNELMSG_OPENCHANNEL_RESULT, channel->offermsg.child_relid, channel);
-	if (!w)
-		return -ENOMEM;
-	ret = vmb_post_message(&msg, sizeof(msg), true);
-	if (!ret)
-		ret = vmb_waiter_wait(w, VMB_ANSWER_TIMEOUT_MS);
-	if (!ret) {
-		result = (void *)w->answer;
-		if (channel->rescind)
-			ret = -ENODEV;
-		else if (result->status)
-			ret = -EAGAIN;
-	}
-	vmb_waiter_remove(w);
-	return ret;
+	ret = vmb_request(&msg, sizeof(msg), CHANNELMSG_OPENCHANNEL_RESULT,
+			  channel->offermsg.child_relid, channel, &result, sizeof(result));
+	if (ret)
+		return ret;
+	if (channel->rescind)
+		return -ENODEV;
+	return result.status ? -EAGAIN : 0;
 }
 
 int vmbus_open(struct vmbus_channel *newchannel, u32 send_ringbuffer_size,

@@ -38,8 +38,6 @@ static const u32 vmb_versions[] = {
 	VERSION_WIN10_V5, VERSION_WIN10_V4_1, VERSION_WIN10,
 };
 
-#define VMB_ANSWER_TIMEOUT_MS	10000
-
 struct vmb_waiter *vmb_waiter_add(u32 msgtype, u32 key, struct vmbus_channel *channel)
 {
 	struct vmb_waiter *w = kzalloc(sizeof(*w), GFP_KERNEL);
@@ -86,6 +84,28 @@ int vmb_waiter_wait(struct vmb_waiter *w, unsigned int timeout_ms)
 	if (wait_for_completion_timeout(&w->done, msecs_to_jiffies(timeout_ms)))
 		return 0;
 	return -ETIMEDOUT;
+}
+
+/*
+ * Posts @msg and waits for the host's answer of type @msgtype and @key (a
+ * rescind of @channel ends the wait: the caller checks for it); a copy of the
+ * answer goes to @answer.
+ */
+int vmb_request(const void *msg, u32 len, u32 msgtype, u32 key, struct vmbus_channel *channel,
+		void *answer, u32 answer_len)
+{
+	struct vmb_waiter *w = vmb_waiter_add(msgtype, key, channel);
+	int ret;
+
+	if (!w)
+		return -ENOMEM;
+	ret = vmb_post_message(msg, len, true);
+	if (!ret)
+		ret = vmb_waiter_wait(w, VMB_ANSWER_TIMEOUT_MS);
+	if (!ret && answer)
+		memcpy(answer, w->answer, min_t(u32, answer_len, sizeof(w->answer)));
+	vmb_waiter_remove(w);
+	return ret;
 }
 
 /* Hands an answer to the first request waiting for it; false if none is. */
@@ -207,8 +227,7 @@ void vmb_message_work(struct work_struct *work)
 static int vmb_initiate(u32 version)
 {
 	struct vmbus_channel_initiate_contact msg = {};
-	struct vmbus_channel_version_response *answer;
-	struct vmb_waiter *w;
+	struct vmbus_channel_version_response answer;
 	int ret;
 
 	msg.header.msgtype = CHANNELMSG_INITIATE_CONTACT;
@@ -219,21 +238,15 @@ static int vmb_initiate(u32 version)
 	msg.monitor_page2 = virt_to_phys(vmb->monitor_pages[1]);
 	vmb->msg_conn_id = version >= VERSION_WIN10_V5 ? VMB_MSG_CONN_ID_4 : VMB_MSG_CONN_ID;
 
-	w = vmb_waiter_add(CHANNELMSG_VERSION_RESPONSE, 0, NULL);
-	if (!w)
-		return -ENOMEM;
-	ret = vmb_post_message(&msg, sizeof(msg), true);
-	if (!ret)
-		ret = vmb_waiter_wait(w, VMB_ANSWER_TIMEOUT_MS);
-	if (!ret) {
-		answer = (void *)w->answer;
-		if (!answer->version_supported)
-			ret = -EPROTO;
-		else if (version >= VERSION_WIN10_V5)
-			vmb->msg_conn_id = answer->msg_conn_id;
-	}
-	vmb_waiter_remove(w);
-	return ret;
+	ret = vmb_request(&msg, sizeof(msg), CHANNELMSG_VERSION_RESPONSE, 0, NULL,
+			  &answer, sizeof(answer));
+	if (ret)
+		return ret;
+	if (!answer.version_supported)
+		return -EPROTO;
+	if (version >= VERSION_WIN10_V5)
+		vmb->msg_conn_id = answer.msg_conn_id;
+	return 0;
 }
 
 int vmb_connect(void)
@@ -283,16 +296,11 @@ err:
 void vmb_disconnect(void)
 {
 	struct vmbus_channel_message_header msg = { .msgtype = CHANNELMSG_UNLOAD };
-	struct vmb_waiter *w;
 
 	if (!vmb->up)
 		return;
-	w = vmb_waiter_add(CHANNELMSG_UNLOAD_RESPONSE, 0, NULL);
-	if (w) {
-		if (!vmb_post_message(&msg, sizeof(msg), true))
-			vmb_waiter_wait(w, VMB_ANSWER_TIMEOUT_MS);
-		vmb_waiter_remove(w);
-	}
+	/* Whether or not the host answers, this guest is gone from the bus. */
+	vmb_request(&msg, sizeof(msg), CHANNELMSG_UNLOAD_RESPONSE, 0, NULL, NULL, 0);
 	vmb->up = false;
 	flush_workqueue(vmb->msg_wq);
 	/* The host let go of the monitor pages with the unload. */
