@@ -98,6 +98,46 @@ final class QEMUGuestRig: @unchecked Sendable {
         try run("viridian-host", arguments + ["--runtime-dir", fixture.directory.path])
     }
 
+    /// Shell lines for the guest: 100 files of random sizes into the file system at `mountpoint`,
+    /// their sorted SHA-256 sums into /root/sums, then sync and unmount.
+    static func fillFiles(_ mountpoint: String) -> String {
+        """
+        for i in $(seq 1 100); do head -c $((i * 397 % 60000 + 1)) /dev/urandom > \(mountpoint)/file$i; done
+        (cd \(mountpoint) && sha256sum file* | sort) > /root/sums; sync; umount \(mountpoint)
+        """
+    }
+
+    /// The 100 sums the guest printed (`fillFiles`) are those of the files in the host's image,
+    /// mounted read-only at byte `offset` (the start of the guest's partition).
+    func expectHostImage(holds guestOutput: String, offset: Int = 0) throws {
+        let guestSums = guestOutput.split(separator: "\n").filter { $0.contains("file") }.map(String.init)
+        #expect(guestSums.count == 100, "\(guestOutput)")
+        let mnt = fixture.directory.appendingPathComponent("mnt").path
+        let (code, hostSums) = try sh("mkdir -p \(mnt) && mount -o ro,loop,noload\(offset > 0 ? ",offset=\(offset)" : "") \(image) \(mnt) && (cd \(mnt) && sha256sum file* | sort); umount \(mnt)")
+        #expect(code == 0 && hostSums.split(separator: "\n").map(String.init) == guestSums, "host: \(hostSums)")
+    }
+
+    /// 4 MiB of random bytes over TCP host → guest (nc listening in the guest, into /root/rx) and
+    /// back guest → host, each direction checked by SHA-256. Returns the payload file and its sum.
+    @discardableResult
+    func tcpBothWays() throws -> (payload: String, sum: String) {
+        let payload = fixture.directory.appendingPathComponent("payload").path
+        _ = try sh("head -c 4194304 /dev/urandom > \(payload)")
+        let sum = String(try sh("sha256sum < \(payload)").1.prefix(64))
+        try guest("(nc -l 5001 > /root/rx &) ; sleep 1")
+        let (sendCode, sendOut) = try netnsExec(hostNS, ["socat", "-u", "FILE:\(payload)", "TCP:10.77.\(subnet).2:5001"], seconds: 120)
+        #expect(sendCode == 0, "\(sendOut)")
+        #expect(try eventually(seconds: 60) { try guest("sha256sum < /root/rx").1.contains(sum) })
+        let received = fixture.directory.appendingPathComponent("received").path
+        let listener = try Child(nsenterTool, netnsEnter(hostNS) + ["socat", "-u", "TCP-LISTEN:5002,reuseaddr", "CREATE:\(received)"])
+        usleep(500_000)
+        let (upCode, upOut) = try guest("nc -N -w 30 10.77.\(subnet).1 5002 < /root/rx", seconds: 180)
+        #expect(upCode == 0, "\(upOut)")
+        listener.wait(seconds: 60)
+        #expect(try sh("sha256sum < \(received)").1.hasPrefix(sum))
+        return (payload, sum)
+    }
+
     func tearDown() {
         qemu.signal(SIGKILL)
         qemu.wait(seconds: 10)
@@ -150,16 +190,11 @@ struct QEMUGuestTests {
         let (fsCode, fsOut) = try rig.guest("""
             set -e; modprobe nbd; sock=$(ls /run/viridian/disks/*.sock | head -1); nbd-client -unix $sock /dev/nbd0 -b 4096 >/dev/null
             mkfs.ext4 -q -F /dev/nbd0; mkdir -p /mnt/d; mount /dev/nbd0 /mnt/d
-            for i in $(seq 1 100); do head -c $((i * 397 % 60000 + 1)) /dev/urandom > /mnt/d/file$i; done
-            (cd /mnt/d && sha256sum file* | sort) > /root/sums; sync; umount /mnt/d
+            \(QEMUGuestRig.fillFiles("/mnt/d"))
             e2fsck -f -n /dev/nbd0 >/dev/null; nbd-client -d /dev/nbd0 >/dev/null; cat /root/sums
             """, seconds: 600)
         #expect(fsCode == 0, "\(fsOut)")
-        let guestSums = fsOut.split(separator: "\n").filter { $0.contains("file") }.map(String.init)
-        #expect(guestSums.count == 100, "\(fsOut)")
-        let mnt = rig.fixture.directory.appendingPathComponent("mnt").path
-        let (hostCode, hostSums) = try sh("mkdir -p \(mnt) && mount -o ro,loop,noload \(rig.image) \(mnt) && (cd \(mnt) && sha256sum file* | sort); umount \(mnt)")
-        #expect(hostCode == 0 && hostSums.split(separator: "\n").map(String.init) == guestSums, "host: \(hostSums)")
+        try rig.expectHostImage(holds: fsOut)
         lap("nbd-client + mkfs.ext4 + 100 files + e2fsck in the guest, checksums on the host")
 
         // Network: the guest TAP has the host's MAC; ping and TCP both ways across VMBus.
@@ -170,24 +205,8 @@ struct QEMUGuestTests {
         #expect(ping == 0, "\(pingOut)")
         print(pingOut.split(separator: "\n").filter { $0.contains("rtt") }.joined())
         phase = Date()
-        let payload = rig.fixture.directory.appendingPathComponent("payload").path
-        _ = try sh("head -c 4194304 /dev/urandom > \(payload)")
-        let (_, payloadSum) = try sh("sha256sum < \(payload)")
-        // host → guest
-        try rig.guest("(nc -l 5001 > /root/rx &) ; sleep 1")
-        let (sendCode, sendOut) = try netnsExec(rig.hostNS, ["socat", "-u", "FILE:\(payload)", "TCP:10.77.\(rig.subnet).2:5001"], seconds: 120)
-        #expect(sendCode == 0, "\(sendOut)")
-        #expect(try eventually(seconds: 60) { try rig.guest("sha256sum < /root/rx").1.contains(payloadSum.prefix(64)) })
-        lap("4 MiB host → guest over TCP, checksummed")
-        // guest → host
-        let received = rig.fixture.directory.appendingPathComponent("received").path
-        let listener = try Child(nsenterTool, netnsEnter(rig.hostNS) + ["socat", "-u", "TCP-LISTEN:5002,reuseaddr", "CREATE:\(received)"])
-        usleep(500_000)
-        let (upCode, upOut) = try rig.guest("nc -N -w 30 10.77.\(rig.subnet).1 5002 < /root/rx", seconds: 180)
-        #expect(upCode == 0, "\(upOut)")
-        listener.wait(seconds: 60)
-        #expect(try sh("sha256sum < \(received)").1 == payloadSum)
-        lap("4 MiB guest → host over TCP, checksummed")
+        let (payload, payloadSum) = try rig.tcpBothWays()
+        lap("4 MiB each way over TCP, checksummed")
 
         // KVP: the guest's real OS name, kernel release and address.
         let (_, release) = try rig.guest("uname -r")
@@ -195,7 +214,7 @@ struct QEMUGuestTests {
         #expect(kvpCode == 0 && kvp.contains("Debian") && kvp.contains(release.trimmingCharacters(in: .whitespacesAndNewlines))
                 && kvp.contains("10.77.\(rig.subnet).2"), "\(kvp)")
         phase = Date()
-        try checkGuestServices(rig, payload: payload, payloadSum: String(payloadSum.prefix(64)))
+        try checkGuestServices(rig, payload: payload, payloadSum: payloadSum)
         lap("backup freeze/thaw, copy-file, IP injection through networkd")
 
         // The package's sandbox refused nothing the agent did above (TAP, NBD sockets, the clock

@@ -55,16 +55,11 @@ extension QEMUGuestTests {
             echo 'start=2048, type=83' | sfdisk -q /dev/$disk
             for i in $(seq 50); do [ -b /dev/${disk}1 ] && break; sleep 0.2; done
             mkfs.ext4 -q -F /dev/${disk}1; mkdir -p /mnt/s; mount /dev/${disk}1 /mnt/s
-            for i in $(seq 1 100); do head -c $((i * 397 % 60000 + 1)) /dev/urandom > /mnt/s/file$i; done
-            (cd /mnt/s && sha256sum file* | sort) > /root/sums; sync; umount /mnt/s
+            \(QEMUGuestRig.fillFiles("/mnt/s"))
             e2fsck -f -n /dev/${disk}1 >/dev/null; cat /root/sums)
             """, seconds: 600)
         #expect(fsCode == 0, "\(fsOut)\n\((try? rig.guest("dmesg | grep -iE 'storvsc|scsi|sd ' | tail -30").1) ?? "")")
-        let guestSums = fsOut.split(separator: "\n").filter { $0.contains("file") }.map(String.init)
-        #expect(guestSums.count == 100, "\(fsOut)")
-        let mnt = rig.fixture.directory.appendingPathComponent("mnt").path
-        let (hostCode, hostSums) = try sh("mkdir -p \(mnt) && mount -o ro,loop,noload,offset=1048576 \(rig.image) \(mnt) && (cd \(mnt) && sha256sum file* | sort); umount \(mnt)")
-        #expect(hostCode == 0 && hostSums.split(separator: "\n").map(String.init) == guestSums, "host: \(hostSums)")
+        try rig.expectHostImage(holds: fsOut, offset: 1 << 20)
         lap("sfdisk + mkfs.ext4 + 100 files + e2fsck -f on hv_storvsc's disk, checksums on the host")
 
         // Network: hv_netvsc's interface carries the host's MAC; ping and TCP both ways; offloads negotiated.
@@ -77,20 +72,7 @@ extension QEMUGuestTests {
         let (_, offloads) = try rig.guest("ethtool -k \(ifname) | grep -E '^(rx-checksumming|tx-checksumming|tcp-segmentation-offload|generic-receive-offload|scatter-gather):'; ethtool -i \(ifname) | head -2")
         print("QEMU stock drivers: ethtool -k \(ifname)\n\(offloads)")
         #expect(offloads.contains("tx-checksumming: on") && offloads.contains("tcp-segmentation-offload: on"), "\(offloads)")
-        let payload = rig.fixture.directory.appendingPathComponent("payload").path
-        _ = try sh("head -c 4194304 /dev/urandom > \(payload)")
-        let payloadSum = String(try sh("sha256sum < \(payload)").1.prefix(64))
-        try rig.guest("(nc -l 5001 > /root/rx &) ; sleep 1")
-        let (sendCode, sendOut) = try netnsExec(rig.hostNS, ["socat", "-u", "FILE:\(payload)", "TCP:10.77.\(rig.subnet).2:5001"], seconds: 120)
-        #expect(sendCode == 0, "\(sendOut)")
-        #expect(try eventually(seconds: 60) { try rig.guest("sha256sum < /root/rx").1.contains(payloadSum) })
-        let received = rig.fixture.directory.appendingPathComponent("received").path
-        let listener = try Child(nsenterTool, netnsEnter(rig.hostNS) + ["socat", "-u", "TCP-LISTEN:5002,reuseaddr", "CREATE:\(received)"])
-        usleep(500_000)
-        let (upCode, upOut) = try rig.guest("nc -N -w 30 10.77.\(rig.subnet).1 5002 < /root/rx", seconds: 180)
-        #expect(upCode == 0, "\(upOut)")
-        listener.wait(seconds: 60)
-        #expect(try sh("sha256sum < \(received)").1.hasPrefix(payloadSum))
+        try rig.tcpBothWays()
         lap("ping, 4 MiB each way over TCP through hv_netvsc, checksummed")
 
         // hv_netvsc closes and re-requests its sub-channels on a channel-count change (and on an
