@@ -1,7 +1,17 @@
 // The hypercall ABI: call codes, the 64-bit control value, the result value and status codes.
 
-/// Hypercall call codes used by VMBus.
-public enum HypercallCode: UInt16, Sendable {
+/// Hypercall call codes: those VMBus uses, and the partition-management calls a parent issues
+/// for its children (TLFS; Linux's hvgdk_mini.h).
+public enum HypercallCode: UInt16, Sendable, CaseIterable {
+    case createPartition = 0x0040
+    case initializePartition = 0x0041
+    case finalizePartition = 0x0042
+    case deletePartition = 0x0043
+    case getPartitionID = 0x0046
+    case depositMemory = 0x0048
+    case withdrawMemory = 0x0049
+    case createVp = 0x004E
+    case deleteVp = 0x004F
     case getVpRegisters = 0x0050
     case setVpRegisters = 0x0051
     case postMessage = 0x005C
@@ -45,7 +55,7 @@ public struct HypercallControl: RawRepresentable, Hashable, Sendable {
 }
 
 /// A Hyper-V hypercall status code (bits 15:0 of the result).
-public struct HvStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+public struct HvStatus: RawRepresentable, Hashable, Sendable, Error, CustomStringConvertible {
     public var rawValue: UInt16
     public init(rawValue: UInt16) { self.rawValue = rawValue }
 
@@ -83,7 +93,7 @@ public struct HvStatus: RawRepresentable, Hashable, Sendable, CustomStringConver
             0x00: "SUCCESS", 0x02: "INVALID_HYPERCALL_CODE", 0x03: "INVALID_HYPERCALL_INPUT",
             0x04: "INVALID_ALIGNMENT", 0x05: "INVALID_PARAMETER", 0x06: "ACCESS_DENIED",
             0x07: "INVALID_PARTITION_STATE", 0x08: "OPERATION_DENIED", 0x0B: "INSUFFICIENT_MEMORY",
-            0x0E: "INVALID_VP_INDEX", 0x10: "NOT_FOUND", 0x11: "INVALID_PORT_ID", 0x12: "INVALID_CONNECTION_ID",
+            0x0D: "INVALID_PARTITION_ID", 0x0E: "INVALID_VP_INDEX", 0x15: "INVALID_VP_STATE", 0x10: "NOT_FOUND", 0x11: "INVALID_PORT_ID", 0x12: "INVALID_CONNECTION_ID",
             0x13: "INSUFFICIENT_BUFFERS", 0x19: "OBJECT_IN_USE", 0x1D: "NO_RESOURCES", 0x71: "OPERATION_FAILED",
             0x78: "TIME_OUT",
         ]
