@@ -131,7 +131,7 @@ let package = Package(
             name: "AgentRuntime",
             dependencies: [
                 "CSystem", "VMBusWire", "VMBusRing", "GuestMemory", "VMBusClient", "PartitionLink", "KernelGlueLink", "EchoDevice",
-                "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices", "NBD",
+                "IntegrationServices", "SyntheticStorage", "SyntheticNetwork", "EmulatedDevices", "NBD", "Hypervisor", "HostRuntime",
                 "TOMLSafety", .product(name: "Logging", package: "swift-log"), .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: strict),
@@ -142,7 +142,7 @@ let package = Package(
         .executableTarget(
             name: "viridian-agent",
             dependencies: [
-                "AgentRuntime", "PartitionLink", "KernelGlueLink", "VMBusWire", "IntegrationServices", "NBD",
+                "AgentRuntime", "HostRuntime", "PartitionLink", "KernelGlueLink", "VMBusWire", "IntegrationServices", "NBD",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -208,7 +208,7 @@ let package = Package(
         .testTarget(name: "VMBusRingTests", dependencies: ["VMBusRing", "VMBusWire"], swiftSettings: strict),
         .testTarget(
             name: "HypervisorTests",
-            dependencies: ["Hypervisor", "GuestMemory", "VMBusWire"],
+            dependencies: ["Hypervisor", "GuestMemory", "VMBusWire", "VMBusClient"],
             swiftSettings: strict),
         .testTarget(
             name: "ControlPlaneTests",

@@ -67,6 +67,20 @@ public final class GuestPhysicalMemory: @unchecked Sendable {
 
     public var pageCount: Int { size / Self.pageSize }
 
+    /// Gives the host back the memory behind `pfns` (a hole in the memfd; they read as zeros
+    /// afterwards): pages a partition deposited into a child leave it this way. Runs of
+    /// consecutive pages are one call each; pages outside memory are skipped.
+    public func discard(pfns: [UInt64]) {
+        var i = 0
+        let sorted = pfns.filter { $0 < UInt64(pageCount) }.sorted()
+        while i < sorted.count {
+            var j = i + 1
+            while j < sorted.count && sorted[j] == sorted[j - 1] + 1 { j += 1 }
+            _ = viridian_punch_hole(fd, Int64(sorted[i] << 12), Int64(j - i) << 12)
+            i = j
+        }
+    }
+
     /// Whether all `count` bytes at `gpa` lie inside memory (no overflow for a GPA near 2^64).
     @inlinable
     public func contains(gpa: UInt64, count: Int) -> Bool {

@@ -74,9 +74,30 @@ public final class Partition {
     /// `input` and `output` are guest physical addresses (or, for fast calls, the register values).
     public func hypercall(vp: UInt32, control raw: UInt64, input: UInt64, output: UInt64) -> HypercallResult {
         hypercalls &+= 1
-        let status = dispatch(vp: vp, control: HypercallControl(rawValue: raw), input: input)
-        if status != .success { failedHypercalls &+= 1 }
-        return HypercallResult(status: status)
+        let control = HypercallControl(rawValue: raw)
+        let result: HypercallResult
+        if let code = HypercallCode(rawValue: control.code), code.isPartitionManagement {
+            result = guardedManagement(vp: vp, code: code, control: control, input: input, output: output)
+        } else {
+            result = HypercallResult(status: dispatch(vp: vp, control: control, input: input))
+        }
+        if result.status != .success { failedHypercalls &+= 1 }
+        return result
+    }
+
+    /// The children this partition created with the management hypercalls; nil: it may create none
+    /// (every management call is HV_STATUS_ACCESS_DENIED).
+    public var children: ChildPartitions?
+
+    private func guardedManagement(vp: UInt32, code: HypercallCode, control: HypercallControl, input: UInt64,
+                                   output: UInt64) -> HypercallResult {
+        guard Int(vp) < synics.count else { return HypercallResult(status: .invalidVPIndex) }
+        guard !control.hasReservedBits, control.variableHeaderSize == 0, !control.isFast else {
+            return HypercallResult(status: .invalidHypercallInput)
+        }
+        guard let children else { return HypercallResult(status: .accessDenied) }
+        return PartitionManagementCall.run(code, control: control, input: input, output: output, memory: memory, selfID: UInt64(id),
+                                           children: children)
     }
 
     private func dispatch(vp: UInt32, control: HypercallControl, input: UInt64) -> HvStatus {
@@ -115,8 +136,11 @@ public final class Partition {
             signalsDelivered &+= 1
             handler(event.flagNumber)
             return .success
-        case .getVpRegisters, .setVpRegisters, .postMessageDirect, .signalEventDirect:
+        case .getVpRegisters, .setVpRegisters:
             return .invalidHypercallCode
+        case .createPartition, .initializePartition, .finalizePartition, .deletePartition, .getPartitionID, .depositMemory,
+             .withdrawMemory, .createVp, .deleteVp, .postMessageDirect, .signalEventDirect:
+            return .invalidHypercallCode  // served by guardedManagement
         }
     }
 

@@ -23,10 +23,8 @@ enum HypercallFuzz {
         HvMSR.scontrol, HvMSR.sversion, HvMSR.siefp, HvMSR.simp, HvMSR.eom, HvMSR.sirbp, HvMSR.sint(0), HvMSR.sint(1),
         HvMSR.sint(2), HvMSR.sint(15), HvMSR.sint0 + 16,
     ]
-    static let codes: [UInt16] = [
-        HypercallCode.postMessage.rawValue, HypercallCode.signalEvent.rawValue, HypercallCode.getVpRegisters.rawValue,
-        HypercallCode.setVpRegisters.rawValue, HypercallCode.signalEventDirect.rawValue, HypercallCode.postMessageDirect.rawValue,
-    ]
+    /// Every call code served, the partition-management ones included.
+    static let codes: [UInt16] = HypercallCode.allCases.map(\.rawValue)
     static let connections: [UInt32] = [
         VMBusConnectionID.message, VMBusConnectionID.message4, 0x0F, VMBusConnectionID.event, 0x2001, 0x2002,
     ]
@@ -40,6 +38,9 @@ enum HypercallFuzz {
         defer { rig.finish() }
         let ports = PortIOBus()
         if setup & 4 == 0 { for vp in 0..<vpCount { rig.enableSynIC(vp: vp) } }
+        // Most runs may create children, as the host runtime lets every partition.
+        let children = setup & 8 == 0 ? ChildPartitions(ownerID: 1, ownerPages: UInt64(rig.memory.pageCount), ownerVPs: vpCount) : nil
+        rig.partition.children = children
         var steps = 0
         while steps < 256 && !r.isAtEnd {
             steps += 1
@@ -74,12 +75,20 @@ enum HypercallFuzz {
                     control = r.u64()
                 } else {
                     let code = codes[Int(r.u8()) % codes.count]
-                    control = HypercallControl(code: code, fast: r.bool()).rawValue
+                    let reps = op & 0x20 != 0 ? UInt16(r.u8() % 8) : 0
+                    control = HypercallControl(code: code, fast: op & 0x10 != 0, repCount: reps, repStartIndex: reps > 0 ? UInt16(r.u8() % 2) : 0).rawValue
                 }
                 let input = op & 0x40 != 0 ? r.u64() : UInt64(r.u16()) * 8
                 let vp = UInt32(r.u8() % 3)
-                let result = rig.partition.hypercall(vp: vp, control: control, input: input, output: r.u64())
+                let output = op & 0x08 != 0 ? r.u64() : UInt64(r.u16()) * 8
+                let result = rig.partition.hypercall(vp: vp, control: control, input: input, output: output)
                 fuzzConsume(result.rawValue)
+                if let children {
+                    // The books balance: every given page belongs to exactly one child, every child is the owner's.
+                    let pages = children.children.values.reduce(0) { $0 + $1.pages.count }
+                    fuzzCheck(pages == children.pagesGiven, "deposited pages and children's memory disagree")
+                    fuzzCheck(children.children.keys.allSatisfy { $0 >> 8 == 1 && $0 & 0xFF != 0 }, "a child id outside the owner's range")
+                }
             case 4:
                 let vp = UInt32(r.u8() % 3)
                 let msr = op & 0x80 != 0 ? r.u32() : msrs[Int(r.u8()) % msrs.count]
