@@ -226,7 +226,7 @@ public struct PartitionConfiguration: Codable, Sendable, Equatable {
         disk ?? [DiskConfiguration(path: "\(imageDirectory)/\(name)-disk0.img", sizeMiB: 64, readOnly: false)]
     }
 
-    func validate() throws {
+    public func validate() throws {
         guard !name.isEmpty, name.count <= 64, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
             throw ConfigurationError.invalid("partition name '\(name)': use 1–64 letters, digits, - or _")
         }
@@ -334,7 +334,12 @@ public struct NICConfiguration: Codable, Sendable, Equatable {
     /// The configured MAC, or 00:15:5d (Hyper-V's prefix), the partition id and the NIC index.
     public func macAddress(partitionID: UInt32, index: Int) -> [UInt8] {
         if let mac, let bytes = MACAddress.parse(mac) { return bytes }
-        return [0x00, 0x15, 0x5D, UInt8(truncatingIfNeeded: partitionID >> 8), UInt8(truncatingIfNeeded: partitionID), UInt8(truncatingIfNeeded: index)]
+        return Self.defaultMAC(partitionID: partitionID, index: index)
+    }
+
+    /// 00:15:5d (Hyper-V's prefix), the partition id's low 16 bits and the NIC index.
+    public static func defaultMAC(partitionID: UInt32, index: Int) -> [UInt8] {
+        [0x00, 0x15, 0x5D, UInt8(truncatingIfNeeded: partitionID >> 8), UInt8(truncatingIfNeeded: partitionID), UInt8(truncatingIfNeeded: index)]
     }
 }
 

@@ -2,6 +2,7 @@
 
 import Foundation
 import Hypervisor
+import IntegrationServices
 import PartitionLink
 import SyntheticNetwork
 import VMBusWire
@@ -49,6 +50,8 @@ public struct PartitionStatus: Codable, Sendable {
     public var legacyNICs: [LegacyNICStatus]?
     /// The worker process serving the partition (absent with isolation = "none").
     public var worker: WorkerStatus?
+    /// Partitions this one created through the hypercall API (absent when none).
+    public var children: [ChildPartitionStatus]?
 
     /// A partition with nothing to report but its state ("not answering", "failed", "starting").
     static func bare(id: UInt32, configuration: PartitionConfiguration, socket: String, state: String) -> PartitionStatus {
@@ -56,6 +59,22 @@ public struct PartitionStatus: Codable, Sendable {
                         agentPID: nil, attachCount: 0, memoryMiB: configuration.memoryMiB, vmbusVersion: nil, uptimeSeconds: nil, hypercalls: 0,
                         signals: 0, messagesIn: 0, messagesOut: 0, malformedMessages: 0, heartbeat: nil, vps: [], channels: [], nics: nil)
     }
+}
+
+/// A child partition, as the hypervisor of its parent keeps it, with what the parent reports of
+/// it (the parent's agent publishes `Viridian.Child.<name>` in its KVP auto pool: the child's
+/// agent, its open devices and what the parent relayed for it).
+public struct ChildPartitionStatus: Codable, Sendable {
+    /// Hex; each byte is one level of the tree (0x1 → 0x101 → 0x10101).
+    public var id: String
+    public var parent: String
+    /// created, initialized or finalized.
+    public var state: String
+    public var vps: Int
+    public var memoryMiB: Int
+    /// The parent's report: its name for the child, then key=value fields (state, agent, devices, relay counters).
+    public var name: String?
+    public var report: [String: String]?
 }
 
 /// A partition's worker process, as its supervisor sees it.
@@ -188,11 +207,43 @@ extension PartitionService {
                     IDEStatus(controller: piix4 == nil ? "isa" : "piix4", commands: c.commands, dmaCommands: c.dmaCommands, sectorsRead: c.sectorsRead,
                               sectorsWritten: c.sectorsWritten, busMasterFaults: piix4?.busMaster.faults ?? 0)
                 },
-                legacyNICs: legacyNICStatus)
+                legacyNICs: legacyNICStatus, children: runtime?.childStatus)
         }
         // A partition thread that does not answer is reported as such; the others still are.
-        return snapshot ?? .bare(id: id, configuration: configuration, socket: carrier.address, state: "not answering")
+        guard var status = snapshot else { return .bare(id: id, configuration: configuration, socket: carrier.address, state: "not answering") }
+        if let children = status.children, !children.isEmpty { status.children = withParentReports(children) }
+        return status
     }
+
+    /// Adds to each child what the parent's agent reports of it in its KVP auto pool (waits up to 2 s for the guest).
+    func withParentReports(_ children: [ChildPartitionStatus]) -> [ChildPartitionStatus] {
+        guard let provider = kvp else { return children }
+        let outcome: Result<[KVPRecord], KVPEnumerationError>? = waitForReply(timeoutMs: 2000) { reply in
+            guard provider.isConnected else { return reply(.failure(.noAnswer)) }
+            provider.enumerate(pool: .auto) { reply($0) }
+        }
+        guard case .success(let records)? = outcome else { return children }
+        var reports: [String: (String, [String: String])] = [:]
+        for r in records where r.key.hasPrefix(Self.childReportPrefix) {
+            var fields: [String: String] = [:]
+            for pair in r.value.split(separator: " ") {
+                guard let eq = pair.firstIndex(of: "=") else { continue }
+                fields[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
+            }
+            if let id = fields["id"] { reports[id] = (String(r.key.dropFirst(Self.childReportPrefix.count)), fields) }
+        }
+        return children.map { c in
+            var c = c
+            if let (name, fields) = reports[c.id] {
+                c.name = name
+                c.report = fields.filter { $0.key != "id" }
+            }
+            return c
+        }
+    }
+
+    /// The KVP key prefix of a parent's report on each child.
+    public static let childReportPrefix = "Viridian.Child."
 }
 
 extension PartitionService {
@@ -224,6 +275,11 @@ extension HostStatus {
             if let w = p.worker {
                 lines.append("  worker " + (w.pid.map { "pid \($0)" } ?? "none") + " \(w.state)\(w.confined ? ", confined" : ""), started \(w.starts)×, restart \(w.restart)"
                     + (w.lastExit.map { ", last exit: \($0)" } ?? ""))
+            }
+            for c in p.children ?? [] {
+                let report = (c.report ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                lines.append("  child \(c.id)\(c.name.map { " \($0)" } ?? "") (parent \(c.parent)): \(c.state), \(c.vps) VP(s), \(c.memoryMiB) MiB"
+                    + (report.isEmpty ? "" : "; reported by the parent: \(report)"))
             }
             if p.state == "attached" {
                 lines.append("  hypercalls \(p.hypercalls)  port I/O exits \(p.portIOExits)  IRQs \(p.lineInterrupts)  doorbell signals \(p.signals)  messages in/out \(p.messagesIn)/\(p.messagesOut)  malformed \(p.malformedMessages)")

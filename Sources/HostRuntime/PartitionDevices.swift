@@ -13,6 +13,20 @@ import SyntheticNetwork
 import SyntheticStorage
 import VMBusWire
 
+/// Devices a partition gets from somewhere other than the root's files and TAPs: a parent-mode
+/// agent hands its child the disks and NICs it relays through its own VSCs.
+public struct DeviceRelays {
+    /// Disks served after the configured ones on controller 0, each with a name for logs.
+    public var disks: [(backend: any BlockBackend, label: String)]
+    /// NICs served after the configured ones, each a frame port with its MTU.
+    public var nics: [(port: any FramePort, mtu: Int, label: String)]
+
+    public init(disks: [(backend: any BlockBackend, label: String)] = [], nics: [(port: any FramePort, mtu: Int, label: String)] = []) {
+        self.disks = disks
+        self.nics = nics
+    }
+}
+
 /// Every device one partition's configuration asks for, made once when the partition starts and
 /// kept across guests (a new guest gets the same disks, TAPs and KVP pool).
 final class PartitionDevices {
@@ -38,7 +52,7 @@ final class PartitionDevices {
     let dec21140: DEC21140?
     let ne2000: NE2000?
 
-    init(configuration: PartitionConfiguration, id: UInt32, imageDirectory: String, logger: Logger) throws {
+    init(configuration: PartitionConfiguration, id: UInt32, imageDirectory: String, relays: DeviceRelays = DeviceRelays(), logger: Logger) throws {
         let echo: [any VMBusDevice] = (0..<configuration.echoDevices).map { i in
             EchoDevice(instanceID: GUID(low: 0x484F_4345_4D52_4956, high: UInt64(id) << 32 | UInt64(i + 1)), logger: logger)
         }
@@ -67,6 +81,12 @@ final class PartitionDevices {
             let backend = try disk.openBackend()
             luns[disk.controller, default: [:]][lun] = SCSIDisk(backend: backend, serial: "\(configuration.name.prefix(10))-\(disk.controller)-\(lun)")
             logger.info("\(configuration.name): controller \(disk.controller) LUN \(lun) = \(disk.path) (\(backend.sizeBytes >> 20) MiB\(disk.readOnly ? ", read-only" : ""))")
+        }
+        for relay in relays.disks {
+            let lun = UInt8(luns[0, default: [:]].count)
+            guard lun < 255 else { break }
+            luns[0, default: [:]][lun] = SCSIDisk(backend: relay.backend, serial: "\(configuration.name.prefix(10))-r-\(lun)")
+            logger.info("\(configuration.name): controller 0 LUN \(lun) = \(relay.label) (\(relay.backend.sizeBytes >> 20) MiB\(relay.backend.isReadOnly ? ", read-only" : ""))")
         }
         workers = try WorkerPool(threads: 4)
         var controllers: [Int: StorageVSP] = [:]
@@ -98,6 +118,14 @@ final class PartitionDevices {
             nics.append(vsp)
             taps.append((tap, pool))
             logger.info("\(configuration.name): NIC \(index) = TAP \(tap.name)\(nic.netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(mac)), MTU \(nic.mtu)")
+        }
+        for relay in relays.nics {
+            let index = nics.count
+            let mac = NICConfiguration.defaultMAC(partitionID: id, index: index)
+            let vsp = NetworkVSP(instanceID: instance(0x200 + UInt64(index)), port: relay.port, mac: mac, mtu: relay.mtu, logger: logger)
+            vsp.maximumQueues = 1
+            nics.append(vsp)
+            logger.info("\(configuration.name): NIC \(index) = \(relay.label), MAC \(MACAddress.format(mac)), MTU \(relay.mtu)")
         }
         self.nics = nics
         self.taps = taps

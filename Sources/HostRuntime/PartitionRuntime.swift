@@ -36,6 +36,27 @@ final class PartitionRuntime: InterruptSink {
         interruptCounts = [UInt64](repeating: 0, count: n)
         partition = Partition(id: id, name: configuration.name, memory: memory, vpCount: n, interrupts: self)
         server = VMBusServer(partition: partition, configuration: serverConfiguration, logger: logger)
+        // The partition may create children of its own; their memory is pages it gives up.
+        let children = ChildPartitions(ownerID: UInt64(id), ownerPages: UInt64(memory.pageCount), ownerVPs: n)
+        let name = configuration.name
+        children.onPagesGiven = { [unowned memory] pfns in memory.discard(pfns: pfns) }
+        children.onChildStopped = { child in logger.notice("\(name): child partition \(ChildPartitions.format(child)) stopped") }
+        partition.children = children
+    }
+
+    /// The partition's children as status shows them.
+    var childStatus: [ChildPartitionStatus]? {
+        guard let children = partition.children, !children.children.isEmpty else { return nil }
+        return children.children.values.sorted { $0.id < $1.id }.map {
+            ChildPartitionStatus(id: ChildPartitions.format($0.id), parent: ChildPartitions.format(children.ownerID), state: $0.state.rawValue,
+                                 vps: $0.vps.count, memoryMiB: Int($0.memoryBytes >> 20))
+        }
+    }
+
+    /// Tears down the partition's children (it left, died or was reset): their memory returns.
+    func removeChildren() {
+        guard let children = partition.children, !children.children.isEmpty else { return }
+        children.removeAll()
     }
 
     func assertInterrupt(vp: UInt32, sint: Int, vector: UInt8) {

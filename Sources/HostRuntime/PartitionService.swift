@@ -76,7 +76,7 @@ public final class PartitionService: @unchecked Sendable {
     let legacyNICs: [any LegacyNICDevice]
 
     public init(configuration: PartitionConfiguration, id: UInt32, carrier: any HostCarrier, imageDirectory: String, logger: Logger,
-                trace: TraceWriter?) throws {
+                trace: TraceWriter?, relays: DeviceRelays = DeviceRelays()) throws {
         self.configuration = configuration
         self.id = id
         self.carrier = carrier
@@ -86,7 +86,7 @@ public final class PartitionService: @unchecked Sendable {
         let versions = try configuration.parsedVersions()
         if !versions.isEmpty { server.supportedVersions = Set(versions) }
         serverConfiguration = server
-        deviceSet = try PartitionDevices(configuration: configuration, id: id, imageDirectory: imageDirectory, logger: logger)
+        deviceSet = try PartitionDevices(configuration: configuration, id: id, imageDirectory: imageDirectory, relays: relays, logger: logger)
         legacyNICs = ([deviceSet.dec21140, deviceSet.ne2000] as [(any LegacyNICDevice)?]).compactMap { $0 }
         if let ide = deviceSet.ide { portIO.attach(ide) }
         if let ne2000 = deviceSet.ne2000 { portIO.attach(ne2000) }
@@ -106,7 +106,7 @@ public final class PartitionService: @unchecked Sendable {
         _ = viridian_epoll_add(epoll, wake.fd, Tag.wake)
         _ = viridian_epoll_add(epoll, workers.completions.fd, Tag.completions)
         for nic in nics { nic.attach(watcher: self) }
-        for (index, nic) in nics.enumerated() { nic.onPortLost = { [unowned self] in self.tapLost(index) } }
+        for (index, nic) in nics.enumerated() where index < configuration.nic.count { nic.onPortLost = { [unowned self] in self.tapLost(index) } }
         try carrier.start(loop: self, delegate: self)
     }
 
@@ -238,6 +238,7 @@ public final class PartitionService: @unchecked Sendable {
     /// Tears down the runtime: devices closed, GPADLs dropped, the carrier's per-guest state released.
     private func detach(reason: String) {
         guard let runtime else { return }
+        runtime.removeChildren()
         runtime.partition.eventPortObserver = nil
         runtime.server.detachGuest()
         for line in lines { line.onRaise = nil }
