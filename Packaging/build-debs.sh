@@ -78,7 +78,7 @@ rm -rf "$work"
 mkdir -p "$src/bin" "$src/Packaging" "$out"
 cp -a "$here/debian" "$src/debian"
 for product in $products; do cp "$root/.build-guest/release/$product" "$src/bin/"; done
-cp "$here"/{agent.toml,host.toml,timesync-clock.conf,10-viridian-tap.link} "$src/Packaging/"
+cp "$here"/{agent.toml,host.toml,timesync-clock.conf,children.toml,10-viridian-tap.link} "$src/Packaging/"
 # KernelGlue: the sources only (a developer's built .o/.ko files stay out).
 (cd "$root" && find KernelGlue \( -name '*.c' -o -name '*.h' -o -name Kbuild -o -name Makefile -o -name README.md \) \
     -print0 | cpio --null -pdm --quiet "$src")

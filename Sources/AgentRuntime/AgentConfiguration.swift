@@ -38,6 +38,7 @@ import VMBusWire
 /// nic_tap = "viridian%d"                   # guest TAP name per NIC; %d is the NIC's index
 /// nic_netns = "guestside"                  # `ip netns` namespace for the guest TAPs (default: the agent's own)
 /// buffer_pool_mib = 64                     # kernelglue: pinned guest pages for rings and buffers (4…256)
+/// serve_children = "/etc/viridian/children.toml"  # parent mode: create and serve these child partitions (default: none)
 /// ```
 public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var link: String
@@ -65,6 +66,8 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
     public var nicNetns: String?
     /// MiB of pinned pages the agent takes from KernelGlue for rings and device buffers.
     public var bufferPoolMiB: Int
+    /// Parent mode: the `ChildrenConfiguration` file of the partitions this one creates and serves.
+    public var serveChildren: String?
     public var ipConfig: String
     public var resolvConf: String
     public var backupMountPoints: [String]
@@ -132,6 +135,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         case nicTap = "nic_tap"
         case nicNetns = "nic_netns"
         case bufferPoolMiB = "buffer_pool_mib"
+        case serveChildren = "serve_children"
         case ipConfig = "ip_config"
         case resolvConf = "resolv_conf"
         case backupMountPoints = "backup_mount_points"
@@ -166,6 +170,7 @@ public struct AgentConfiguration: Codable, Sendable, Equatable {
         nicTap = try c.decodeIfPresent(String.self, forKey: .nicTap) ?? defaults.nicTap
         nicNetns = try c.decodeIfPresent(String.self, forKey: .nicNetns)
         bufferPoolMiB = try c.decodeIfPresent(Int.self, forKey: .bufferPoolMiB) ?? defaults.bufferPoolMiB
+        serveChildren = try c.decodeIfPresent(String.self, forKey: .serveChildren)
         ipConfig = try c.decodeIfPresent(String.self, forKey: .ipConfig) ?? defaults.ipConfig
         resolvConf = try c.decodeIfPresent(String.self, forKey: .resolvConf) ?? defaults.resolvConf
         backupMountPoints = try c.decodeIfPresent([String].self, forKey: .backupMountPoints) ?? defaults.backupMountPoints

@@ -4,7 +4,9 @@ import Atomics
 import CSystem
 import Glibc
 import Logging
+import IntegrationServices
 import PartitionLink
+import Synchronization
 import VMBusClient
 import VMBusWire
 
@@ -30,6 +32,9 @@ public final class AgentSession: @unchecked Sendable {
     public func pet() {
         petTime.store(viridian_now_ns(), ordering: .relaxed)
     }
+
+    /// Records this agent adds to the KVP auto pool (a parent-mode agent's report on its children).
+    public let publishedKVP = Mutex<[KVPRecord]>([])
 
     /// Set when the host went away (the reason).
     private let lostLock = Lock()

@@ -232,6 +232,13 @@ public final class DiskExporter: @unchecked Sendable {
         }
     }
 
+    /// The exported LUNs with their devices, in `exports` order: what a parent relays to its children.
+    public var devices: [(export: DiskExport, device: any NBDBlockDevice)] {
+        rescanLock.withLock {
+            served.values.sorted { ($0.export.controller, $0.export.lun) < ($1.export.controller, $1.export.lun) }.map { ($0.export, $0.server.device) }
+        }
+    }
+
     /// Stops every export and forgets the state file.
     public func stop() {
         rescanLock.withLock {

@@ -73,7 +73,8 @@ extension AgentSession {
             let intrinsic = IntrinsicData(include: config.kvpInterfacesInclude, exclude: config.kvpInterfacesExclude)
             let ip = GuestIPConfigurator(adapters: adapters, backend: config.ipConfig, resolvConf: config.resolvConf, logger: logger)
             logger.info("kvp: IP injection through \(ip.backendName)")
-            return KVPService(store: store, intrinsic: intrinsic.records, ip: ip, logger: logger,
+            return KVPService(store: store, intrinsic: { [weak self] in intrinsic.records() + (self?.publishedKVP.withLock { $0 } ?? []) },
+                              ip: ip, logger: logger,
                               withBus: { [weak self] body in self?.bus.withLock(body) })
         }
     }

@@ -26,7 +26,8 @@ public struct NICInfo: Codable, Sendable, Equatable {
     public var instance: String?
 }
 
-/// A synthetic NIC bridged to a guest TAP. Frames from the TAP are read straight into transmit
+/// A synthetic NIC bridged to a guest TAP (or, relayed to a child partition, to a `FramePipe`
+/// end). Frames from the TAP are read straight into transmit
 /// slots in guest memory by one thread and sent in batches (one bus lock and at most one signal
 /// per batch); frames from the host are written to the TAP from the receive buffer by the VP
 /// thread that handles the channel's interrupt, with no copy.
@@ -34,9 +35,11 @@ final class GuestNIC: @unchecked Sendable {
     let index: Int
     let session: AgentSession
     let client: NetworkClient
-    /// One TAP queue per channel (a multi-queue TAP when the host granted sub-channels).
-    let taps: [TapDevice]
-    var tap: TapDevice { taps[0] }
+    /// One TAP queue per channel (a multi-queue TAP when the host granted sub-channels), or the one pipe end of a relayed NIC.
+    let taps: [any FramePort]
+    var tap: any FramePort { taps[0] }
+    /// The TAP's name, or the pipe's.
+    let name: String
     let logger: Logger
     private var threads: [OSThread] = []
     private let stopping = ManagedAtomic<Bool>(false)
@@ -49,8 +52,9 @@ final class GuestNIC: @unchecked Sendable {
     private let receiveIOV = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2)
     static let batch = 32
 
-    init(index: Int, session: AgentSession, client: NetworkClient, taps: [TapDevice], logger: Logger) throws {
+    init(index: Int, session: AgentSession, client: NetworkClient, taps: [any FramePort], name: String, logger: Logger) throws {
         self.index = index
+        self.name = name
         self.session = session
         self.client = client
         self.taps = taps
@@ -167,6 +171,9 @@ public final class NetworkAttachments: @unchecked Sendable {
     let timeoutMs: Int
     let logger: Logger
     private var nics: [GuestNIC] = []
+    /// NICs (by index) that a child partition's adapter takes over: their frames go to this pipe
+    /// end instead of a guest TAP (set before `attach`).
+    public var relayed: [Int: FramePipeEnd] = [:]
 
     public init(session: AgentSession, tapPattern: String, netns: String?, stateDir: String, timeoutMs: Int) {
         self.session = session
@@ -209,6 +216,12 @@ public final class NetworkAttachments: @unchecked Sendable {
             throw AgentError.protocolFailure("netvsc: \(session.withBus { _ in client.state })")
         }
         try openSubChannels(of: client)
+        if let pipe = relayed[index] {
+            let nic = try GuestNIC(index: index, session: session, client: client, taps: [pipe], name: pipe.name, logger: logger)
+            session.withBus { _ in nic.start() }
+            logger.info("network: NIC \(index) relayed to a child partition (\(pipe.name)), MAC \(MACAddress.format(client.mac)), MTU \(client.mtu)")
+            return nic
+        }
         let name = tapPattern.replacingOccurrences(of: "%d", with: "\(index)")
         let queues = session.withBus { _ in client.queueCount }
         var taps = [try TapDevice(name: name, namespace: netns, multiQueue: queues > 1)]
@@ -216,7 +229,7 @@ public final class NetworkAttachments: @unchecked Sendable {
         let tap = taps[0]
         try tap.configure(mac: client.mac, mtu: client.mtu, up: true)
         for t in taps { t.setOffload(TunOffload.checksum | TunOffload.tso4 | TunOffload.tso6 | TunOffload.tsoECN) }
-        let nic = try GuestNIC(index: index, session: session, client: client, taps: taps, logger: logger)
+        let nic = try GuestNIC(index: index, session: session, client: client, taps: taps, name: tap.name, logger: logger)
         session.withBus { _ in nic.start() }
         logger.info("network: NIC \(index) = TAP \(tap.name)\(netns.map { " (netns \($0))" } ?? ""), MAC \(MACAddress.format(client.mac)), MTU \(client.mtu), link \(client.linkUp ? "up" : "down")")
         return nic
@@ -237,7 +250,7 @@ public final class NetworkAttachments: @unchecked Sendable {
     public var list: [NICInfo] {
         session.withBus { _ in
             nics.map { n in
-                NICInfo(index: n.index, relid: n.client.channel.relid, tap: n.tap.name, netns: netns, mac: MACAddress.format(n.client.mac),
+                NICInfo(index: n.index, relid: n.client.channel.relid, tap: n.name, netns: relayed[n.index] == nil ? netns : nil, mac: MACAddress.format(n.client.mac),
                         mtu: n.client.mtu, carrier: n.client.linkUp, nvspVersion: "0x" + String(n.client.version, radix: 16),
                         queues: n.taps.count, instance: n.client.channel.offer.interfaceInstance.description)
             }

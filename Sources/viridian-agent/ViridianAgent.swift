@@ -6,6 +6,7 @@ import KernelGlueLink
 import ArgumentParser
 import Foundation
 import Glibc
+import HostRuntime
 import IntegrationServices
 import Logging
 import NBD
@@ -19,7 +20,7 @@ struct ViridianAgent: ParsableCommand {
         commandName: "viridian-agent",
         abstract: "Viridian's guest agent: joins a partition and runs its VMBus clients.",
         version: ViridianVersion.current,
-        subcommands: [Run.self, List.self, Echo.self, KVPCommand.self, DiskCommand.self, NICCommand.self, GlueCommand.self],
+        subcommands: [Run.self, List.self, Echo.self, KVPCommand.self, DiskCommand.self, NICCommand.self, ChildrenCommand.self, GlueCommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -74,6 +75,11 @@ struct Run: ParsableCommand {
     @Flag(help: "When the host goes away, wait for it and rejoin.")
     var reconnect = false
 
+    @Option(name: .customLong("serve-children"), help: ArgumentHelp(
+        "Parent mode: create the child partitions FILE lists (hypercalls to this partition's hypervisor) and serve them, relaying their disks and NICs through this partition's own.",
+        valueName: "FILE"))
+    var serveChildren: String?
+
     @Flag(name: .customLong("no-enlightenments"),
           help: "Behave as a guest without integration components: no VMBus; only the emulated devices (IDE disks by PIO or PIIX4 bus-master DMA, DEC 21140 and NE2000 NICs), driven by port I/O traps.")
     var noEnlightenments = false
@@ -81,6 +87,9 @@ struct Run: ParsableCommand {
     func run() throws {
         var (configuration, logger) = try common.load()
         if reconnect { configuration.reconnect = true }
+        if let serveChildren { configuration.serveChildren = serveChildren }
+        // A children file that does not parse is an error before joining, not after.
+        let childrenFile = try configuration.serveChildren.map { try ChildrenConfiguration.load(path: $0) }
         let stop = try EventFD()
         _ = viridianRouteSignals(stop)
         if noEnlightenments { return try runEmulated(configuration, logger, stop) }
@@ -119,13 +128,23 @@ struct Run: ParsableCommand {
                 }
             }
             defer { disks?.stop() }
+            let children = try childrenFile.map {
+                try ChildPartitionHost(session: session, configuration: $0, stateDir: configuration.stateDir, logger: logger)
+            }
             var network: NetworkAttachments?
             if configuration.network {
                 network = NetworkAttachments(session: session, tapPattern: configuration.nicTap, netns: configuration.nicNetns,
                                              stateDir: configuration.stateDir, timeoutMs: configuration.connectTimeoutMs)
+                network?.relayed = children?.relayedNICs ?? [:]
                 do { try network?.attach() } catch { logger.error("network: \(error)") }
             }
             defer { network?.stop() }
+            // Children stop before the devices they relay through.
+            defer { children?.stop() }
+            do { try children?.start(disks: disks, nics: network?.list ?? []) } catch {
+                children?.stop()
+                throw AgentError.configuration("serving child partitions: \(error)")
+            }
             func recordAdapters(_ nics: [NICInfo]) {
                 adapters.withLock { $0 = nics.map { GuestAdapter(interface: $0.tap, mac: $0.mac, instance: $0.instance, netns: $0.netns) } }
             }
@@ -141,6 +160,10 @@ struct Run: ParsableCommand {
                 try? network?.record(nics)
                 recordAdapters(nics)
                 session.withBus { _ in for d in drivers { d.service.tick(now: viridian_now_ns()) } }
+                if let children {
+                    let report = ChildPartitionHost.kvpRecords(children.record())
+                    session.publishedKVP.withLock { $0 = report }
+                }
                 if let disks, waitOrStop(disks.busChanged, ms: 0) {
                     disks.busChanged.wait()
                     do { try disks.rescan() } catch { logger.error("storage: rescan failed: \(error)") }
@@ -379,6 +402,35 @@ struct NICCommand: ParsableCommand {
             print(String(n.index).padding(toLength: 5, withPad: " ", startingAt: 0) + n.tap.padding(toLength: 17, withPad: " ", startingAt: 0)
                   + n.mac.padding(toLength: 19, withPad: " ", startingAt: 0) + String(n.mtu).padding(toLength: 6, withPad: " ", startingAt: 0)
                   + (n.carrier ? "up       " : "down     ") + n.nvspVersion)
+        }
+    }
+}
+
+struct ChildrenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "children",
+        abstract: "List the child partitions the running agent hosts (run --serve-children), with what it relays for each.",
+        discussion: "Each child is a partition this one created through the hypercall API; its agent joins on the socket shown. Its disks and NICs are this partition's, relayed.")
+
+    @OptionGroup var options: StateListOptions
+
+    func run() throws {
+        let children = try options.read([HostedChildStatus].self, file: ChildPartitionHost.statePath,
+                                        missing: "no child partitions (is viridian-agent run active with --serve-children?")
+        if options.json {
+            try printJSON(children)
+            return
+        }
+        for c in children {
+            let p = c.partition
+            print("child \(c.name) id \(c.id): \(p.state)" + (p.guest.map { " (\($0))" } ?? "") + ", \(c.vps) VP(s), \(p.memoryMiB) MiB, socket \(c.socket)")
+            print("  devices: " + p.channels.map { "\($0.device)[\($0.state)]" }.joined(separator: " "))
+            for d in c.relayedDisks {
+                print("  \(d.label): \(d.requests) requests, read \(d.bytesRead) B, written \(d.bytesWritten) B, errors \(d.errors)")
+            }
+            for (n, r) in zip(p.nics ?? [], c.relayedNICs) {
+                print("  NIC \(n.index) \(n.mac) (\(r.label)): rx \(n.rxFrames) frames / \(n.rxBytes) B, tx \(n.txFrames) frames / \(n.txBytes) B, relay drops \(r.dropsUp)/\(r.dropsDown)")
+            }
         }
     }
 }
