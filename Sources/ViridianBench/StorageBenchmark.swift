@@ -91,11 +91,12 @@ public enum StorageBenchmark {
         return rows
     }
 
-    static func spawn(_ path: String, _ arguments: [String]) throws -> Process {
+    static func spawn(_ path: String, _ arguments: [String], quiet: Bool = false) throws -> Process {
         guard FileManager.default.isExecutableFile(atPath: path) else { throw BenchError.setup("\(path) is missing (swift build -c release)") }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = arguments
+        if quiet { p.standardOutput = FileHandle.nullDevice }
         try p.run()
         return p
     }

@@ -9,7 +9,7 @@ struct ViridianBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viridian-bench",
         abstract: "Measure Viridian against baselines taken in the same run.",
-        subcommands: [Ring.self, Link.self, Storage.self, NetworkBench.self, Compare.self, Peer.self])
+        subcommands: [Ring.self, Link.self, Storage.self, NetworkBench.self, Compare.self, Tree.self, Peer.self])
 }
 
 struct Ring: ParsableCommand {
@@ -70,9 +70,7 @@ struct Ring: ParsableCommand {
                             spread: (runs.first!.packetsPerSecond, runs.last!.packetsPerSecond)))
         }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(rows), as: UTF8.self))
+            try printJSON(rows)
             return
         }
         print("payload   packets      Mpkt/s (min..max)        GB/s   memcpy GB/s  ring/memcpy  signals/pkt")
@@ -167,9 +165,7 @@ struct Link: ParsableCommand {
                                 ringInProcess: inProcess, ringCrossProcess: crossProcess,
                                 crossOverInProcess: crossProcess.packetsPerSecond / inProcess.packetsPerSecond)
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            try printJSON(report)
             return
         }
         print(String(format: "eventfd ping-pong (2 processes)   median %6.2f µs   p99 %6.2f µs", ping.medianNs / 1000, ping.p99Ns / 1000))
@@ -213,15 +209,10 @@ struct Storage: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
-        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
-        let rows = try StorageBenchmark.run(binDirectory: bin, imageMiB: imageMib, seconds: seconds, pollMicroseconds: pollMicroseconds,
-                                            vps: vps, vcpusPerSubChannel: vcpusPerSubChannel, isolation: isolation) {
-            FileHandle.standardError.write(Data("… \($0)\n".utf8))
-        }
+        let rows = try StorageBenchmark.run(binDirectory: benchBinaries, imageMiB: imageMib, seconds: seconds, pollMicroseconds: pollMicroseconds,
+                                            vps: vps, vcpusPerSubChannel: vcpusPerSubChannel, isolation: isolation) { progress($0) }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(rows), as: UTF8.self))
+            try printJSON(rows)
             return
         }
         print("workload              image file              VMBus + NBD             ratio")
@@ -230,6 +221,46 @@ struct Storage: ParsableCommand {
             let e = String(format: "%8.0f MB/s %8.0f IOPS", r.enlightenedMBps, r.enlightenedIOPS)
             print(r.workload.padding(toLength: 22, withPad: " ", startingAt: 0) + d + "  " + e + String(format: "  %.2f", r.ratio))
         }
+    }
+}
+
+struct Tree: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Storage and network at the leaf of a partition tree 1, 2 and 3 levels deep (0, 1 and 2 relay hops).",
+        discussion: """
+            Each level's agent runs with --serve-children and relays its disk and NIC to the next. fio (nbd engine) on the leaf's \
+            export; ping and iperf3 between the root's TAP and the leaf's (as root; otherwise storage only). Needs fio and iperf3 and \
+            viridian-host and viridian-agent built next to viridian-bench: swift build -c release && .build/release/viridian-bench tree
+            """)
+
+    @Option(help: "Image size in MiB.") var imageMib: Int = 256
+    @Option(help: "Seconds per fio and iperf3 run.") var seconds: Int = 5
+    @Option(parsing: .upToNextOption, help: "Depths to measure (1 = the root's child).") var depths: [Int] = [1, 2, 3]
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        guard !depths.isEmpty, depths.allSatisfy({ (1...3).contains($0) }) else { throw ValidationError("depths are 1, 2 or 3") }
+        guard (16...65536).contains(imageMib) else { throw ValidationError("--image-mib must be 16…65536") }
+    }
+
+    func run() throws {
+        let rows = try TreeBenchmark.run(binDirectory: benchBinaries, depths: depths, imageMiB: imageMib, seconds: seconds) { progress($0) }
+        if json {
+            try printJSON(rows)
+            return
+        }
+        let base = rows.first
+        func ratio(_ v: Double?, _ b: Double?) -> String { (v != nil && b != nil && b! > 0) ? String(format: "%.2f", v! / b!) : "-" }
+        print("depth  hops  seq read MB/s      seq write MB/s     4k QD1 read µs     ping µs            TCP Mbit/s")
+        for r in rows {
+            func cell(_ v: Double?, _ b: Double?, _ f: String) -> String {
+                pad((v.map { String(format: f, $0) } ?? "-") + " (×\(ratio(v, b)))", 19)
+            }
+            print(pad("\(r.depth)", 7) + pad("\(r.relayHops)", 6) + cell(r.seqReadMBps, base?.seqReadMBps, "%.0f")
+                  + cell(r.seqWriteMBps, base?.seqWriteMBps, "%.0f") + cell(r.readLatencyMicroseconds, base?.readLatencyMicroseconds, "%.0f")
+                  + cell(r.pingMicroseconds, base?.pingMicroseconds, "%.0f") + cell(r.tcpMbps, base?.tcpMbps, "%.0f"))
+        }
+        print("(×: against depth \(base?.depth ?? 1) in the same run)")
     }
 }
 
@@ -262,15 +293,10 @@ struct NetworkBench: ParsableCommand {
     }
 
     func run() throws {
-        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
-        let report = try NetworkBenchmark.run(binDirectory: bin, seconds: seconds, repetitions: repetitions, mtu: mtu,
-                                              taprelaySource: taprelaySource) {
-            FileHandle.standardError.write(Data("… \($0)\n".utf8))
-        }
+        let report = try NetworkBenchmark.run(binDirectory: benchBinaries, seconds: seconds, repetitions: repetitions, mtu: mtu,
+                                              taprelaySource: taprelaySource) { progress($0) }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            try printJSON(report)
             return
         }
         func arrow(_ direction: String) -> String { direction == "guest-to-host" ? "guest→host" : "host→guest" }
@@ -318,10 +344,9 @@ struct Compare: ParsableCommand {
     }
 
     func run() throws {
-        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
         let sections = only.map { $0 == "storage" ? [CompareSection.storage] : [.network] } ?? CompareSection.allCases
         let settings = CompareSettings(seconds: seconds, repetitions: repetitions, imageMiB: imageMib, sections: sections)
-        let report = try CompareBenchmark.run(settings, binDirectory: bin)
+        let report = try CompareBenchmark.run(settings, binDirectory: benchBinaries)
         print(report.table())
         try report.json().write(to: URL(fileURLWithPath: jsonPath))
         try report.svg().write(toFile: chartPath, atomically: true, encoding: .utf8)
@@ -335,4 +360,17 @@ struct Compare: ParsableCommand {
             throw ExitCode.failure
         }
     }
+}
+
+/// Where viridian-host and viridian-agent are: beside this binary.
+var benchBinaries: String { URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path }
+
+/// A progress line on standard error.
+func progress(_ line: String) { FileHandle.standardError.write(Data("… \(line)\n".utf8)) }
+
+/// Prints `value` as sorted, indented JSON.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
