@@ -54,6 +54,9 @@ public final class ChildPartitionHost: @unchecked Sendable {
         }
     }
 
+    /// Commands a relayed disk keeps in flight toward this partition's parent.
+    static let relayQueueDepth = 4
+
     public init(session: AgentSession, configuration: ChildrenConfiguration, stateDir: String, logger: Logger) throws {
         self.session = session
         self.configuration = configuration
@@ -88,9 +91,11 @@ public final class ChildPartitionHost: @unchecked Sendable {
             for index in child.relayNICs where !nics.contains(where: { $0.index == index }) {
                 throw AgentError.configuration("\(child.partition.name): relay_nics names NIC \(index), but this partition has \(nics.count) up")
             }
-            let relays = child.relayDisks.map { index in
-                let d = devices[index]
-                return RelayBlockBackend(device: d.device, label: "relay of LUN \(d.export.lun) on controller \(d.export.controller)")
+            let relays = try child.relayDisks.map { index in
+                let export = devices[index].export
+                // One device per I/O thread of the child's StorageVSP: that many commands in flight.
+                return RelayBlockBackend(devices: try disks?.relayDevices(for: export, count: Self.relayQueueDepth) ?? [devices[index].device],
+                                         label: "relay of LUN \(export.lun) on controller \(export.controller)")
             }
             let mtus = child.relayNICs.map { index in nics.first { $0.index == index }?.mtu ?? 1500 }
             hosted.append(try create(child, disks: relays, pipes: pipes[c], mtus: mtus))

@@ -239,6 +239,19 @@ public final class DiskExporter: @unchecked Sendable {
         }
     }
 
+    /// `count` devices on the LUN of `export`, each with a buffer of its own, so that a relay can
+    /// keep that many commands in flight on the controller.
+    public func relayDevices(for export: DiskExport, count: Int) throws -> [any NBDBlockDevice] {
+        try rescanLock.withLock {
+            guard let storage = controllers[export.controller] else {
+                throw AgentError.protocolFailure("SCSI controller \(export.controller) is gone")
+            }
+            return try (0..<count).map { _ in
+                try SCSIBlockDevice(session: session, storage: storage, lun: export.lun, size: export.sizeBytes, readOnly: export.readOnly)
+            }
+        }
+    }
+
     /// Stops every export and forgets the state file.
     public func stop() {
         rescanLock.withLock {
