@@ -33,11 +33,30 @@ public enum TreeBenchmark {
         let network = getuid() == 0
         if !network { log("not root: storage only (network namespaces and TAPs need root)") }
         var rows: [TreeBenchmarkRow] = []
-        for depth in depths {
+        for (round, depth) in depths.enumerated() {
             log("depth \(depth) (\(depth - 1) relay hop\(depth == 2 ? "" : "s"))")
-            rows.append(try measure(binDirectory: binDirectory, depth: depth, dir: "\(dir)/d\(depth)", image: image, imageMiB: imageMiB, seconds: seconds, network: network, log: log))
+            // A directory per round: nothing of an earlier round's sockets is found again.
+            rows.append(try measure(binDirectory: binDirectory, depth: depth, dir: "\(dir)/r\(round)", image: image, imageMiB: imageMiB,
+                                    seconds: seconds, network: network, log: log))
         }
         return rows
+    }
+
+    /// One row per depth, each figure the median of that depth's rounds (the machine is shared:
+    /// rounds interleave the depths so that a slow moment does not fall on one depth only).
+    public static func medians(_ rounds: [TreeBenchmarkRow], depths: [Int]) -> [TreeBenchmarkRow] {
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        func median(_ values: [Double?]) -> Double? {
+            let known = values.compactMap { $0 }
+            return known.isEmpty ? nil : median(known)
+        }
+        return depths.compactMap { depth in
+            let mine = rounds.filter { $0.depth == depth }
+            guard !mine.isEmpty else { return nil }
+            return TreeBenchmarkRow(depth: depth, seqReadMBps: median(mine.map(\.seqReadMBps)), seqWriteMBps: median(mine.map(\.seqWriteMBps)),
+                                    readLatencyMicroseconds: median(mine.map(\.readLatencyMicroseconds)),
+                                    pingMicroseconds: median(mine.map(\.pingMicroseconds)), tcpMbps: median(mine.map(\.tcpMbps)))
+        }
     }
 
     /// Levels' memory: each gives the next most of its own.

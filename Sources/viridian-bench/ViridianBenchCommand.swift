@@ -236,15 +236,20 @@ struct Tree: ParsableCommand {
     @Option(help: "Image size in MiB.") var imageMib: Int = 256
     @Option(help: "Seconds per fio and iperf3 run.") var seconds: Int = 5
     @Option(parsing: .upToNextOption, help: "Depths to measure (1 = the root's child).") var depths: [Int] = [1, 2, 3]
+    @Option(name: .customLong("repeat"), help: "Rounds over all depths (interleaved); each figure is the median of its depth's rounds.")
+    var repetitions: Int = 1
     @Flag(help: "Print JSON.") var json = false
 
     func validate() throws {
         guard !depths.isEmpty, depths.allSatisfy({ (1...3).contains($0) }) else { throw ValidationError("depths are 1, 2 or 3") }
+        guard (1...20).contains(repetitions) else { throw ValidationError("--repeat must be 1…20") }
         guard (16...65536).contains(imageMib) else { throw ValidationError("--image-mib must be 16…65536") }
     }
 
     func run() throws {
-        let rows = try TreeBenchmark.run(binDirectory: benchBinaries, depths: depths, imageMiB: imageMib, seconds: seconds) { progress($0) }
+        let rounds = try TreeBenchmark.run(binDirectory: benchBinaries, depths: Array(repeatElement(depths, count: repetitions).joined()),
+                                           imageMiB: imageMib, seconds: seconds) { progress($0) }
+        let rows = TreeBenchmark.medians(rounds, depths: depths)
         if json {
             try printJSON(rows)
             return
