@@ -83,18 +83,20 @@ public final class ChildPartitionHost: @unchecked Sendable {
         let pool = session.link.pool
         management = PartitionManagementClient(hypervisor: session.link, input: try pool.pointer(page: pages, count: 4096), inputGPA: pool.gpa(ofPage: pages),
                                                output: try pool.pointer(page: pages + 1, count: 4096), outputGPA: pool.gpa(ofPage: pages + 1))
-        let devices = disks?.devices ?? []
+        let exports = disks?.exports ?? []
         for (c, child) in configuration.children.enumerated() {
-            for index in child.relayDisks where index >= devices.count {
-                throw AgentError.configuration("\(child.partition.name): relay_disks names disk \(index), but this partition has \(devices.count)")
+            for index in child.relayDisks where index >= exports.count {
+                throw AgentError.configuration("\(child.partition.name): relay_disks names disk \(index), but this partition has \(exports.count)")
             }
             for index in child.relayNICs where !nics.contains(where: { $0.index == index }) {
                 throw AgentError.configuration("\(child.partition.name): relay_nics names NIC \(index), but this partition has \(nics.count) up")
             }
             let relays = try child.relayDisks.map { index in
-                let export = devices[index].export
+                // (A disk to relay means `exports` was not empty: there is an exporter.)
+                guard let disks else { throw AgentError.configuration("\(child.partition.name): this partition exports no disks") }
+                let export = exports[index]
                 // One device per I/O thread of the child's StorageVSP: that many commands in flight.
-                return RelayBlockBackend(devices: try disks?.relayDevices(for: export, count: Self.relayQueueDepth) ?? [devices[index].device],
+                return RelayBlockBackend(devices: try disks.relayDevices(for: export, count: Self.relayQueueDepth),
                                          label: "relay of LUN \(export.lun) on controller \(export.controller)")
             }
             let mtus = child.relayNICs.map { index in nics.first { $0.index == index }?.mtu ?? 1500 }
@@ -230,12 +232,14 @@ public final class ChildPartitionHost: @unchecked Sendable {
     public static func kvpRecords(_ children: [HostedChildStatus]) -> [KVPRecord] {
         children.map { c in
             let p = c.partition
-            var fields = ["id=\(c.id)", "state=\(p.state)", "vps=\(c.vps)", "memory_mib=\(p.memoryMiB)"]
-            if let pid = p.agentPID { fields.append("agent=\(pid)") }
-            fields.append("devices=" + p.channels.filter { $0.state == "open" }.map { driverName($0.device) }.joined(separator: ","))
-            for d in c.relayedDisks { fields.append("disk_requests=\(d.requests) disk_read=\(d.bytesRead) disk_written=\(d.bytesWritten)") }
-            for n in p.nics ?? [] { fields.append("nic\(n.index)_rx=\(n.rxFrames) nic\(n.index)_tx=\(n.txFrames)") }
-            return KVPRecord(key: PartitionService.childReportPrefix + c.name, value: String(fields.joined(separator: " ").prefix(1000)))
+            var fields = [("id", c.id), ("state", p.state), ("vps", "\(c.vps)"), ("memory_mib", "\(p.memoryMiB)")]
+            if let pid = p.agentPID { fields.append(("agent", "\(pid)")) }
+            fields.append(("devices", p.channels.filter { $0.state == "open" }.map { driverName($0.device) }.joined(separator: ",")))
+            for d in c.relayedDisks {
+                fields += [("disk_requests", "\(d.requests)"), ("disk_read", "\(d.bytesRead)"), ("disk_written", "\(d.bytesWritten)")]
+            }
+            for n in p.nics ?? [] { fields += [("nic\(n.index)_rx", "\(n.rxFrames)"), ("nic\(n.index)_tx", "\(n.txFrames)")] }
+            return ChildReport.record(child: c.name, fields: fields)
         }
     }
 }

@@ -232,13 +232,6 @@ public final class DiskExporter: @unchecked Sendable {
         }
     }
 
-    /// The exported LUNs with their devices, in `exports` order: what a parent relays to its children.
-    public var devices: [(export: DiskExport, device: any NBDBlockDevice)] {
-        rescanLock.withLock {
-            served.values.sorted { ($0.export.controller, $0.export.lun) < ($1.export.controller, $1.export.lun) }.map { ($0.export, $0.server.device) }
-        }
-    }
-
     /// `count` devices on the LUN of `export`, each with a buffer of its own, so that a relay can
     /// keep that many commands in flight on the controller.
     public func relayDevices(for export: DiskExport, count: Int) throws -> [any NBDBlockDevice] {

@@ -77,6 +77,33 @@ public struct ChildPartitionStatus: Codable, Sendable {
     public var report: [String: String]?
 }
 
+/// The report a parent-mode agent publishes on each of its children, as one KVP record
+/// (`Viridian.Child.<name>`, auto pool): space-separated key=value fields, written by the agent and
+/// read by its parent's `status`. Read from a guest, so anything malformed is skipped.
+public enum ChildReport {
+    public static let keyPrefix = "Viridian.Child."
+    /// Characters of the value kept (a KVP value holds 1024 UTF-16 units).
+    public static let valueLimit = 1000
+
+    /// The record for child `name`; spaces and '=' inside keys and values become '_'.
+    public static func record(child name: String, fields: [(String, String)]) -> KVPRecord {
+        func clean(_ s: String) -> String { String(s.map { $0 == " " || $0 == "=" ? "_" : $0 }) }
+        let value = fields.map { "\(clean($0.0))=\(clean($0.1))" }.joined(separator: " ")
+        return KVPRecord(key: keyPrefix + name, value: String(value.prefix(valueLimit)))
+    }
+
+    /// The child's name and fields, or nil for a record that is not a child report.
+    public static func parse(_ record: KVPRecord) -> (name: String, fields: [String: String])? {
+        guard record.key.hasPrefix(keyPrefix) else { return nil }
+        var fields: [String: String] = [:]
+        for pair in record.value.split(separator: " ") {
+            guard let eq = pair.firstIndex(of: "=") else { continue }
+            fields[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
+        }
+        return (String(record.key.dropFirst(keyPrefix.count)), fields)
+    }
+}
+
 /// A partition's worker process, as its supervisor sees it.
 public struct WorkerStatus: Codable, Sendable {
     /// The worker's pid (in the host's PID namespace); nil while none runs.
@@ -224,13 +251,8 @@ extension PartitionService {
         }
         guard case .success(let records)? = outcome else { return children }
         var reports: [String: (String, [String: String])] = [:]
-        for r in records where r.key.hasPrefix(Self.childReportPrefix) {
-            var fields: [String: String] = [:]
-            for pair in r.value.split(separator: " ") {
-                guard let eq = pair.firstIndex(of: "=") else { continue }
-                fields[String(pair[..<eq])] = String(pair[pair.index(after: eq)...])
-            }
-            if let id = fields["id"] { reports[id] = (String(r.key.dropFirst(Self.childReportPrefix.count)), fields) }
+        for r in records {
+            if let (name, fields) = ChildReport.parse(r), let id = fields["id"] { reports[id] = (name, fields) }
         }
         return children.map { c in
             var c = c
@@ -242,8 +264,6 @@ extension PartitionService {
         }
     }
 
-    /// The KVP key prefix of a parent's report on each child.
-    public static let childReportPrefix = "Viridian.Child."
 }
 
 extension PartitionService {

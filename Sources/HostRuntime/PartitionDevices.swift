@@ -76,15 +76,13 @@ final class PartitionDevices {
         // LUNs are numbered in configuration order within each controller.
         var luns: [Int: [UInt8: SCSIDisk]] = [:]
         for disk in configuration.disks(imageDirectory: imageDirectory) {
-            let lun = UInt8(luns[disk.controller, default: [:]].count)
-            guard lun < 255 else { continue }
+            guard let lun = UInt8(exactly: luns[disk.controller, default: [:]].count), lun < 255 else { continue }
             let backend = try disk.openBackend()
             luns[disk.controller, default: [:]][lun] = SCSIDisk(backend: backend, serial: "\(configuration.name.prefix(10))-\(disk.controller)-\(lun)")
             logger.info("\(configuration.name): controller \(disk.controller) LUN \(lun) = \(disk.path) (\(backend.sizeBytes >> 20) MiB\(disk.readOnly ? ", read-only" : ""))")
         }
         for relay in relays.disks {
-            let lun = UInt8(luns[0, default: [:]].count)
-            guard lun < 255 else { break }
+            guard let lun = UInt8(exactly: luns[0, default: [:]].count), lun < 255 else { break }
             luns[0, default: [:]][lun] = SCSIDisk(backend: relay.backend, serial: "\(configuration.name.prefix(10))-r-\(lun)")
             logger.info("\(configuration.name): controller 0 LUN \(lun) = \(relay.label) (\(relay.backend.sizeBytes >> 20) MiB\(relay.backend.isReadOnly ? ", read-only" : ""))")
         }

@@ -55,8 +55,7 @@ final class PartitionRuntime: InterruptSink {
 
     /// Tears down the partition's children (it left, died or was reset): their memory returns.
     func removeChildren() {
-        guard let children = partition.children, !children.children.isEmpty else { return }
-        children.removeAll()
+        partition.children?.removeAll()
     }
 
     func assertInterrupt(vp: UInt32, sint: Int, vector: UInt8) {

@@ -91,13 +91,16 @@ enum PartitionManagementCall {
             }
         case .withdrawMemory:
             let reps = Int(control.repCount), start = Int(control.repStartIndex)
-            guard case .success(let request) = read(WithdrawMemoryLayout.inputSize, { (b: UnsafeRawBufferPointer) throws(WireError) in
-                b.le(UInt64.self, at: 0)
-            }) else { return status(block(input, WithdrawMemoryLayout.inputSize).failureStatus ?? .invalidParameter) }
+            // The id, then proximity information that is not used.
+            let request: PartitionIDBlock
+            switch read(WithdrawMemoryLayout.inputSize, PartitionIDBlock.init(decoding:)) {
+            case .failure(let s): return status(s)
+            case .success(let r): request = r
+            }
             switch block(output, reps * WithdrawMemoryLayout.elementSize) {
             case .failure(let s): return status(s)
             case .success(let out):
-                switch children.withdraw(from: target(request), count: reps - start) {
+                switch children.withdraw(from: target(request.partitionID), count: reps - start) {
                 case .failure(let s): return status(s)
                 case .success(let pfns):
                     for (i, pfn) in pfns.enumerated() { out.putLE(pfn, at: (start + i) * WithdrawMemoryLayout.elementSize) }
@@ -128,12 +131,5 @@ extension HypercallCode {
              .withdrawMemory, .createVp, .deleteVp, .postMessageDirect, .signalEventDirect: true
         case .postMessage, .signalEvent, .getVpRegisters, .setVpRegisters: false
         }
-    }
-}
-
-extension Result {
-    var failureStatus: Failure? {
-        if case .failure(let f) = self { return f }
-        return nil
     }
 }

@@ -9,7 +9,7 @@ import VMBusWire
 public final class NBDServer: @unchecked Sendable {
     public let path: String
     public let exportName: String
-    public let device: any NBDBlockDevice
+    let device: any NBDBlockDevice
     let logger: Logger
     private let listenFD: Int32
     /// The socket file this server bound (device, inode): only that one is removed when it goes.

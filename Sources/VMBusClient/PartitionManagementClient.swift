@@ -37,7 +37,9 @@ public final class PartitionManagementClient {
 
     private func call(_ code: HypercallCode, _ bytes: [UInt8], repCount: UInt16 = 0, repStart: UInt16 = 0) -> HypercallResult {
         input.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
-        bytes.withUnsafeBytes { input.copyMemory(from: $0.baseAddress!, byteCount: min($0.count, 4096)) }
+        bytes.withUnsafeBytes { b in
+            if let base = b.baseAddress { input.copyMemory(from: base, byteCount: min(b.count, 4096)) }
+        }
         let control = HypercallControl(code: code.rawValue, repCount: repCount, repStartIndex: repStart)
         return HypercallResult(rawValue: hypervisor.hypercall(vp: 0, control: control.rawValue, input: inputGPA, output: outputGPA))
     }
@@ -85,7 +87,8 @@ public final class PartitionManagementClient {
             let reps = UInt16(min(count - back.count, WithdrawMemoryLayout.maximumReps))
             let result = call(.withdrawMemory, PartitionIDBlock(partitionID: id).encode() + [UInt8](repeating: 0, count: 8), repCount: reps)
             try check("HvWithdrawMemory", result)
-            let n = Int(result.repsCompleted)
+            // Never more than asked for: the output page holds `reps` numbers.
+            let n = min(Int(result.repsCompleted), Int(reps))
             for i in 0..<n { back.append(output.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self).littleEndian) }
             if n < Int(reps) { break }
         }

@@ -255,7 +255,10 @@ struct Tree: ParsableCommand {
             return
         }
         let base = rows.first
-        func ratio(_ v: Double?, _ b: Double?) -> String { (v != nil && b != nil && b! > 0) ? String(format: "%.2f", v! / b!) : "-" }
+        func ratio(_ v: Double?, _ b: Double?) -> String {
+            guard let v, let b, b > 0 else { return "-" }
+            return String(format: "%.2f", v / b)
+        }
         print("depth  hops  seq read MB/s      seq write MB/s     4k QD1 read µs     ping µs            TCP Mbit/s")
         for r in rows {
             func cell(_ v: Double?, _ b: Double?, _ f: String) -> String {

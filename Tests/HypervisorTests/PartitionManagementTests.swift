@@ -243,6 +243,23 @@ struct PartitionManagementTests {
         #expect(HypercallResult(status: .insufficientMemory, repsCompleted: 2).rawValue == 0x2_0000_000B)
     }
 
+    @Test("The guest's client believes no count the hypervisor gives: a withdraw answer of 4095 reps reads only what was asked")
+    func hostileCounts() throws {
+        /// A hypervisor that says every rep call completed 4095 reps.
+        final class Boastful: GuestHypervisor {
+            func hypercall(vp: UInt32, control: UInt64, input: UInt64, output: UInt64) -> UInt64 {
+                HypercallResult(status: .success, repsCompleted: 0xFFF).rawValue
+            }
+            func writeMSR(vp: UInt32, _ msr: UInt32, _ value: UInt64) -> Bool { false }
+            func readMSR(vp: UInt32, _ msr: UInt32) -> UInt64? { nil }
+        }
+        let memory = try GuestPhysicalMemory(size: 1 << 16)
+        let client = PartitionManagementClient(hypervisor: Boastful(), input: try memory.pointer(gpa: 0x1000, count: 4096), inputGPA: 0x1000,
+                                               output: try memory.pointer(gpa: 0x2000, count: 4096), outputGPA: 0x2000)
+        #expect(try client.withdraw(from: 0x101, count: 3).count == 3)
+        #expect(try client.withdraw(from: 0x101, count: 600).count == 600)
+    }
+
     @Test("Messages stay in their partition: a sibling's connection is not reachable by id")
     func connectionsPerPartition() throws {
         let rig = try TreeRig()

@@ -4,6 +4,7 @@ import AgentRuntime
 import Foundation
 import Glibc
 import HostRuntime
+import IntegrationServices
 import Testing
 
 /// viridian-host with partitions "child" (512 MiB, 2 VPs, a 256 MiB image, a TAP in `net.hostNS`) and
@@ -334,6 +335,18 @@ struct ChildrenConfigurationTests {
         #expect(config.socketPath(child, stateDir: "/s") == "/run/viridian-agent/children/nested1.sock")
         let bare = try ChildrenConfiguration.parse("[[partition]]\nname = \"a\"\n")
         #expect(bare.socketPath(try #require(bare.children.first), stateDir: "/s") == "/s/children/a.sock")
+    }
+
+    @Test("A parent's report on its child: written and read by ChildReport; spaces and '=' in values cannot split a field; other records are not reports")
+    func report() throws {
+        let record = ChildReport.record(child: "g1", fields: [("id", "0x101"), ("state", "not answering"), ("devices", "storvsc,a=b")])
+        #expect(record.key == "Viridian.Child.g1" && record.value == "id=0x101 state=not_answering devices=storvsc,a_b")
+        let parsed = try #require(ChildReport.parse(record))
+        #expect(parsed.name == "g1" && parsed.fields == ["id": "0x101", "state": "not_answering", "devices": "storvsc,a_b"])
+        #expect(ChildReport.parse(KVPRecord(key: "HostName", value: "id=1")) == nil)
+        #expect(ChildReport.parse(KVPRecord(key: "Viridian.Child.x", value: "junk ==  =v k="))?.fields == ["": "v", "k": ""])
+        let long = ChildReport.record(child: "g", fields: [("x", String(repeating: "y", count: 5000))])
+        #expect(long.value.count == ChildReport.valueLimit)
     }
 
     @Test("Image files, TAPs, a second carrier, a device relayed twice and bad indexes are refused with the reason")
